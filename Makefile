@@ -1,0 +1,101 @@
+# dstack-nft-cluster: the two set-up commands are `make testnet` and `make test`.
+# Both install whatever is missing on a fresh machine (Debian packages, the npm toolchain of
+# contracts/, Rust crates through Cargo.lock) and are safe to run again.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+# One build profile (release) for tests and binaries, in a target dir outside the clone so fresh
+# clones on this machine reuse earlier builds.
+CARGO_TARGET_DIR ?= $(HOME)/.cache/dstack-nft-cluster/target
+export CARGO_TARGET_DIR
+CARGO ?= cargo
+CARGO_FLAGS ?= --release --locked
+BIN := $(CARGO_TARGET_DIR)/release
+
+CONTRACTS := contracts
+NPM_BIN := $(abspath $(CONTRACTS)/node_modules/.bin)
+export ANVIL_BIN := $(NPM_BIN)/anvil
+export FORGE_BIN := $(NPM_BIN)/forge
+export CAST_BIN := $(NPM_BIN)/cast
+FORGE := $(FORGE_BIN)
+# CI runs the forge suite with its larger fuzz budget.
+ifeq ($(CI),true)
+export FOUNDRY_PROFILE ?= ci
+endif
+
+# Debian packages the project needs beyond the base machine: iproute2 and iptables for the chaos
+# suite's network namespaces.
+APT_PACKAGES := iproute2 iptables
+
+.PHONY: help setup deps-apt deps-npm build test test-contracts test-rust testnet contracts \
+        contracts-check fmt lint deploy clean
+
+help:
+	@echo "make testnet   set up what is missing, then run a local cluster"
+	@echo "make test      set up what is missing, then run every test"
+	@echo "make contracts rebuild the contract and refresh the committed artifact"
+	@echo "make deploy    deploy the contract to RPC_URL (see README)"
+	@echo "make fmt | make lint"
+
+setup: deps-apt deps-npm
+
+deps-apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "==> installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# npm ci only when the lockfile changed since the last install.
+deps-npm: $(CONTRACTS)/node_modules/.installed
+$(CONTRACTS)/node_modules/.installed: $(CONTRACTS)/package.json $(CONTRACTS)/package-lock.json
+	@echo "==> installing the contract toolchain (npm ci)"
+	cd $(CONTRACTS) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+build: setup
+	$(CARGO) build $(CARGO_FLAGS) --workspace --all-targets
+
+test: setup test-contracts test-rust
+	@echo "==> all tests passed"
+
+test-contracts: deps-npm
+	@echo "==> forge test ($${FOUNDRY_PROFILE:-default} profile)"
+	cd $(CONTRACTS) && $(FORGE) test
+	@echo "==> gas snapshot check"
+	cd $(CONTRACTS) && $(FORGE) snapshot --check
+	@$(MAKE) --no-print-directory contracts-check
+
+test-rust: setup
+	@echo "==> cargo build (release, once for tests and binaries)"
+	$(CARGO) build $(CARGO_FLAGS) --workspace --all-targets
+	@echo "==> cargo test"
+	$(CARGO) test $(CARGO_FLAGS) --workspace
+	@bash scripts/check-mutant-cfgs.sh
+
+testnet: setup
+	$(CARGO) build $(CARGO_FLAGS) --workspace --bins
+	bash scripts/testnet.sh
+
+contracts: deps-npm
+	bash scripts/contract-artifact.sh write
+
+contracts-check: deps-npm
+	bash scripts/contract-artifact.sh check
+
+deploy: deps-npm
+	bash scripts/deploy.sh
+
+fmt:
+	$(CARGO) fmt --all
+	cd $(CONTRACTS) && $(FORGE) fmt
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy $(CARGO_FLAGS) --workspace --all-targets -- -D warnings
+
+clean:
+	rm -rf .run $(CONTRACTS)/out $(CONTRACTS)/cache

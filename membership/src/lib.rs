@@ -1,0 +1,4 @@
+//! Who may take part in consensus: dstack signature-chain verification, the dstack guest-agent
+//! client and simulator, bindings to the `DstackMembershipNFT` contract, and the validator-set
+//! oracle that reads the contract at pinned chain blocks. It knows nothing of consensus.
+#![forbid(unsafe_code)]
