@@ -1,3 +1,152 @@
 //! The wire schema shared by every node: proposals, votes, timeouts, certificates, batches and
-//! sync messages, as prost types. Only data lives here; validation and conversion to consensus
-//! types belong to `node`, the protocol itself to `consensus`.
+//! sync messages, as prost types generated from `schema/dstack.proto`. Only data lives here;
+//! validation and conversion to consensus types belong to `node`, the protocol to `consensus`.
+#![forbid(unsafe_code)]
+
+/// Generated prost types of wire version 1.
+#[allow(missing_docs, clippy::all)]
+pub mod v1 {
+    include!(concat!(env!("OUT_DIR"), "/dstack.v1.rs"));
+}
+
+use prost::Message;
+
+/// The wire version this build speaks; messages of any other version are refused.
+pub const WIRE_VERSION: u32 = 1;
+
+/// Upper bounds on encoded messages, checked before any decoding so a hostile peer cannot make
+/// a node allocate more than these.
+pub mod limits {
+    /// A gossip message (proposal, timeout, TC, batch, epoch-change record, evidence).
+    pub const MAX_GOSSIP_BYTES: usize = 4 * 1024 * 1024;
+    /// A request on a request-response stream.
+    pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+    /// A response on a request-response stream (batches and sync pages).
+    pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+}
+
+/// Why a message could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The message is longer than its channel allows.
+    #[error("message of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// Its length.
+        len: usize,
+        /// The channel's limit.
+        max: usize,
+    },
+    /// The bytes are not a valid protobuf message of the expected type.
+    #[error("malformed message: {0}")]
+    Malformed(#[from] prost::DecodeError),
+    /// The sender speaks another wire version.
+    #[error("unsupported wire version {0} (this node speaks {WIRE_VERSION})")]
+    Version(u32),
+    /// The envelope carries no body.
+    #[error("message has no body")]
+    Empty,
+}
+
+fn decode_bounded<M: Message + Default>(bytes: &[u8], max: usize) -> Result<M, WireError> {
+    if bytes.len() > max {
+        return Err(WireError::TooLarge {
+            len: bytes.len(),
+            max,
+        });
+    }
+    Ok(M::decode(bytes)?)
+}
+
+macro_rules! envelope {
+    ($ty:ident, $body:ty, $limit:expr) => {
+        impl v1::$ty {
+            /// Wraps a body in an envelope of this build's wire version.
+            pub fn new(body: $body) -> Self {
+                Self {
+                    version: WIRE_VERSION,
+                    body: Some(body),
+                }
+            }
+
+            /// Decodes an envelope after checking its size, its version and that it has a body.
+            pub fn decode_checked(bytes: &[u8]) -> Result<$body, WireError> {
+                let message: Self = decode_bounded(bytes, $limit)?;
+                if message.version != WIRE_VERSION {
+                    return Err(WireError::Version(message.version));
+                }
+                message.body.ok_or(WireError::Empty)
+            }
+        }
+    };
+}
+
+/// The body of a gossip message.
+pub use v1::gossip_message::Body as GossipBody;
+/// The body of a request.
+pub use v1::request::Body as RequestBody;
+/// The body of a response.
+pub use v1::response::Body as ResponseBody;
+
+envelope!(GossipMessage, GossipBody, limits::MAX_GOSSIP_BYTES);
+envelope!(Request, RequestBody, limits::MAX_REQUEST_BYTES);
+envelope!(Response, ResponseBody, limits::MAX_RESPONSE_BYTES);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vote() -> v1::Vote {
+        v1::Vote {
+            epoch: 3,
+            round: 7,
+            block_id: vec![1; 32],
+            signer: vec![2; 20],
+            signature: vec![3; 65],
+        }
+    }
+
+    #[test]
+    fn envelope_round_trips() {
+        let bytes = v1::Request::new(RequestBody::Vote(vote())).encode_to_vec();
+        match v1::Request::decode_checked(&bytes) {
+            Ok(RequestBody::Vote(v)) => assert_eq!(v, vote()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn oversized_is_refused_before_decoding() {
+        let bytes = vec![0u8; limits::MAX_REQUEST_BYTES + 1];
+        assert!(matches!(
+            v1::Request::decode_checked(&bytes),
+            Err(WireError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn other_versions_and_empty_bodies_are_refused() {
+        let mut request = v1::Request::new(RequestBody::Vote(vote()));
+        request.version = 2;
+        assert!(matches!(
+            v1::Request::decode_checked(&request.encode_to_vec()),
+            Err(WireError::Version(2))
+        ));
+        let empty = v1::Request {
+            version: WIRE_VERSION,
+            body: None,
+        };
+        assert!(matches!(
+            v1::Request::decode_checked(&empty.encode_to_vec()),
+            Err(WireError::Empty)
+        ));
+    }
+
+    #[test]
+    fn garbage_is_malformed_not_a_panic() {
+        let garbage = [0xff_u8, 0xff, 0xff, 0xff, 0x0f, 0x12];
+        assert!(matches!(
+            v1::GossipMessage::decode_checked(&garbage),
+            Err(WireError::Malformed(_))
+        ));
+    }
+}
