@@ -1,4 +1,20 @@
 //! NFT-weighted 2-chain HotStuff as a pure, synchronous state machine: events in, actions out.
 //! No tokio, sockets, disk or clock reads live here (time is an input), so the protocol can be
 //! proven by a deterministic, seeded simulator before anything is wired to a network.
+//!
+//! Layout, one concept per module: [`codec`] (canonical bytes), [`types`] (messages and
+//! certificates), [`domain`] (signed digests and genesis ids), [`crypto`] (signers and
+//! verifiers), [`validators`] (weighted set, thresholds, leader schedule), [`verify`]
+//! (certificate and message checks against an epoch), [`safety`] (the persisted safety rules),
+//! [`block_tree`] (blocks, QCs, the commit rule), [`pacemaker`] (rounds, timers, timeout
+//! certificates), [`core`] (the state machine) and [`sim`] (the deterministic simulator).
 #![forbid(unsafe_code)]
+
+pub mod codec;
+pub mod crypto;
+pub mod domain;
+pub mod safety;
+pub mod testkit;
+pub mod types;
+pub mod validators;
+pub mod verify;

@@ -1,0 +1,383 @@
+//! Checks of certificates and signed messages against one epoch (DESIGN sections 5 and 6):
+//! "certificates are checked against the current epoch". An [`EpochContext`] bundles what a check
+//! needs (epoch number, genesis block, validator set, signing domain, scheme) and remembers the
+//! certificates it already verified, so a QC seen in a proposal, then in a timeout, then in a
+//! block costs its signature checks once.
+
+use crate::codec::Encode;
+use crate::crypto::{Scheme, Verifier};
+use crate::domain::{Domain, keccak256};
+use crate::types::{BlockId, Proposal, QuorumCert, Timeout, TimeoutCert, Vote};
+use crate::validators::ValidatorSet;
+use std::cell::RefCell;
+use std::collections::{HashSet, VecDeque};
+use thiserror::Error;
+
+/// Why a certificate is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CertError {
+    /// The certificate is of another epoch.
+    #[error("certificate of epoch {got}, expected {expected}")]
+    WrongEpoch {
+        /// The current epoch.
+        expected: u64,
+        /// The certificate's.
+        got: u64,
+    },
+    /// A round-0 QC that is not the genesis QC of this epoch.
+    #[error("round-0 QC is not this epoch's genesis QC")]
+    ForgedGenesis,
+    /// The bitmap does not fit the set.
+    #[error("signer bitmap does not fit the validator set")]
+    BadBitmap,
+    /// Signature (or round) count differs from the signer count.
+    #[error("signature count differs from signer count")]
+    CountMismatch,
+    /// Signers hold less than Q.
+    #[error("signers hold less than the quorum")]
+    NoQuorum,
+    /// A signature does not verify.
+    #[error("signature of validator {0} does not verify")]
+    BadSignature(usize),
+    /// A TC's high QC is not the largest of its signers' high-QC rounds.
+    #[error("TC's high QC round {qc} differs from its largest signer high-QC round {max}")]
+    HighQcMismatch {
+        /// The carried QC's round.
+        qc: u64,
+        /// The largest reported round.
+        max: u64,
+    },
+    /// A TC (or timeout) whose high QC is not below its round.
+    #[error("high QC round {qc} is not below round {round}")]
+    HighQcNotBelowRound {
+        /// High QC round.
+        qc: u64,
+        /// The certificate's round.
+        round: u64,
+    },
+    /// A TC of round 0.
+    #[error("timeout certificate of round 0")]
+    RoundZero,
+    /// The TC's high QC is invalid.
+    #[error("TC's high QC: {0}")]
+    HighQc(Box<CertError>),
+}
+
+/// Why a signed message is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum MessageError {
+    /// Another epoch.
+    #[error("message of epoch {got}, expected {expected}")]
+    WrongEpoch {
+        /// Current epoch.
+        expected: u64,
+        /// The message's.
+        got: u64,
+    },
+    /// The signer is not a member of the epoch's set.
+    #[error("signer is not a member")]
+    NotMember,
+    /// The signature does not verify against the member's key.
+    #[error("bad signature")]
+    BadSignature,
+    /// A proposal from someone who is not the round's leader.
+    #[error("proposer is not the leader of the round")]
+    NotLeader,
+    /// Structurally wrong (see the text).
+    #[error("malformed: {0}")]
+    Malformed(&'static str),
+    /// A carried certificate is invalid.
+    #[error("certificate: {0}")]
+    Cert(#[from] CertError),
+}
+
+const CACHE_SIZE: usize = 256;
+
+/// Digests of certificates already verified, with their insertion order for eviction.
+type VerifiedSet = (HashSet<[u8; 32]>, VecDeque<[u8; 32]>);
+
+/// Everything needed to check messages of one epoch.
+#[derive(Debug)]
+pub struct EpochContext {
+    epoch: u64,
+    genesis_block: BlockId,
+    set: ValidatorSet,
+    domain: Domain,
+    scheme: Scheme,
+    verified: RefCell<VerifiedSet>,
+}
+
+impl EpochContext {
+    /// The context of `epoch`, whose genesis block is `genesis_block` and set is `set`.
+    pub fn new(
+        epoch: u64,
+        genesis_block: BlockId,
+        set: ValidatorSet,
+        domain: Domain,
+        scheme: Scheme,
+    ) -> Self {
+        Self {
+            epoch,
+            genesis_block,
+            set,
+            domain,
+            scheme,
+            verified: RefCell::new((HashSet::new(), VecDeque::new())),
+        }
+    }
+    /// Epoch number.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+    /// The epoch's genesis block id.
+    pub fn genesis_block(&self) -> BlockId {
+        self.genesis_block
+    }
+    /// The epoch's set.
+    pub fn set(&self) -> &ValidatorSet {
+        &self.set
+    }
+    /// The signing domain.
+    pub fn domain(&self) -> &Domain {
+        &self.domain
+    }
+    /// The signature scheme.
+    pub fn scheme(&self) -> Scheme {
+        self.scheme
+    }
+    /// The genesis QC of this epoch.
+    pub fn genesis_qc(&self) -> QuorumCert {
+        QuorumCert::genesis(self.epoch, self.genesis_block)
+    }
+
+    fn cached(&self, key: &[u8; 32]) -> bool {
+        self.verified.borrow().0.contains(key)
+    }
+    fn remember(&self, key: [u8; 32]) {
+        let mut c = self.verified.borrow_mut();
+        if c.0.insert(key) {
+            c.1.push_back(key);
+            if c.1.len() > CACHE_SIZE
+                && let Some(old) = c.1.pop_front()
+            {
+                c.0.remove(&old);
+            }
+        }
+    }
+
+    fn check_signers(
+        &self,
+        signers: &crate::types::SignerBitmap,
+        n_sigs: usize,
+    ) -> Result<(), CertError> {
+        if !signers.fits(self.set.len()) {
+            return Err(CertError::BadBitmap);
+        }
+        if n_sigs != signers.count() {
+            return Err(CertError::CountMismatch);
+        }
+        if !self.set.is_quorum(signers) {
+            return Err(CertError::NoQuorum);
+        }
+        Ok(())
+    }
+
+    /// Checks a QC: this epoch, and either this epoch's genesis QC (round 0, no signatures) or
+    /// signatures of power at least Q over the vote digest.
+    pub fn verify_qc(&self, qc: &QuorumCert) -> Result<(), CertError> {
+        if qc.epoch != self.epoch {
+            return Err(CertError::WrongEpoch {
+                expected: self.epoch,
+                got: qc.epoch,
+            });
+        }
+        if qc.round == 0 {
+            return if qc.block_id == self.genesis_block
+                && qc.signers.count() == 0
+                && qc.signatures.is_empty()
+            {
+                Ok(())
+            } else {
+                Err(CertError::ForgedGenesis)
+            };
+        }
+        let mut key_input = vec![b'Q'];
+        key_input.extend_from_slice(&qc.encode());
+        let key = keccak256(&key_input);
+        if self.cached(&key) {
+            return Ok(());
+        }
+        self.check_signers(&qc.signers, qc.signatures.len())?;
+        let digest = self.domain.vote_digest(qc.epoch, qc.round, &qc.block_id);
+        for (i, sig) in qc.signers.iter().zip(&qc.signatures) {
+            let v = self.set.get(i).ok_or(CertError::BadBitmap)?;
+            if !self.scheme.verify(&v.key, &digest, sig) {
+                return Err(CertError::BadSignature(i));
+            }
+        }
+        self.remember(key);
+        Ok(())
+    }
+
+    /// Checks a TC: this epoch, round > 0, power at least Q, each signature over its signer's own
+    /// high-QC round, the largest of those equal to `high_qc.round`, `high_qc` valid and below the
+    /// TC's round.
+    pub fn verify_tc(&self, tc: &TimeoutCert) -> Result<(), CertError> {
+        if tc.epoch != self.epoch {
+            return Err(CertError::WrongEpoch {
+                expected: self.epoch,
+                got: tc.epoch,
+            });
+        }
+        if tc.round == 0 {
+            return Err(CertError::RoundZero);
+        }
+        let mut key_input = vec![b'T'];
+        key_input.extend_from_slice(&tc.encode());
+        let key = keccak256(&key_input);
+        if self.cached(&key) {
+            return Ok(());
+        }
+        self.check_signers(&tc.signers, tc.signatures.len())?;
+        if tc.high_qc_rounds.len() != tc.signatures.len() {
+            return Err(CertError::CountMismatch);
+        }
+        if tc.high_qc.round >= tc.round {
+            return Err(CertError::HighQcNotBelowRound {
+                qc: tc.high_qc.round,
+                round: tc.round,
+            });
+        }
+        let max = tc.max_high_qc_round();
+        if max != tc.high_qc.round {
+            return Err(CertError::HighQcMismatch {
+                qc: tc.high_qc.round,
+                max,
+            });
+        }
+        self.verify_qc(&tc.high_qc)
+            .map_err(|e| CertError::HighQc(Box::new(e)))?;
+        for ((i, sig), hqr) in tc
+            .signers
+            .iter()
+            .zip(&tc.signatures)
+            .zip(&tc.high_qc_rounds)
+        {
+            let v = self.set.get(i).ok_or(CertError::BadBitmap)?;
+            let digest = self.domain.timeout_digest(tc.epoch, tc.round, *hqr);
+            if !self.scheme.verify(&v.key, &digest, sig) {
+                return Err(CertError::BadSignature(i));
+            }
+        }
+        self.remember(key);
+        Ok(())
+    }
+
+    fn member_index(
+        &self,
+        epoch: u64,
+        signer: &crate::types::Address,
+    ) -> Result<usize, MessageError> {
+        if epoch != self.epoch {
+            return Err(MessageError::WrongEpoch {
+                expected: self.epoch,
+                got: epoch,
+            });
+        }
+        self.set.index_of(signer).ok_or(MessageError::NotMember)
+    }
+
+    /// Checks a vote's epoch, signer and signature; returns the signer's index.
+    pub fn verify_vote(&self, v: &Vote) -> Result<usize, MessageError> {
+        let i = self.member_index(v.epoch, &v.signer)?;
+        if v.round == 0 {
+            return Err(MessageError::Malformed("vote for round 0"));
+        }
+        let digest = self.domain.vote_digest(v.epoch, v.round, &v.block_id);
+        match self.set.get(i) {
+            Some(m) if self.scheme.verify(&m.key, &digest, &v.signature) => Ok(i),
+            _ => Err(MessageError::BadSignature),
+        }
+    }
+
+    /// Checks a timeout: epoch, signer, signature over its high-QC round, and its certificates:
+    /// `high_qc` valid and below the round, `high_tc` (if any) valid and below the round, and one
+    /// of them of the previous round (the timeout rule every honest node follows).
+    pub fn verify_timeout(&self, t: &Timeout) -> Result<usize, MessageError> {
+        let i = self.member_index(t.epoch, &t.signer)?;
+        if t.round == 0 || t.high_qc.round >= t.round {
+            return Err(MessageError::Malformed(
+                "timeout's high QC is not below its round",
+            ));
+        }
+        let prev = t.round - 1;
+        let tc_prev = match &t.high_tc {
+            Some(tc) if tc.round >= t.round => {
+                return Err(MessageError::Malformed(
+                    "timeout's high TC is not below its round",
+                ));
+            }
+            Some(tc) => tc.round == prev,
+            None => false,
+        };
+        if t.high_qc.round != prev && !tc_prev {
+            return Err(MessageError::Malformed(
+                "timeout carries no certificate of the previous round",
+            ));
+        }
+        let digest = self
+            .domain
+            .timeout_digest(t.epoch, t.round, t.high_qc.round);
+        match self.set.get(i) {
+            Some(m) if self.scheme.verify(&m.key, &digest, &t.signature) => {}
+            _ => return Err(MessageError::BadSignature),
+        }
+        self.verify_qc(&t.high_qc)?;
+        if let Some(tc) = &t.high_tc {
+            self.verify_tc(tc)?;
+        }
+        Ok(i)
+    }
+
+    /// Checks a proposal's epochs, leader, signature, structure and certificates (block epoch ==
+    /// QC epoch == TC epoch == this epoch; parent is the QC's block; round above the QC's; the TC
+    /// of the previous round present exactly when the QC is not of the previous round).
+    pub fn verify_proposal(&self, p: &Proposal) -> Result<usize, MessageError> {
+        let b = &p.block;
+        let i = self.member_index(b.epoch(), &b.proposer())?;
+        if b.round() == 0 {
+            return Err(MessageError::Malformed("proposal for round 0"));
+        }
+        if self.set.leader(b.round()) != b.proposer() {
+            return Err(MessageError::NotLeader);
+        }
+        let digest = self.domain.proposal_digest(b.epoch(), b.round(), &b.id());
+        match self.set.get(i) {
+            Some(m) if self.scheme.verify(&m.key, &digest, &p.signature) => {}
+            _ => return Err(MessageError::BadSignature),
+        }
+        if b.parent_id() != b.qc().block_id {
+            return Err(MessageError::Malformed("parent is not the QC's block"));
+        }
+        if b.round() <= b.qc().round {
+            return Err(MessageError::Malformed("round is not above the QC's round"));
+        }
+        if b.header().reconfigure.is_some() {
+            return Err(MessageError::Malformed("reconfigure is not supported yet"));
+        }
+        self.verify_qc(b.qc())?;
+        let needs_tc = b.qc().round + 1 != b.round();
+        match (&p.tc, needs_tc) {
+            (None, true) => return Err(MessageError::Malformed("missing TC")),
+            (Some(_), false) => return Err(MessageError::Malformed("unexpected TC")),
+            (Some(tc), true) => {
+                if tc.round + 1 != b.round() {
+                    return Err(MessageError::Malformed("TC is not of the previous round"));
+                }
+                self.verify_tc(tc)?;
+            }
+            (None, false) => {}
+        }
+        Ok(i)
+    }
+}
