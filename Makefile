@@ -15,10 +15,13 @@ CARGO_FLAGS ?= --release --locked
 BIN := $(CARGO_TARGET_DIR)/release
 
 CONTRACTS := contracts
-NPM_BIN := $(abspath $(CONTRACTS)/node_modules/.bin)
-export ANVIL_BIN := $(NPM_BIN)/anvil
-export FORGE_BIN := $(NPM_BIN)/forge
-export CAST_BIN := $(NPM_BIN)/cast
+# The native Foundry binaries npm installed (not the node wrappers in node_modules/.bin: a test
+# that kills a wrapper with SIGKILL would orphan the anvil it spawned).
+FOUNDRY_PLATFORM := $(shell uname -s | tr '[:upper:]' '[:lower:]')-$(shell uname -m | sed 's/x86_64/amd64/;s/aarch64/arm64/')
+FOUNDRY_PKGS := $(abspath $(CONTRACTS)/node_modules/@foundry-rs)
+export ANVIL_BIN := $(FOUNDRY_PKGS)/anvil-$(FOUNDRY_PLATFORM)/bin/anvil
+export FORGE_BIN := $(FOUNDRY_PKGS)/forge-$(FOUNDRY_PLATFORM)/bin/forge
+export CAST_BIN := $(FOUNDRY_PKGS)/cast-$(FOUNDRY_PLATFORM)/bin/cast
 FORGE := $(FORGE_BIN)
 # CI runs the forge suite with its larger fuzz budget.
 ifeq ($(CI),true)
@@ -65,8 +68,8 @@ test: setup test-contracts test-rust
 test-contracts: deps-npm
 	@echo "==> forge test ($${FOUNDRY_PROFILE:-default} profile)"
 	cd $(CONTRACTS) && $(FORGE) test
-	@echo "==> gas snapshot check"
-	cd $(CONTRACTS) && $(FORGE) snapshot --check
+	@echo "==> gas snapshot check (contracts/.gas-snapshot; refresh: cd contracts && forge snapshot --match-contract Gas)"
+	cd $(CONTRACTS) && $(FORGE) snapshot --match-contract Gas --check
 	@$(MAKE) --no-print-directory contracts-check
 
 test-rust: setup

@@ -405,7 +405,9 @@ contract DstackMembershipNFT is ERC721, Ownable2Step, EIP712 {
         uint256 nonce,
         uint256 deadline
     ) external view returns (bytes32) {
-        return _registrationDigest(tokenId, owner, instanceId, keccak256(bytes(connectionUrl)), nonce, deadline);
+        return _registrationDigest(
+            tokenId, owner, instanceId, keccak256(bytes(connectionUrl)), nonce, deadline
+        );
     }
 
     /// @notice The raw message the app key signs for a derived key under the current purpose:

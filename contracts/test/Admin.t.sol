@@ -70,7 +70,9 @@ contract AdminTest is MembershipBase {
         vm.assertEq(nft.mintPrice(), 0.1 ether, "price");
 
         vm.startPrank(carol);
-        vm.expectRevert(abi.encodeWithSelector(DstackMembershipNFT.WrongMintPrice.selector, 0.2 ether, 0.1 ether));
+        vm.expectRevert(
+            abi.encodeWithSelector(DstackMembershipNFT.WrongMintPrice.selector, 0.2 ether, 0.1 ether)
+        );
         nft.publicMint{value: 0.2 ether}();
         vm.expectRevert(abi.encodeWithSelector(DstackMembershipNFT.WrongMintPrice.selector, 0, 0.1 ether));
         nft.publicMint();
@@ -161,7 +163,9 @@ contract AdminTest is MembershipBase {
             vm.prank(bob);
             (bool ok, bytes memory ret) = address(nft).call(calls[i]);
             vm.assertFalse(ok, "non-owner call must fail");
-            vm.assertEq(ret, abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, bob), "error");
+            vm.assertEq(
+                ret, abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, bob), "error"
+            );
         }
     }
 

@@ -36,7 +36,9 @@ contract PowerTest is MembershipBase {
 
         // the new owner cannot add the token to alice's node, but can register its own node
         Reg memory r = makeReg(1, nodePk(1));
-        vm.expectRevert(abi.encodeWithSelector(DstackMembershipNFT.NodeOwnedByAnotherOwner.selector, n, alice));
+        vm.expectRevert(
+            abi.encodeWithSelector(DstackMembershipNFT.NodeOwnedByAnotherOwner.selector, n, alice)
+        );
         submitAs(bob, r);
         address m = register(1, nodePk(2));
         vm.assertEq(nft.nodeInfo(m).owner, bob, "bob's node");
@@ -154,8 +156,11 @@ contract PowerTest is MembershipBase {
     function test_PaginationAtTheEdges() public {
         // five nodes: alice 1,2,3 -> three nodes; bob 4 and carol 6 -> two more
         address[5] memory nodes = [
-            register(1, nodePk(1)), register(2, nodePk(2)), register(3, nodePk(3)),
-            register(4, nodePk(4)), register(6, nodePk(5))
+            register(1, nodePk(1)),
+            register(2, nodePk(2)),
+            register(3, nodePk(3)),
+            register(4, nodePk(4)),
+            register(6, nodePk(5))
         ];
         vm.assertEq(nft.validatorCount(), 5, "five");
         for (uint256 offset = 0; offset <= 6; ++offset) {
@@ -248,7 +253,9 @@ contract PowerTest is MembershipBase {
         nft.updateConnectionUrl(n, string(new bytes(300)));
 
         vm.prank(alice);
-        vm.expectRevert(abi.encodeWithSelector(DstackMembershipNFT.NodeNotRegistered.selector, address(0x1234)));
+        vm.expectRevert(
+            abi.encodeWithSelector(DstackMembershipNFT.NodeNotRegistered.selector, address(0x1234))
+        );
         nft.updateConnectionUrl(address(0x1234), "x");
     }
 
@@ -338,7 +345,9 @@ contract PowerTest is MembershipBase {
     }
 
     function nodeOfApp(uint256 tokenId, uint256 pk, bytes20 appId) internal returns (address) {
-        submitAs(nft.ownerOf(tokenId), makeRegWith(tokenId, pk, chain(KMS_PK, APP_PK, appId, PURPOSE, pk), URL));
+        submitAs(
+            nft.ownerOf(tokenId), makeRegWith(tokenId, pk, chain(KMS_PK, APP_PK, appId, PURPOSE, pk), URL)
+        );
         return vm.addr(pk);
     }
 }

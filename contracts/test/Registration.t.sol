@@ -110,7 +110,9 @@ contract RegistrationTest is MembershipBase {
         uint256 otherRoot = 0x0707;
         Reg memory r = makeRegWith(1, nodeKey, chain(otherRoot, APP_PK, APP_ID, PURPOSE, nodeKey), URL);
         vm.expectRevert(
-            abi.encodeWithSelector(DstackMembershipNFT.KmsSignatureMismatch.selector, vm.addr(otherRoot), kmsRootAddr)
+            abi.encodeWithSelector(
+                DstackMembershipNFT.KmsSignatureMismatch.selector, vm.addr(otherRoot), kmsRootAddr
+            )
         );
         submitAs(alice, r);
     }
@@ -138,7 +140,9 @@ contract RegistrationTest is MembershipBase {
         (uint8 v, bytes32 rr, bytes32 s) = vm.sign(APP_PK, wrongMsg);
         address recovered = ecrecover(nft.appMessage(r.proof.derivedPublicKey), v, rr, s);
         vm.expectRevert(
-            abi.encodeWithSelector(DstackMembershipNFT.AppSignatureMismatch.selector, recovered, vm.addr(APP_PK))
+            abi.encodeWithSelector(
+                DstackMembershipNFT.AppSignatureMismatch.selector, recovered, vm.addr(APP_PK)
+            )
         );
         submitAs(alice, r);
 
@@ -258,16 +262,18 @@ contract RegistrationTest is MembershipBase {
 
     function test_RevertWhen_SignedForAnotherChainId() public {
         Reg memory r = makeReg(1, nodeKey);
-        r.nodeSignature =
-            dstackSign(nodeKey, digestFor(address(nft), block.chainid + 1, 1, alice, INSTANCE, URL, 0, r.deadline));
+        r.nodeSignature = dstackSign(
+            nodeKey, digestFor(address(nft), block.chainid + 1, 1, alice, INSTANCE, URL, 0, r.deadline)
+        );
         _expectNodeMismatch();
         submitAs(alice, r);
     }
 
     function test_RevertWhen_SignedForAnotherContract() public {
         Reg memory r = makeReg(1, nodeKey);
-        r.nodeSignature =
-            dstackSign(nodeKey, digestFor(address(0xC0DE), block.chainid, 1, alice, INSTANCE, URL, 0, r.deadline));
+        r.nodeSignature = dstackSign(
+            nodeKey, digestFor(address(0xC0DE), block.chainid, 1, alice, INSTANCE, URL, 0, r.deadline)
+        );
         _expectNodeMismatch();
         submitAs(alice, r);
     }
@@ -319,7 +325,9 @@ contract RegistrationTest is MembershipBase {
         Reg memory r = makeReg(1, nodeKey);
         vm.warp(r.deadline + 1);
         vm.expectRevert(
-            abi.encodeWithSelector(DstackMembershipNFT.RegistrationExpired.selector, r.deadline, r.deadline + 1)
+            abi.encodeWithSelector(
+                DstackMembershipNFT.RegistrationExpired.selector, r.deadline, r.deadline + 1
+            )
         );
         submitAs(alice, r);
     }
@@ -341,18 +349,24 @@ contract RegistrationTest is MembershipBase {
         submitAs(alice, makeReg(1, nodeKey));
         uint256 other = nodePk(2);
         Reg memory r = makeReg(1, other);
-        vm.expectRevert(abi.encodeWithSelector(DstackMembershipNFT.TokenAlreadyAuthorizesNode.selector, 1, node));
+        vm.expectRevert(
+            abi.encodeWithSelector(DstackMembershipNFT.TokenAlreadyAuthorizesNode.selector, 1, node)
+        );
         submitAs(alice, r);
         // also for the same node again
         r = makeReg(1, nodeKey);
-        vm.expectRevert(abi.encodeWithSelector(DstackMembershipNFT.TokenAlreadyAuthorizesNode.selector, 1, node));
+        vm.expectRevert(
+            abi.encodeWithSelector(DstackMembershipNFT.TokenAlreadyAuthorizesNode.selector, 1, node)
+        );
         submitAs(alice, r);
     }
 
     function test_RevertWhen_TokenOfAnotherOwnerAddedToNode() public {
         submitAs(alice, makeReg(1, nodeKey));
         Reg memory r = makeReg(4, nodeKey); // bob's token
-        vm.expectRevert(abi.encodeWithSelector(DstackMembershipNFT.NodeOwnedByAnotherOwner.selector, node, alice));
+        vm.expectRevert(
+            abi.encodeWithSelector(DstackMembershipNFT.NodeOwnedByAnotherOwner.selector, node, alice)
+        );
         submitAs(bob, r);
     }
 
@@ -427,7 +441,9 @@ contract RegistrationTest is MembershipBase {
 
         r = makeRegWith(1, nodeKey, chain(kmsPk, APP_PK, APP_ID, PURPOSE, nodeKey), URL);
         vm.expectRevert(
-            abi.encodeWithSelector(DstackMembershipNFT.KmsSignatureMismatch.selector, vm.addr(kmsPk), kmsRootAddr)
+            abi.encodeWithSelector(
+                DstackMembershipNFT.KmsSignatureMismatch.selector, vm.addr(kmsPk), kmsRootAddr
+            )
         );
         submitAs(alice, r);
     }

@@ -8,7 +8,8 @@ import {DstackMembershipNFT} from "../../src/DstackMembershipNFT.sol";
 /// token owners, and builders of the dstack signature chain in dstack's exact byte formats
 /// (DESIGN section 2), written independently of the contract's own encoding.
 abstract contract MembershipBase is Cheats {
-    uint256 internal constant SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141;
+    uint256 internal constant SECP256K1_N =
+        0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141;
     uint256 internal constant KMS_PK = 0xC0FFEE0000000000000000000000000000000000000000000000000000000001;
     uint256 internal constant APP_PK = 0xA99000000000000000000000000000000000000000000000000000000000000A;
     bytes20 internal constant APP_ID = bytes20(hex"ea549f02e1a25fabd1cb788380e033ec5461b2ff");
@@ -144,7 +145,8 @@ abstract contract MembershipBase is Cheats {
                 REGISTRATION_TYPEHASH, tokenId, tokenOwner, instanceId, keccak256(bytes(url)), nonce, deadline
             )
         );
-        return keccak256(abi.encodePacked("\x19\x01", domainSeparator(verifyingContract, chainId_), structHash));
+        return
+            keccak256(abi.encodePacked("\x19\x01", domainSeparator(verifyingContract, chainId_), structHash));
     }
 
     /// @dev A valid registration of the node `derivedPk` by `tokenId` against the deployed NFT.
