@@ -10,10 +10,14 @@
 //! certificates), [`core`] (the state machine) and [`sim`] (the deterministic simulator).
 #![forbid(unsafe_code)]
 
+pub mod block_tree;
 pub mod codec;
+pub mod core;
 pub mod crypto;
 pub mod domain;
+pub mod pacemaker;
 pub mod safety;
+pub mod sim;
 pub mod testkit;
 pub mod types;
 pub mod validators;

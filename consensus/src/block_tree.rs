@@ -1,0 +1,272 @@
+//! The tree of blocks above the committed root, and the 2-chain commit rule (DESIGN section 5):
+//! on a QC for B1 whose parent B0 has `B1.round == B0.round + 1`, commit B0 and its uncommitted
+//! ancestors in order. The proof of the commit is B1 with QC(B1); the committed blocks chain to it
+//! by parent ids. After a commit everything not descending from the new root is pruned, so the
+//! tree only ever holds uncommitted blocks (bounded by `max_blocks`).
+
+use crate::types::{Block, BlockId, QuorumCert};
+use std::collections::{HashMap, HashSet};
+use thiserror::Error;
+
+/// The committed head: the last committed block (or the epoch's genesis block, height 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Root {
+    /// Block id.
+    pub id: BlockId,
+    /// Its round (0 for genesis).
+    pub round: u64,
+    /// Its height (0 for genesis; committed blocks count from 1).
+    pub height: u64,
+}
+
+/// A committed block with its height.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommittedBlock {
+    /// Height (consecutive from the previous root).
+    pub height: u64,
+    /// The block.
+    pub block: Block,
+}
+
+/// Why the newest committed block is final: B1 (its child, one round later) and QC(B1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommitProof {
+    /// B1: `certified.parent_id` is the last committed block and its round is one above.
+    pub certified: Block,
+    /// QC(B1).
+    pub qc: QuorumCert,
+}
+
+/// One commit: blocks in order (each the parent of the next), and the proof of the last one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Commit {
+    /// Newly committed blocks, oldest first.
+    pub blocks: Vec<CommittedBlock>,
+    /// Proof of the last block (and so, by parent links, of all).
+    pub proof: CommitProof,
+}
+
+/// Why a block was not inserted.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum TreeError {
+    /// The parent is neither the root nor a known block.
+    #[error("parent block is unknown")]
+    MissingParent,
+    /// At or below the committed root.
+    #[error("block round is not above the committed root")]
+    BelowRoot,
+    /// Round not above the parent's.
+    #[error("block round is not above its parent's")]
+    RoundNotAboveParent,
+    /// The tree holds `max_blocks` already.
+    #[error("block tree is full")]
+    Full,
+}
+
+/// Uncommitted blocks descending from the committed root.
+#[derive(Clone, Debug)]
+pub struct BlockTree {
+    root: Root,
+    blocks: HashMap<BlockId, Block>,
+    max_blocks: usize,
+}
+
+impl BlockTree {
+    /// A tree over `root` holding at most `max_blocks`.
+    pub fn new(root: Root, max_blocks: usize) -> Self {
+        Self {
+            root,
+            blocks: HashMap::new(),
+            max_blocks,
+        }
+    }
+    /// The committed root.
+    pub fn root(&self) -> &Root {
+        &self.root
+    }
+    /// Whether `id` is the root or a block of the tree.
+    pub fn contains(&self, id: &BlockId) -> bool {
+        *id == self.root.id || self.blocks.contains_key(id)
+    }
+    /// A block of the tree (not the root).
+    pub fn get(&self, id: &BlockId) -> Option<&Block> {
+        self.blocks.get(id)
+    }
+    /// Number of uncommitted blocks held.
+    pub fn len(&self) -> usize {
+        self.blocks.len()
+    }
+    /// Whether no uncommitted block is held.
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty()
+    }
+
+    fn round_of(&self, id: &BlockId) -> Option<u64> {
+        if *id == self.root.id {
+            Some(self.root.round)
+        } else {
+            self.blocks.get(id).map(Block::round)
+        }
+    }
+
+    /// Inserts a block (already validated) whose parent is in the tree. Returns false if it was
+    /// there already.
+    pub fn insert(&mut self, block: Block) -> Result<bool, TreeError> {
+        if self.blocks.contains_key(&block.id()) {
+            return Ok(false);
+        }
+        if block.round() <= self.root.round {
+            return Err(TreeError::BelowRoot);
+        }
+        let parent_round = self
+            .round_of(&block.parent_id())
+            .ok_or(TreeError::MissingParent)?;
+        if block.round() <= parent_round {
+            return Err(TreeError::RoundNotAboveParent);
+        }
+        if self.blocks.len() >= self.max_blocks {
+            return Err(TreeError::Full);
+        }
+        self.blocks.insert(block.id(), block);
+        Ok(true)
+    }
+
+    /// The commit rule, applied to a (verified) QC whose block is in the tree. Returns the
+    /// commit it triggers, and prunes the tree below the new root.
+    pub fn on_qc(&mut self, qc: &QuorumCert) -> Option<Commit> {
+        let b1 = self.blocks.get(&qc.block_id)?;
+        let b0 = self.blocks.get(&b1.parent_id())?;
+        #[cfg(not(feature = "mutant-one-chain-commit"))]
+        if b1.round() != b0.round() + 1 {
+            return None;
+        }
+        if b0.round() <= self.root.round {
+            return None;
+        }
+        // Path from b0 down to the root.
+        let mut path = vec![b0.clone()];
+        let mut cur = b0.parent_id();
+        while cur != self.root.id {
+            let b = self.blocks.get(&cur)?;
+            path.push(b.clone());
+            cur = b.parent_id();
+        }
+        path.reverse();
+        let proof = CommitProof {
+            certified: b1.clone(),
+            qc: qc.clone(),
+        };
+        let base = self.root.height;
+        let blocks: Vec<CommittedBlock> = path
+            .into_iter()
+            .enumerate()
+            .map(|(i, block)| CommittedBlock {
+                height: base + 1 + i as u64,
+                block,
+            })
+            .collect();
+        let last = blocks.last()?;
+        self.root = Root {
+            id: last.block.id(),
+            round: last.block.round(),
+            height: last.height,
+        };
+        self.prune();
+        Some(Commit { blocks, proof })
+    }
+
+    /// Drops every block that does not descend from the root.
+    fn prune(&mut self) {
+        let mut sorted: Vec<(u64, BlockId, BlockId)> = self
+            .blocks
+            .values()
+            .map(|b| (b.round(), b.id(), b.parent_id()))
+            .collect();
+        sorted.sort_unstable();
+        let mut keep: HashSet<BlockId> = HashSet::new();
+        keep.insert(self.root.id);
+        for (round, id, parent) in sorted {
+            if round > self.root.round && keep.contains(&parent) {
+                keep.insert(id);
+            }
+        }
+        let root = self.root.id;
+        self.blocks.retain(|id, _| *id != root && keep.contains(id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Scheme;
+    use crate::testkit::Cluster;
+
+    fn tree(c: &Cluster) -> BlockTree {
+        BlockTree::new(
+            Root {
+                id: c.ctx.genesis_block(),
+                round: 0,
+                height: 0,
+            },
+            100,
+        )
+    }
+
+    #[test]
+    fn commits_only_on_consecutive_rounds() {
+        let c = Cluster::new(Scheme::Fast, &[1, 1, 1, 1], 7);
+        let mut t = tree(&c);
+        let b1 = c.block(1, c.ctx.genesis_qc(), vec![]);
+        let q1 = c.full_qc(1, b1.id());
+        // B3 extends B1 after round 2 timed out: rounds 1 and 3 are not consecutive.
+        let b3 = c.block(3, q1.clone(), vec![]);
+        let q3 = c.full_qc(3, b3.id());
+        let b4 = c.block(4, q3.clone(), vec![]);
+        let q4 = c.full_qc(4, b4.id());
+        for b in [&b1, &b3, &b4] {
+            assert_eq!(t.insert(b.clone()), Ok(true));
+        }
+        assert_eq!(t.on_qc(&q1), None, "B1's parent is the root");
+        #[cfg(not(feature = "mutant-one-chain-commit"))]
+        assert_eq!(
+            t.on_qc(&q3),
+            None,
+            "QC(B3) with parent B1 of round 1: no commit"
+        );
+        let commit = t
+            .on_qc(&q4)
+            .expect("QC(B4), parent B3 of round 3: commits B3");
+        let heights: Vec<(u64, BlockId)> = commit
+            .blocks
+            .iter()
+            .map(|c| (c.height, c.block.id()))
+            .collect();
+        #[cfg(not(feature = "mutant-one-chain-commit"))]
+        assert_eq!(heights, vec![(1, b1.id()), (2, b3.id())]);
+        let _ = heights;
+        assert_eq!(commit.proof.certified, b4);
+        assert_eq!(t.root().id, b3.id());
+        assert_eq!(t.len(), 1, "only B4 is left");
+    }
+
+    #[test]
+    fn prunes_forks_and_refuses_orphans() {
+        let c = Cluster::new(Scheme::Fast, &[1, 1, 1, 1], 7);
+        let mut t = tree(&c);
+        let b1 = c.block(1, c.ctx.genesis_qc(), vec![]);
+        let fork = c.block(2, c.ctx.genesis_qc(), vec![]); // also extends genesis
+        let b2 = c.block(2, c.full_qc(1, b1.id()), vec![]);
+        let b3 = c.block(3, c.full_qc(2, b2.id()), vec![]);
+        let orphan = c.block(5, c.full_qc(4, crate::types::BlockId([1; 32])), vec![]);
+        assert_eq!(t.insert(orphan), Err(TreeError::MissingParent));
+        for b in [&b1, &fork, &b2, &b3] {
+            t.insert(b.clone()).expect("inserts");
+        }
+        let commit = t.on_qc(&c.full_qc(2, b2.id())).expect("commits B1");
+        assert_eq!(commit.blocks.len(), 1);
+        assert!(!t.contains(&fork.id()), "fork below the new root is pruned");
+        assert!(t.contains(&b3.id()));
+        assert_eq!(t.insert(fork), Err(TreeError::MissingParent));
+        assert_eq!(t.insert(b1), Err(TreeError::BelowRoot));
+    }
+}
