@@ -1,0 +1,286 @@
+//! The built-in replicated application (DESIGN section 8): a key-value store, the "cluster state".
+//!
+//! A transaction is a small JSON object, UTF-8:
+//!
+//! ```json
+//! {"op": "put", "key": "name", "value": "text", "nonce": 7}
+//! {"op": "delete", "key": "name"}
+//! ```
+//!
+//! `nonce` is optional and ignored by execution: it only makes two otherwise equal transactions
+//! distinct (transactions are de-duplicated by hash). Keys are 1 to [`MAX_KEY_BYTES`] bytes,
+//! values at most [`MAX_VALUE_BYTES`] bytes; unknown fields are refused.
+//!
+//! Execution happens in [`commit_block`], in the same durable redb transaction that records the
+//! block as committed, so a crash can neither lose nor repeat an execution. A transaction whose
+//! hash was already committed is skipped (committed once, executed once); a transaction that does
+//! not parse (only a faulty node's batch can carry one: the API refuses them) is recorded as
+//! committed and changes nothing, so every node executes the same sequence.
+
+use serde::{Deserialize, Serialize};
+
+use crate::mempool::{SealedBatch, TxHash, tx_hash};
+use crate::storage::{Hash32, StorageError, Store};
+
+/// Longest key, in bytes.
+pub const MAX_KEY_BYTES: usize = 256;
+/// Longest value, in bytes.
+pub const MAX_VALUE_BYTES: usize = 60 * 1024;
+
+/// A transaction of the KV application.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+pub enum KvTx {
+    /// Sets `key` to `value`.
+    Put {
+        /// The key.
+        key: String,
+        /// The new value.
+        value: String,
+        /// Optional, makes repeated equal writes distinct transactions.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        nonce: Option<u64>,
+    },
+    /// Removes `key` (a no-op when absent).
+    Delete {
+        /// The key.
+        key: String,
+        /// Optional, makes repeated equal deletes distinct transactions.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        nonce: Option<u64>,
+    },
+}
+
+/// Why a transaction is not a valid KV transaction, or why a commit failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The bytes are not a KV transaction.
+    #[error("invalid transaction: {0}")]
+    Invalid(String),
+    /// A batch the block orders is not in storage (the driver must fetch it first).
+    #[error("batch {} of the committed block is missing", hex::encode(.0))]
+    MissingBatch(Hash32),
+    /// A stored batch does not decode.
+    #[error("stored batch {} is malformed", hex::encode(.0))]
+    MalformedBatch(Hash32),
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl KvTx {
+    /// Parses and checks a transaction.
+    pub fn decode(bytes: &[u8]) -> Result<Self, AppError> {
+        let tx: KvTx =
+            serde_json::from_slice(bytes).map_err(|e| AppError::Invalid(e.to_string()))?;
+        let (key, value) = match &tx {
+            KvTx::Put { key, value, .. } => (key, Some(value)),
+            KvTx::Delete { key, .. } => (key, None),
+        };
+        if key.is_empty() || key.len() > MAX_KEY_BYTES {
+            return Err(AppError::Invalid(format!(
+                "key must be 1 to {MAX_KEY_BYTES} bytes"
+            )));
+        }
+        if value.is_some_and(|v| v.len() > MAX_VALUE_BYTES) {
+            return Err(AppError::Invalid(format!(
+                "value exceeds {MAX_VALUE_BYTES} bytes"
+            )));
+        }
+        Ok(tx)
+    }
+
+    /// The transaction's bytes (compact JSON).
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// A block to record as committed and execute.
+#[derive(Clone, Copy, Debug)]
+pub struct CommitInput<'a> {
+    /// Its committed height (the previous height + 1).
+    pub height: u64,
+    /// Its id.
+    pub id: &'a Hash32,
+    /// Its encoding (`proto::v1::Block`), stored under its id.
+    pub block: &'a [u8],
+    /// Its commit proof (`proto::v1::CommitProof`).
+    pub proof: &'a [u8],
+    /// The batches it orders, in order; all must be stored.
+    pub batch_digests: &'a [Hash32],
+}
+
+/// What executing a committed block did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CommitResult {
+    /// Transactions committed at this height (executed, or recorded when invalid), in order.
+    pub committed: Vec<TxHash>,
+    /// Transactions skipped because they were committed before (or earlier in this block).
+    pub duplicates: usize,
+    /// Transactions that did not parse (recorded, no effect).
+    pub invalid: usize,
+}
+
+/// Records a block as committed and executes its transactions, all in one durable transaction.
+pub fn commit_block(store: &Store, input: CommitInput<'_>) -> Result<CommitResult, AppError> {
+    let mut app_err = None;
+    let result = store.write(|w| {
+        w.commit_block(input.height, input.id, input.proof)?;
+        w.put_block(input.id, input.block)?;
+        let mut out = CommitResult::default();
+        let mut seen = std::collections::HashSet::new();
+        for digest in input.batch_digests {
+            let Some(bytes) = w.get_batch(digest)? else {
+                app_err = Some(AppError::MissingBatch(*digest));
+                return Err(StorageError::Malformed("missing batch".into()));
+            };
+            let Ok(txs) = SealedBatch::decode_txs(&bytes) else {
+                app_err = Some(AppError::MalformedBatch(*digest));
+                return Err(StorageError::Malformed("batch".into()));
+            };
+            for tx in txs {
+                let h = tx_hash(&tx);
+                if !seen.insert(h) || w.tx_height(&h)?.is_some() {
+                    out.duplicates += 1;
+                    continue;
+                }
+                match KvTx::decode(&tx) {
+                    Ok(KvTx::Put { key, value, .. }) => {
+                        w.kv_put(key.as_bytes(), value.as_bytes())?
+                    }
+                    Ok(KvTx::Delete { key, .. }) => w.kv_delete(key.as_bytes())?,
+                    Err(_) => out.invalid += 1,
+                }
+                out.committed.push(h);
+            }
+        }
+        w.index_txs(input.height, &out.committed)?;
+        Ok(out)
+    });
+    match (result, app_err) {
+        (Ok(r), _) => Ok(r),
+        (Err(_), Some(e)) => Err(e),
+        (Err(e), None) => Err(e.into()),
+    }
+}
+
+/// The value of `key` in the cluster state.
+pub fn get(store: &Store, key: &str) -> Result<Option<String>, AppError> {
+    Ok(store
+        .kv_get(key.as_bytes())?
+        .map(|v| String::from_utf8_lossy(&v).into_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(k: &str, v: &str) -> Vec<u8> {
+        KvTx::Put {
+            key: k.into(),
+            value: v.into(),
+            nonce: None,
+        }
+        .encode()
+    }
+
+    fn store_batch(store: &Store, txs: &[Vec<u8>]) -> Hash32 {
+        let b = SealedBatch::from_txs(txs);
+        store
+            .write(|w| w.put_batch(&b.digest, &b.encoded))
+            .expect("store batch");
+        b.digest
+    }
+
+    fn commit(store: &Store, height: u64, digests: &[Hash32]) -> Result<CommitResult, AppError> {
+        commit_block(
+            store,
+            CommitInput {
+                height,
+                id: &[height as u8; 32],
+                block: b"block",
+                proof: b"proof",
+                batch_digests: digests,
+            },
+        )
+    }
+
+    #[test]
+    fn encoding_is_documented_json() {
+        let tx = KvTx::decode(br#"{"op":"put","key":"a","value":"b","nonce":3}"#).expect("ok");
+        assert_eq!(
+            tx,
+            KvTx::Put {
+                key: "a".into(),
+                value: "b".into(),
+                nonce: Some(3)
+            }
+        );
+        assert_eq!(
+            put("a", "b"),
+            br#"{"op":"put","key":"a","value":"b"}"#.to_vec()
+        );
+        assert!(KvTx::decode(br#"{"op":"delete","key":"a"}"#).is_ok());
+        for bad in [
+            &br#"{"op":"put","key":"","value":"b"}"#[..],
+            br#"{"op":"put","key":"a"}"#,
+            br#"{"op":"put","key":"a","value":"b","extra":1}"#,
+            br#"{"op":"merge","key":"a"}"#,
+            b"not json",
+        ] {
+            assert!(
+                KvTx::decode(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let long_key = "k".repeat(MAX_KEY_BYTES + 1);
+        assert!(KvTx::decode(&put(&long_key, "v")).is_err());
+        assert!(KvTx::decode(&put("k", &"v".repeat(MAX_VALUE_BYTES + 1))).is_err());
+    }
+
+    #[test]
+    fn executes_in_order_and_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let del = KvTx::Delete {
+            key: "a".into(),
+            nonce: None,
+        }
+        .encode();
+        let b1 = store_batch(&store, &[put("a", "1"), put("b", "2")]);
+        let b2 = store_batch(&store, &[put("a", "3"), b"junk".to_vec(), put("b", "2")]);
+        let r = commit(&store, 1, &[b1, b2]).expect("commit 1");
+        assert_eq!(r.committed.len(), 4);
+        assert_eq!(r.duplicates, 1);
+        assert_eq!(r.invalid, 1);
+        assert_eq!(get(&store, "a").expect("get").as_deref(), Some("3"));
+        assert_eq!(get(&store, "b").expect("get").as_deref(), Some("2"));
+        // The same batch again at a later height executes nothing.
+        let r2 = commit(&store, 2, &[b1]).expect("commit 2");
+        assert!(r2.committed.is_empty());
+        assert_eq!(r2.duplicates, 2);
+        assert_eq!(get(&store, "a").expect("get").as_deref(), Some("3"));
+        let b3 = store_batch(&store, &[del]);
+        commit(&store, 3, &[b3]).expect("commit 3");
+        assert_eq!(get(&store, "a").expect("get"), None);
+        assert_eq!(
+            store.tx_height(&tx_hash(&put("a", "3"))).expect("idx"),
+            Some(1)
+        );
+        assert_eq!(store.block_txs(1).expect("txs"), r.committed);
+        assert_eq!(store.committed_height().expect("h"), 3);
+    }
+
+    #[test]
+    fn missing_batch_commits_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let b1 = store_batch(&store, &[put("a", "1")]);
+        let err = commit(&store, 1, &[b1, [9; 32]]).expect_err("missing");
+        assert!(matches!(err, AppError::MissingBatch(d) if d == [9; 32]));
+        assert_eq!(store.committed_height().expect("h"), 0);
+        assert_eq!(get(&store, "a").expect("get"), None);
+    }
+}

@@ -1,0 +1,553 @@
+//! Node settings: `<home>/config.toml` (written, commented, by `dstack-node init`), overridden by
+//! environment variables and command-line `--set` flags.
+//!
+//! Cluster parameters (timeouts, batch and block limits, pin rule) are not here: every honest
+//! node must share them, so they live in the cluster's `genesis.json`. This file holds what is
+//! local to one node: where the chain RPC and dstack are, addresses to listen on, logging.
+//!
+//! Every key `section.key` can be overridden by the environment variable
+//! `DSTACK_NODE_<SECTION>_<KEY>` (upper case; lists are comma-separated) and by
+//! `--set section.key=value`; command-line wins over environment, which wins over the file.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The file name of the node settings inside the home directory.
+pub const CONFIG_FILE: &str = "config.toml";
+/// The default file name of the cluster's genesis inside the home directory.
+pub const GENESIS_FILE: &str = "genesis.json";
+/// The prefix of environment overrides.
+pub const ENV_PREFIX: &str = "DSTACK_NODE_";
+
+/// Chain access.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainConfig {
+    /// JSON-RPC URL of the chain that holds the membership contract.
+    pub rpc_url: String,
+}
+
+/// Where the cluster is defined.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Path of the cluster's `genesis.json` (relative paths are relative to the home directory).
+    pub genesis: String,
+}
+
+/// The dstack guest agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DstackConfig {
+    /// Unix socket path or `http://` URL of the guest agent (or the simulator).
+    pub endpoint: String,
+    /// The pinned KMS root (0x address or 33-byte compressed key hex); empty: the contract's.
+    pub kms_root: String,
+}
+
+/// The NFT owner this node registers for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The owner address `GET /registration` serves payloads for (empty: endpoint disabled).
+    pub owner_address: String,
+    /// Where the node keeps its database (relative paths are relative to the home directory).
+    pub data_dir: String,
+}
+
+/// libp2p.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct P2pConfig {
+    /// Multiaddrs to listen on.
+    pub listen: Vec<String>,
+    /// Multiaddrs to announce (what you register as connection URL).
+    pub external: Vec<String>,
+    /// Extra peers to dial at start, besides the validators' connection URLs.
+    pub bootstrap: Vec<String>,
+}
+
+/// HTTP endpoints.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Listen address of the JSON API.
+    pub listen: String,
+    /// Listen address of `/metrics` (may equal `listen`: then the API serves it too).
+    pub metrics_listen: String,
+}
+
+/// Logging.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `human` or `json`.
+    pub format: String,
+    /// A tracing filter, like `info` or `node=debug,info`.
+    pub level: String,
+}
+
+/// Node-local mempool bounds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MempoolSettings {
+    /// Local transactions pending at most (more: HTTP 503).
+    pub max_pending_txs: usize,
+    /// Bytes of local pending transactions at most.
+    pub max_pending_bytes: usize,
+}
+
+/// The whole `config.toml`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Chain access.
+    pub chain: ChainConfig,
+    /// The cluster definition.
+    pub cluster: ClusterConfig,
+    /// The dstack guest agent.
+    pub dstack: DstackConfig,
+    /// This node.
+    pub node: NodeConfig,
+    /// libp2p.
+    pub p2p: P2pConfig,
+    /// HTTP.
+    pub api: ApiConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Mempool bounds.
+    pub mempool: MempoolSettings,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            chain: ChainConfig {
+                rpc_url: "http://127.0.0.1:8545".into(),
+            },
+            cluster: ClusterConfig {
+                genesis: GENESIS_FILE.into(),
+            },
+            dstack: DstackConfig {
+                endpoint: "/var/run/dstack.sock".into(),
+                kms_root: String::new(),
+            },
+            node: NodeConfig {
+                owner_address: String::new(),
+                data_dir: "data".into(),
+            },
+            p2p: P2pConfig {
+                listen: vec!["/ip4/0.0.0.0/tcp/26656".into()],
+                external: Vec::new(),
+                bootstrap: Vec::new(),
+            },
+            api: ApiConfig {
+                listen: "127.0.0.1:26657".into(),
+                metrics_listen: "127.0.0.1:26660".into(),
+            },
+            log: LogConfig {
+                format: "human".into(),
+                level: "info".into(),
+            },
+            mempool: MempoolSettings {
+                max_pending_txs: 50_000,
+                max_pending_bytes: 64 * 1024 * 1024,
+            },
+        }
+    }
+}
+
+/// Why the settings could not be loaded or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML of this layout.
+    #[error("{path}: {detail}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// An override names no known key or has a value of the wrong type.
+    #[error("override {key}: {detail}")]
+    Override {
+        /// The key (`section.key`).
+        key: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// `init` would overwrite an existing file.
+    #[error("{0} already exists; refusing to overwrite it")]
+    Exists(PathBuf),
+    /// A setting has an invalid value.
+    #[error("invalid setting {key}: {detail}")]
+    Invalid {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+/// The commented `config.toml` that `init` writes, with these values.
+pub fn render(cfg: &Config) -> String {
+    let list = |v: &[String]| {
+        let items: Vec<String> = v.iter().map(|s| toml_str(s)).collect();
+        format!("[{}]", items.join(", "))
+    };
+    format!(
+        r#"# dstack-node settings (node-local). Cluster parameters such as timeouts and batch limits
+# live in the cluster's genesis.json, which every operator of the cluster shares.
+# Every key can be overridden by the environment, DSTACK_NODE_<SECTION>_<KEY> (lists are
+# comma-separated), or on the command line with --set section.key=value.
+
+[chain]
+# JSON-RPC endpoint of the chain holding the membership contract.
+rpc_url = {rpc}
+
+[cluster]
+# The cluster's genesis file (relative to this directory).
+genesis = {genesis}
+
+[dstack]
+# The dstack guest agent: a Unix socket path or an http:// URL (the simulator in development).
+endpoint = {endpoint}
+# The pinned KMS root (0x address or compressed public key); empty: the contract's KMS root.
+kms_root = {kms}
+
+[node]
+# The NFT owner GET /registration serves registration payloads for (empty: disabled).
+owner_address = {owner}
+# The database directory (relative to this directory). Locked while the node runs.
+data_dir = {data}
+
+[p2p]
+# libp2p multiaddrs to listen on.
+listen = {listen}
+# Multiaddrs other nodes reach this one at (register one of them as the connection URL).
+external = {external}
+# Extra peers to dial at start, besides the validators' registered connection URLs.
+bootstrap = {bootstrap}
+
+[api]
+# The HTTP JSON API (/health, /status, /txs, ...).
+listen = {api}
+# Prometheus /metrics (the API serves /metrics too).
+metrics_listen = {metrics}
+
+[log]
+# "human" or "json".
+format = {format}
+# A tracing filter, e.g. "info" or "node=debug,info".
+level = {level}
+
+[mempool]
+# Local transactions waiting for commit, at most (beyond: HTTP 503).
+max_pending_txs = {mpt}
+# Bytes of those transactions, at most.
+max_pending_bytes = {mpb}
+"#,
+        rpc = toml_str(&cfg.chain.rpc_url),
+        genesis = toml_str(&cfg.cluster.genesis),
+        endpoint = toml_str(&cfg.dstack.endpoint),
+        kms = toml_str(&cfg.dstack.kms_root),
+        owner = toml_str(&cfg.node.owner_address),
+        data = toml_str(&cfg.node.data_dir),
+        listen = list(&cfg.p2p.listen),
+        external = list(&cfg.p2p.external),
+        bootstrap = list(&cfg.p2p.bootstrap),
+        api = toml_str(&cfg.api.listen),
+        metrics = toml_str(&cfg.api.metrics_listen),
+        format = toml_str(&cfg.log.format),
+        level = toml_str(&cfg.log.level),
+        mpt = cfg.mempool.max_pending_txs,
+        mpb = cfg.mempool.max_pending_bytes,
+    )
+}
+
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+/// What `init` did.
+#[derive(Debug)]
+pub struct InitOutcome {
+    /// The written `config.toml`.
+    pub config: PathBuf,
+    /// The genesis file copied beside it, if `--genesis` was given.
+    pub genesis: Option<PathBuf>,
+}
+
+/// `dstack-node init --home DIR [--genesis FILE]`: writes a commented `config.toml` (and copies
+/// the genesis file beside it). Without a genesis file the config targets a local anvil at
+/// 127.0.0.1:8545 and expects `genesis.json` beside it. Never overwrites an existing file.
+pub fn init(home: &Path, genesis: Option<&Path>) -> Result<InitOutcome, ConfigError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ConfigError::Io { path, source }
+    };
+    std::fs::create_dir_all(home).map_err(io(home))?;
+    let config = home.join(CONFIG_FILE);
+    if config.exists() {
+        return Err(ConfigError::Exists(config));
+    }
+    let mut copied = None;
+    if let Some(src) = genesis {
+        let dst = home.join(GENESIS_FILE);
+        if dst.exists() && std::fs::canonicalize(&dst).ok() != std::fs::canonicalize(src).ok() {
+            return Err(ConfigError::Exists(dst));
+        }
+        if !dst.exists() {
+            std::fs::copy(src, &dst).map_err(io(src))?;
+        }
+        copied = Some(dst);
+    }
+    std::fs::write(&config, render(&Config::default())).map_err(io(&config))?;
+    Ok(InitOutcome {
+        config,
+        genesis: copied,
+    })
+}
+
+impl Config {
+    /// Loads `<home>/config.toml`, then applies environment overrides from `env` (pass
+    /// `std::env::vars()`) and the `--set` overrides, in that order.
+    pub fn load(
+        home: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+        sets: &[String],
+    ) -> Result<Self, ConfigError> {
+        let path = home.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let mut table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        apply_env(&mut table, env)?;
+        for set in sets {
+            let Some((key, value)) = set.split_once('=') else {
+                return Err(ConfigError::Override {
+                    key: set.clone(),
+                    detail: "expected section.key=value".into(),
+                });
+            };
+            apply_override(&mut table, key.trim(), value.trim())?;
+        }
+        let cfg: Config = table
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: path.clone(),
+                detail: e.to_string(),
+            })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that TOML types cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !matches!(self.log.format.as_str(), "human" | "json") {
+            return Err(ConfigError::Invalid {
+                key: "log.format".into(),
+                detail: format!("{:?} is neither \"human\" nor \"json\"", self.log.format),
+            });
+        }
+        for (key, addr) in [
+            ("api.listen", &self.api.listen),
+            ("api.metrics_listen", &self.api.metrics_listen),
+        ] {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return Err(ConfigError::Invalid {
+                    key: key.into(),
+                    detail: format!("{addr:?} is not an ip:port address"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The genesis path, resolved against the home directory.
+    pub fn genesis_path(&self, home: &Path) -> PathBuf {
+        home.join(&self.cluster.genesis)
+    }
+
+    /// The data directory, resolved against the home directory.
+    pub fn data_dir(&self, home: &Path) -> PathBuf {
+        home.join(&self.node.data_dir)
+    }
+}
+
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let defaults = toml::Table::try_from(Config::default()).unwrap_or_default();
+    let env: std::collections::HashMap<String, String> = env.into_iter().collect();
+    for (section, keys) in &defaults {
+        let Some(keys) = keys.as_table() else {
+            continue;
+        };
+        for key in keys.keys() {
+            let var = format!("{ENV_PREFIX}{}_{}", section, key).to_uppercase();
+            if let Some(value) = env.get(&var) {
+                apply_override(table, &format!("{section}.{key}"), value)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sets `section.key` to `value`, typed like the default of that key.
+pub fn apply_override(table: &mut toml::Table, key: &str, value: &str) -> Result<(), ConfigError> {
+    let err = |detail: String| ConfigError::Override {
+        key: key.to_owned(),
+        detail,
+    };
+    let defaults = toml::Table::try_from(Config::default()).unwrap_or_default();
+    let Some((section, name)) = key.split_once('.') else {
+        return Err(err("expected section.key".into()));
+    };
+    let Some(default) = defaults
+        .get(section)
+        .and_then(|s| s.as_table())
+        .and_then(|s| s.get(name))
+    else {
+        return Err(err("no such setting".into()));
+    };
+    let typed = match default {
+        toml::Value::String(_) => toml::Value::String(value.to_owned()),
+        toml::Value::Integer(_) => toml::Value::Integer(
+            value
+                .parse()
+                .map_err(|_| err(format!("{value:?} is not an integer")))?,
+        ),
+        toml::Value::Boolean(_) => toml::Value::Boolean(
+            value
+                .parse()
+                .map_err(|_| err(format!("{value:?} is not true or false")))?,
+        ),
+        toml::Value::Array(_) => toml::Value::Array(
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_owned()))
+                .collect(),
+        ),
+        _ => return Err(err("unsupported type".into())),
+    };
+    let entry = table
+        .entry(section.to_owned())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let Some(section_table) = entry.as_table_mut() else {
+        return Err(err(format!("[{section}] is not a table")));
+    };
+    section_table.insert(name.to_owned(), typed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_writes_a_commented_config_that_loads_as_default() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = init(dir.path(), None).expect("init");
+        let text = std::fs::read_to_string(&out.config).expect("read");
+        assert!(text.contains("# dstack-node settings"));
+        assert!(text.contains("rpc_url = \"http://127.0.0.1:8545\""));
+        assert!(out.genesis.is_none());
+        let cfg = Config::load(dir.path(), Vec::new(), &[]).expect("load");
+        assert_eq!(cfg, Config::default());
+        assert_eq!(
+            cfg.genesis_path(dir.path()),
+            dir.path().join("genesis.json")
+        );
+        assert!(matches!(
+            init(dir.path(), None),
+            Err(ConfigError::Exists(_))
+        ));
+    }
+
+    #[test]
+    fn init_copies_the_genesis() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = dir.path().join("g.json");
+        std::fs::write(&src, b"{\"chain_id\":1}").expect("write");
+        let home = dir.path().join("home");
+        let out = init(&home, Some(&src)).expect("init");
+        let dst = out.genesis.expect("copied");
+        assert_eq!(std::fs::read(dst).expect("read"), b"{\"chain_id\":1}");
+    }
+
+    #[test]
+    fn env_then_flags_override_every_type() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        init(dir.path(), None).expect("init");
+        let env = vec![
+            (
+                "DSTACK_NODE_CHAIN_RPC_URL".to_string(),
+                "http://rpc:1".to_string(),
+            ),
+            (
+                "DSTACK_NODE_P2P_BOOTSTRAP".to_string(),
+                "/ip4/1.2.3.4/tcp/1, /ip4/5.6.7.8/tcp/2".to_string(),
+            ),
+            (
+                "DSTACK_NODE_MEMPOOL_MAX_PENDING_TXS".to_string(),
+                "7".to_string(),
+            ),
+            ("DSTACK_NODE_LOG_FORMAT".to_string(), "json".to_string()),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ];
+        let cfg = Config::load(
+            dir.path(),
+            env,
+            &["chain.rpc_url=http://flag:2".to_string()],
+        )
+        .expect("load");
+        assert_eq!(cfg.chain.rpc_url, "http://flag:2");
+        assert_eq!(
+            cfg.p2p.bootstrap,
+            vec!["/ip4/1.2.3.4/tcp/1", "/ip4/5.6.7.8/tcp/2"]
+        );
+        assert_eq!(cfg.mempool.max_pending_txs, 7);
+        assert_eq!(cfg.log.format, "json");
+    }
+
+    #[test]
+    fn bad_overrides_and_values_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        init(dir.path(), None).expect("init");
+        let e = Config::load(dir.path(), Vec::new(), &["nope.key=1".into()]).expect_err("bad");
+        assert!(e.to_string().contains("nope.key"), "{e}");
+        let e = Config::load(
+            dir.path(),
+            vec![("DSTACK_NODE_MEMPOOL_MAX_PENDING_TXS".into(), "many".into())],
+            &[],
+        )
+        .expect_err("bad int");
+        assert!(e.to_string().contains("mempool.max_pending_txs"), "{e}");
+        let e = Config::load(dir.path(), Vec::new(), &["log.format=xml".into()]).expect_err("fmt");
+        assert!(e.to_string().contains("log.format"), "{e}");
+    }
+
+    #[test]
+    fn missing_config_names_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = Config::load(dir.path(), Vec::new(), &[]).expect_err("missing");
+        assert!(e.to_string().contains("config.toml"), "{e}");
+    }
+}

@@ -1,0 +1,11 @@
+//! The library half of `dstack-node`: storage, mempool, the replicated KV application, the HTTP
+//! API and metrics, the libp2p network and the consensus driver. The binary only parses the
+//! command line and calls into this crate, so every part is testable on its own.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod mempool;
+pub mod metrics;
+pub mod net;
+pub mod storage;

@@ -1,0 +1,548 @@
+//! The mempool (DESIGN section 8): transactions grouped into batches by size and time, batches
+//! named by the BLAKE3-256 hash of their canonical encoding, proposals ordering batch digests.
+//!
+//! * A transaction's hash is BLAKE3-256 of its bytes; committed transactions are de-duplicated by
+//!   it (the caller passes the committed-index lookup, normally [`crate::storage::Store`]).
+//! * A batch's canonical encoding is the prost encoding of `proto::v1::Batch` with the
+//!   transactions in order (and nothing else); its digest is BLAKE3-256 of those bytes. A batch
+//!   received from a peer is re-encoded before hashing, so extra or reordered protobuf fields
+//!   cannot give one batch two names.
+//! * The mempool is bounded: local pending transactions by count and bytes (full is
+//!   [`MempoolError::Full`], which the API turns into HTTP 503), batches from peers by count.
+//!
+//! Time is an input (`now`), so the batching rules are testable without sleeping.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use prost::Message;
+
+use crate::storage::Hash32;
+
+/// A transaction's hash: BLAKE3-256 of its bytes.
+pub type TxHash = Hash32;
+
+/// Hashes a transaction (BLAKE3-256 of its bytes).
+pub fn tx_hash(tx: &[u8]) -> TxHash {
+    *blake3::hash(tx).as_bytes()
+}
+
+/// The canonical encoding of a batch: prost `proto::v1::Batch` with the transactions in order.
+pub fn encode_batch(txs: &[Vec<u8>]) -> Vec<u8> {
+    proto::v1::Batch {
+        transactions: txs.to_vec(),
+    }
+    .encode_to_vec()
+}
+
+/// A batch's digest: BLAKE3-256 of its canonical encoding.
+pub fn batch_digest(canonical: &[u8]) -> Hash32 {
+    *blake3::hash(canonical).as_bytes()
+}
+
+/// A batch with its name, its canonical bytes and its transactions' hashes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealedBatch {
+    /// BLAKE3-256 of `encoded`.
+    pub digest: Hash32,
+    /// The canonical encoding (what is stored, gossiped and served).
+    pub encoded: Vec<u8>,
+    /// The transactions' hashes, in batch order.
+    pub tx_hashes: Vec<TxHash>,
+}
+
+impl SealedBatch {
+    /// Builds a batch from transactions.
+    pub fn from_txs(txs: &[Vec<u8>]) -> Self {
+        let encoded = encode_batch(txs);
+        Self {
+            digest: batch_digest(&encoded),
+            tx_hashes: txs.iter().map(|t| tx_hash(t)).collect(),
+            encoded,
+        }
+    }
+
+    /// Builds a batch from a decoded wire batch, checking the limits of `cfg`: a peer's batch is
+    /// refused when it exceeds what an honest node would seal.
+    pub fn from_wire(batch: proto::v1::Batch, cfg: &MempoolConfig) -> Result<Self, MempoolError> {
+        if batch.transactions.len() > cfg.max_batch_txs {
+            return Err(MempoolError::BatchTooLarge);
+        }
+        let mut total = 0usize;
+        for tx in &batch.transactions {
+            if tx.is_empty() {
+                return Err(MempoolError::EmptyTx);
+            }
+            if tx.len() > cfg.max_tx_bytes {
+                return Err(MempoolError::TxTooLarge {
+                    len: tx.len(),
+                    max: cfg.max_tx_bytes,
+                });
+            }
+            total = total.saturating_add(tx.len());
+        }
+        if total > cfg.max_batch_bytes {
+            return Err(MempoolError::BatchTooLarge);
+        }
+        Ok(Self::from_txs(&batch.transactions))
+    }
+
+    /// Decodes stored or received canonical bytes back into transactions.
+    pub fn decode_txs(encoded: &[u8]) -> Result<Vec<Vec<u8>>, MempoolError> {
+        proto::v1::Batch::decode(encoded)
+            .map(|b| b.transactions)
+            .map_err(|_| MempoolError::MalformedBatch)
+    }
+}
+
+/// Limits of the mempool. Every honest node of a cluster should use the same batch limits
+/// (they come from the genesis file's cluster parameters).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MempoolConfig {
+    /// Largest transaction accepted.
+    pub max_tx_bytes: usize,
+    /// A batch is sealed once its transactions reach this many bytes.
+    pub max_batch_bytes: usize,
+    /// A batch is sealed once it holds this many transactions.
+    pub max_batch_txs: usize,
+    /// A non-empty batch is sealed this long after its first transaction.
+    pub batch_timeout: Duration,
+    /// Local transactions not yet committed, at most.
+    pub max_pending_txs: usize,
+    /// Bytes of local transactions not yet committed, at most.
+    pub max_pending_bytes: usize,
+    /// Uncommitted batches (local and from peers) held for proposals, at most.
+    pub max_batches: usize,
+}
+
+impl Default for MempoolConfig {
+    fn default() -> Self {
+        Self {
+            max_tx_bytes: 64 * 1024,
+            max_batch_bytes: 512 * 1024,
+            max_batch_txs: 2_000,
+            batch_timeout: Duration::from_millis(50),
+            max_pending_txs: 50_000,
+            max_pending_bytes: 64 * 1024 * 1024,
+            max_batches: 4_096,
+        }
+    }
+}
+
+/// Why a transaction or batch was not accepted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MempoolError {
+    /// The mempool holds as many transactions (or bytes) as it may; retry later.
+    #[error("mempool full: {pending} transactions ({bytes} bytes) pending; retry later")]
+    Full {
+        /// Pending transactions.
+        pending: usize,
+        /// Pending bytes.
+        bytes: usize,
+    },
+    /// The transaction exceeds the size limit.
+    #[error("transaction of {len} bytes exceeds the limit of {max} bytes")]
+    TxTooLarge {
+        /// Its size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Empty transactions are refused.
+    #[error("empty transaction")]
+    EmptyTx,
+    /// The transaction was already committed.
+    #[error("transaction already committed at height {0}")]
+    AlreadyCommitted(u64),
+    /// The transaction is already pending here.
+    #[error("transaction already pending")]
+    AlreadyPending,
+    /// A peer's batch exceeds the batch limits.
+    #[error("batch exceeds the batch limits")]
+    BatchTooLarge,
+    /// Stored or received bytes are not a batch.
+    #[error("malformed batch")]
+    MalformedBatch,
+}
+
+struct BatchInfo {
+    tx_hashes: Vec<TxHash>,
+}
+
+/// The mempool of one node.
+pub struct Mempool {
+    cfg: MempoolConfig,
+    open: Vec<Vec<u8>>,
+    open_bytes: usize,
+    open_since: Option<Instant>,
+    /// Local pending transactions: their size and the batch they were sealed into.
+    pending: HashMap<TxHash, (usize, Option<Hash32>)>,
+    pending_bytes: usize,
+    batches: HashMap<Hash32, BatchInfo>,
+    ready: VecDeque<Hash32>,
+    sealed_out: Vec<SealedBatch>,
+}
+
+impl Mempool {
+    /// An empty mempool with these limits.
+    pub fn new(cfg: MempoolConfig) -> Self {
+        Self {
+            cfg,
+            open: Vec::new(),
+            open_bytes: 0,
+            open_since: None,
+            pending: HashMap::new(),
+            pending_bytes: 0,
+            batches: HashMap::new(),
+            ready: VecDeque::new(),
+            sealed_out: Vec::new(),
+        }
+    }
+
+    /// The limits in force.
+    pub fn config(&self) -> &MempoolConfig {
+        &self.cfg
+    }
+
+    /// Accepts a transaction from a client. `committed` looks a hash up in the committed index.
+    pub fn submit(
+        &mut self,
+        tx: Vec<u8>,
+        now: Instant,
+        committed: impl FnOnce(&TxHash) -> Option<u64>,
+    ) -> Result<TxHash, MempoolError> {
+        if tx.is_empty() {
+            return Err(MempoolError::EmptyTx);
+        }
+        if tx.len() > self.cfg.max_tx_bytes {
+            return Err(MempoolError::TxTooLarge {
+                len: tx.len(),
+                max: self.cfg.max_tx_bytes,
+            });
+        }
+        let hash = tx_hash(&tx);
+        if self.pending.contains_key(&hash) {
+            return Err(MempoolError::AlreadyPending);
+        }
+        if let Some(h) = committed(&hash) {
+            return Err(MempoolError::AlreadyCommitted(h));
+        }
+        if self.pending.len() >= self.cfg.max_pending_txs
+            || self.pending_bytes + tx.len() > self.cfg.max_pending_bytes
+            || self.batches.len() >= self.cfg.max_batches
+        {
+            return Err(MempoolError::Full {
+                pending: self.pending.len(),
+                bytes: self.pending_bytes,
+            });
+        }
+        self.pending.insert(hash, (tx.len(), None));
+        self.pending_bytes += tx.len();
+        if self.open.is_empty() {
+            self.open_since = Some(now);
+        }
+        self.open_bytes += tx.len();
+        self.open.push(tx);
+        if self.open.len() >= self.cfg.max_batch_txs || self.open_bytes >= self.cfg.max_batch_bytes
+        {
+            self.seal();
+        }
+        Ok(hash)
+    }
+
+    /// Seals the open batch when its time is up; call it on a timer.
+    pub fn tick(&mut self, now: Instant) {
+        if let Some(since) = self.open_since
+            && now.saturating_duration_since(since) >= self.cfg.batch_timeout
+        {
+            self.seal();
+        }
+    }
+
+    /// When the open batch must be sealed by time (for the driver's timer).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.open_since.map(|s| s + self.cfg.batch_timeout)
+    }
+
+    fn seal(&mut self) {
+        if self.open.is_empty() {
+            return;
+        }
+        let txs = std::mem::take(&mut self.open);
+        self.open_bytes = 0;
+        self.open_since = None;
+        let batch = SealedBatch::from_txs(&txs);
+        for h in &batch.tx_hashes {
+            if let Some(entry) = self.pending.get_mut(h) {
+                entry.1 = Some(batch.digest);
+            }
+        }
+        if let std::collections::hash_map::Entry::Vacant(e) = self.batches.entry(batch.digest) {
+            e.insert(BatchInfo {
+                tx_hashes: batch.tx_hashes.clone(),
+            });
+            self.ready.push_back(batch.digest);
+        }
+        self.sealed_out.push(batch);
+    }
+
+    /// The local batches sealed since the last call: the driver stores and disseminates them.
+    pub fn take_sealed(&mut self) -> Vec<SealedBatch> {
+        std::mem::take(&mut self.sealed_out)
+    }
+
+    /// Adds a batch received from a peer (already stored by the caller). Returns false when it
+    /// was known or the mempool holds its maximum of batches (it can be fetched again later).
+    pub fn add_remote(&mut self, batch: &SealedBatch) -> bool {
+        if self.batches.contains_key(&batch.digest) || self.batches.len() >= self.cfg.max_batches {
+            return false;
+        }
+        self.batches.insert(
+            batch.digest,
+            BatchInfo {
+                tx_hashes: batch.tx_hashes.clone(),
+            },
+        );
+        self.ready.push_back(batch.digest);
+        true
+    }
+
+    /// Whether a batch is held (known, not yet committed).
+    pub fn has_batch(&self, digest: &Hash32) -> bool {
+        self.batches.contains_key(digest)
+    }
+
+    /// The digests a leader proposes: the oldest held batches not in `exclude` (the batches of
+    /// the uncommitted blocks the proposal extends), at most `max`.
+    pub fn payload(&self, max: usize, exclude: &HashSet<Hash32>) -> Vec<Hash32> {
+        self.ready
+            .iter()
+            .filter(|d| !exclude.contains(*d))
+            .take(max)
+            .copied()
+            .collect()
+    }
+
+    /// Forgets what a committed block made final: its batches and the transactions executed.
+    pub fn on_committed(&mut self, batch_digests: &[Hash32], executed: &[TxHash]) {
+        let gone: HashSet<Hash32> = batch_digests.iter().copied().collect();
+        for d in &gone {
+            if let Some(info) = self.batches.remove(d) {
+                for h in info.tx_hashes {
+                    self.forget_tx(&h);
+                }
+            }
+        }
+        if !gone.is_empty() {
+            self.ready.retain(|d| !gone.contains(d));
+        }
+        for h in executed {
+            self.forget_tx(h);
+        }
+    }
+
+    fn forget_tx(&mut self, h: &TxHash) {
+        if let Some((len, batch)) = self.pending.remove(h) {
+            self.pending_bytes -= len;
+            if batch.is_none() {
+                // Committed through another node's batch while still open here: drop it from the
+                // open batch so it is not proposed again.
+                if let Some(pos) = self.open.iter().position(|t| tx_hash(t) == *h) {
+                    let tx = self.open.remove(pos);
+                    self.open_bytes -= tx.len();
+                    if self.open.is_empty() {
+                        self.open_since = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether a local transaction is pending (accepted, not yet committed).
+    pub fn is_pending(&self, hash: &TxHash) -> bool {
+        self.pending.contains_key(hash)
+    }
+
+    /// Local pending transactions (the `dstack_mempool_transactions` gauge).
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Uncommitted batches held.
+    pub fn batches_len(&self) -> usize {
+        self.batches.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> MempoolConfig {
+        MempoolConfig {
+            max_tx_bytes: 100,
+            max_batch_bytes: 1_000,
+            max_batch_txs: 3,
+            batch_timeout: Duration::from_millis(50),
+            max_pending_txs: 5,
+            max_pending_bytes: 10_000,
+            max_batches: 10,
+        }
+    }
+
+    fn never(_: &TxHash) -> Option<u64> {
+        None
+    }
+
+    #[test]
+    fn digest_is_blake3_of_canonical_encoding() {
+        let txs = vec![b"a".to_vec(), b"bc".to_vec()];
+        let b = SealedBatch::from_txs(&txs);
+        // Field 1, length-delimited: 0x0a len bytes, per transaction.
+        assert_eq!(b.encoded, vec![0x0a, 1, b'a', 0x0a, 2, b'b', b'c']);
+        assert_eq!(b.digest, *blake3::hash(&b.encoded).as_bytes());
+        assert_eq!(b.tx_hashes[1], *blake3::hash(b"bc").as_bytes());
+        assert_eq!(SealedBatch::decode_txs(&b.encoded).expect("decode"), txs);
+    }
+
+    #[test]
+    fn seals_by_count() {
+        let mut m = Mempool::new(small());
+        let t = Instant::now();
+        for i in 0..3u8 {
+            m.submit(vec![i + 1], t, never).expect("submit");
+        }
+        let sealed = m.take_sealed();
+        assert_eq!(sealed.len(), 1);
+        assert_eq!(sealed[0].tx_hashes.len(), 3);
+        assert_eq!(m.payload(10, &HashSet::new()), vec![sealed[0].digest]);
+    }
+
+    #[test]
+    fn seals_by_time_not_before() {
+        let mut m = Mempool::new(small());
+        let t = Instant::now();
+        m.submit(b"x".to_vec(), t, never).expect("submit");
+        m.tick(t + Duration::from_millis(49));
+        assert!(m.take_sealed().is_empty());
+        assert_eq!(m.next_deadline(), Some(t + Duration::from_millis(50)));
+        m.tick(t + Duration::from_millis(50));
+        assert_eq!(m.take_sealed().len(), 1);
+        assert_eq!(m.next_deadline(), None);
+    }
+
+    #[test]
+    fn seals_by_bytes() {
+        let mut cfg = small();
+        cfg.max_batch_bytes = 150;
+        let mut m = Mempool::new(cfg);
+        let t = Instant::now();
+        m.submit(vec![1; 100], t, never).expect("submit");
+        assert!(m.take_sealed().is_empty());
+        m.submit(vec![2; 60], t, never).expect("submit");
+        assert_eq!(m.take_sealed().len(), 1);
+    }
+
+    #[test]
+    fn full_then_free_after_commit() {
+        let mut m = Mempool::new(small());
+        let t = Instant::now();
+        for i in 0..5u8 {
+            m.submit(vec![i + 1], t, never).expect("submit");
+        }
+        let err = m.submit(vec![99], t, never).expect_err("full");
+        assert!(matches!(err, MempoolError::Full { pending: 5, .. }));
+        assert!(err.to_string().contains("mempool full"));
+        m.tick(t + Duration::from_secs(1));
+        let sealed = m.take_sealed();
+        assert_eq!(sealed.len(), 2);
+        m.on_committed(&[sealed[0].digest], &sealed[0].tx_hashes);
+        assert_eq!(m.pending_len(), 2);
+        m.submit(vec![99], t, never).expect("room again");
+        assert_eq!(m.payload(10, &HashSet::new()), vec![sealed[1].digest]);
+    }
+
+    #[test]
+    fn duplicates_and_committed_are_refused() {
+        let mut m = Mempool::new(small());
+        let t = Instant::now();
+        let h = m.submit(b"tx".to_vec(), t, never).expect("submit");
+        assert_eq!(h, tx_hash(b"tx"));
+        assert!(m.is_pending(&h));
+        assert_eq!(
+            m.submit(b"tx".to_vec(), t, never),
+            Err(MempoolError::AlreadyPending)
+        );
+        assert_eq!(
+            m.submit(b"old".to_vec(), t, |_| Some(7)),
+            Err(MempoolError::AlreadyCommitted(7))
+        );
+        assert_eq!(m.submit(Vec::new(), t, never), Err(MempoolError::EmptyTx));
+        assert!(matches!(
+            m.submit(vec![0; 101], t, never),
+            Err(MempoolError::TxTooLarge { len: 101, max: 100 })
+        ));
+    }
+
+    #[test]
+    fn committed_elsewhere_leaves_the_open_batch() {
+        let mut m = Mempool::new(small());
+        let t = Instant::now();
+        let h = m.submit(b"tx".to_vec(), t, never).expect("submit");
+        m.on_committed(&[], &[h]);
+        assert!(!m.is_pending(&h));
+        m.tick(t + Duration::from_secs(1));
+        assert!(m.take_sealed().is_empty(), "nothing left to seal");
+    }
+
+    #[test]
+    fn payload_excludes_and_limits() {
+        let mut m = Mempool::new(small());
+        let a = SealedBatch::from_txs(&[b"a".to_vec()]);
+        let b = SealedBatch::from_txs(&[b"b".to_vec()]);
+        let c = SealedBatch::from_txs(&[b"c".to_vec()]);
+        assert!(m.add_remote(&a));
+        assert!(!m.add_remote(&a), "known batch");
+        assert!(m.add_remote(&b));
+        assert!(m.add_remote(&c));
+        let ex: HashSet<_> = [a.digest].into_iter().collect();
+        assert_eq!(m.payload(1, &ex), vec![b.digest]);
+        assert_eq!(m.payload(10, &ex), vec![b.digest, c.digest]);
+    }
+
+    #[test]
+    fn remote_batches_are_bounded() {
+        let mut cfg = small();
+        cfg.max_batches = 2;
+        let mut m = Mempool::new(cfg);
+        for i in 0..2u8 {
+            assert!(m.add_remote(&SealedBatch::from_txs(&[vec![i + 1]])));
+        }
+        assert!(!m.add_remote(&SealedBatch::from_txs(&[vec![9]])));
+        assert_eq!(m.batches_len(), 2);
+    }
+
+    #[test]
+    fn wire_batches_are_checked_and_renamed_canonically() {
+        let cfg = small();
+        let wire = proto::v1::Batch {
+            transactions: vec![b"a".to_vec()],
+        };
+        let b = SealedBatch::from_wire(wire, &cfg).expect("ok");
+        assert_eq!(b, SealedBatch::from_txs(&[b"a".to_vec()]));
+        let too_many = proto::v1::Batch {
+            transactions: vec![b"a".to_vec(); 4],
+        };
+        assert_eq!(
+            SealedBatch::from_wire(too_many, &cfg),
+            Err(MempoolError::BatchTooLarge)
+        );
+        let empty_tx = proto::v1::Batch {
+            transactions: vec![Vec::new()],
+        };
+        assert_eq!(
+            SealedBatch::from_wire(empty_tx, &cfg),
+            Err(MempoolError::EmptyTx)
+        );
+    }
+}

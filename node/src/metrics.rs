@@ -1,0 +1,273 @@
+//! Prometheus metrics with exactly the names of DESIGN section 9 (served at `GET /metrics`).
+//!
+//! prometheus-client appends `_total` to counters, so counters are registered without it.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// A label set with one `address` label (0x-prefixed lowercase hex).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AddressLabel {
+    /// The validator's address.
+    pub address: String,
+}
+
+/// A label set with one `reason` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why a message was rejected or ignored.
+    pub reason: String,
+}
+
+/// A label set with one `signer` label (0x-prefixed lowercase hex address).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SignerLabel {
+    /// The equivocating signer.
+    pub signer: String,
+}
+
+/// Every metric a node exports. Cheap handles: clone the fields freely.
+pub struct Metrics {
+    registry: Registry,
+    /// `dstack_consensus_height`: the highest committed height.
+    pub height: Gauge,
+    /// `dstack_consensus_round`: the current round.
+    pub round: Gauge,
+    /// `dstack_consensus_epoch`: the current epoch.
+    pub epoch: Gauge,
+    /// `dstack_validators_power`: the total power of the current set.
+    pub validators_power: Gauge,
+    /// `dstack_validator_power{address}`: each member's power.
+    pub validator_power: Family<AddressLabel, Gauge>,
+    /// `dstack_block_interval_seconds`: time between consecutive commits.
+    pub block_interval: Histogram,
+    /// `dstack_commit_latency_seconds`: from a transaction's acceptance to its commit.
+    pub commit_latency: Histogram,
+    /// `dstack_timeouts_total`: round timeouts this node signed.
+    pub timeouts: Counter,
+    /// `dstack_messages_rejected_total{reason}`.
+    pub rejected: Family<ReasonLabel, Counter>,
+    /// `dstack_messages_ignored_total{reason}`.
+    pub ignored: Family<ReasonLabel, Counter>,
+    /// `dstack_evidence_total{signer}`: equivocations seen, by signer.
+    pub evidence: Family<SignerLabel, Counter>,
+    /// `dstack_epoch_changes_total`.
+    pub epoch_changes: Counter,
+    /// `dstack_p2p_peers`: connected peers.
+    pub p2p_peers: Gauge,
+    /// `dstack_mempool_transactions`: local pending transactions.
+    pub mempool_transactions: Gauge,
+    /// `dstack_syncing`: 1 while block sync runs.
+    pub syncing: Gauge<u64, AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let height = Gauge::default();
+        let round = Gauge::default();
+        let epoch = Gauge::default();
+        let validators_power = Gauge::default();
+        let validator_power = Family::<AddressLabel, Gauge>::default();
+        let block_interval = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        let commit_latency = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        let timeouts = Counter::default();
+        let rejected = Family::<ReasonLabel, Counter>::default();
+        let ignored = Family::<ReasonLabel, Counter>::default();
+        let evidence = Family::<SignerLabel, Counter>::default();
+        let epoch_changes = Counter::default();
+        let p2p_peers = Gauge::default();
+        let mempool_transactions = Gauge::default();
+        let syncing = Gauge::<u64, AtomicU64>::default();
+        let r = &mut registry;
+        r.register(
+            "dstack_consensus_height",
+            "Highest committed height",
+            height.clone(),
+        );
+        r.register("dstack_consensus_round", "Current round", round.clone());
+        r.register("dstack_consensus_epoch", "Current epoch", epoch.clone());
+        r.register(
+            "dstack_validators_power",
+            "Total voting power of the current validator set",
+            validators_power.clone(),
+        );
+        r.register(
+            "dstack_validator_power",
+            "Voting power of each validator (number of NFTs authorizing it)",
+            validator_power.clone(),
+        );
+        r.register(
+            "dstack_block_interval_seconds",
+            "Seconds between consecutive commits",
+            block_interval.clone(),
+        );
+        r.register(
+            "dstack_commit_latency_seconds",
+            "Seconds from accepting a transaction to committing it",
+            commit_latency.clone(),
+        );
+        r.register("dstack_timeouts", "Round timeouts signed", timeouts.clone());
+        r.register(
+            "dstack_messages_rejected",
+            "Messages rejected (peer penalized), by reason",
+            rejected.clone(),
+        );
+        r.register(
+            "dstack_messages_ignored",
+            "Messages ignored (not forwarded), by reason",
+            ignored.clone(),
+        );
+        r.register(
+            "dstack_evidence",
+            "Equivocation evidence recorded, by signer",
+            evidence.clone(),
+        );
+        r.register(
+            "dstack_epoch_changes",
+            "Epoch changes committed",
+            epoch_changes.clone(),
+        );
+        r.register("dstack_p2p_peers", "Connected peers", p2p_peers.clone());
+        r.register(
+            "dstack_mempool_transactions",
+            "Local transactions pending in the mempool",
+            mempool_transactions.clone(),
+        );
+        r.register(
+            "dstack_syncing",
+            "1 while the node catches up by block sync",
+            syncing.clone(),
+        );
+        Self {
+            registry,
+            height,
+            round,
+            epoch,
+            validators_power,
+            validator_power,
+            block_interval,
+            commit_latency,
+            timeouts,
+            rejected,
+            ignored,
+            evidence,
+            epoch_changes,
+            p2p_peers,
+            mempool_transactions,
+            syncing,
+        }
+    }
+
+    /// Counts a rejected message.
+    pub fn reject(&self, reason: &str) {
+        self.rejected
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts an ignored message.
+    pub fn ignore(&self, reason: &str) {
+        self.ignored
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The text exposition (OpenMetrics) of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every name of DESIGN section 9, as it appears in the exposition.
+    pub(crate) const NAMES: [&str; 15] = [
+        "dstack_consensus_height",
+        "dstack_consensus_round",
+        "dstack_consensus_epoch",
+        "dstack_validators_power",
+        "dstack_validator_power",
+        "dstack_block_interval_seconds",
+        "dstack_commit_latency_seconds",
+        "dstack_timeouts_total",
+        "dstack_messages_rejected_total",
+        "dstack_messages_ignored_total",
+        "dstack_evidence_total",
+        "dstack_epoch_changes_total",
+        "dstack_p2p_peers",
+        "dstack_mempool_transactions",
+        "dstack_syncing",
+    ];
+
+    #[test]
+    fn exposes_exactly_the_design_names() {
+        let m = Metrics::new();
+        m.height.set(5);
+        m.timeouts.inc();
+        m.reject("bad_signature");
+        m.ignore("stale");
+        m.validator_power
+            .get_or_create(&AddressLabel {
+                address: "0xab".into(),
+            })
+            .set(3);
+        m.evidence
+            .get_or_create(&SignerLabel {
+                signer: "0xcd".into(),
+            })
+            .inc();
+        m.block_interval.observe(0.5);
+        let text = m.encode();
+        for name in NAMES {
+            assert!(
+                text.lines().any(|l| l.starts_with(name)),
+                "{name} missing in:\n{text}"
+            );
+        }
+        assert!(text.contains("dstack_consensus_height 5"), "{text}");
+        assert!(text.contains("dstack_timeouts_total 1"), "{text}");
+        assert!(
+            text.contains(r#"dstack_messages_rejected_total{reason="bad_signature"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"dstack_validator_power{address="0xab"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("dstack_block_interval_seconds_bucket"),
+            "{text}"
+        );
+        // No metric outside the design's list.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            assert!(
+                NAMES.iter().any(|n| name.starts_with(n)),
+                "unexpected metric {name}"
+            );
+        }
+    }
+}
