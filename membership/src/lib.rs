@@ -11,4 +11,6 @@ pub mod genesis;
 pub mod hexfmt;
 pub mod identity;
 pub mod kdf;
+pub mod oracle;
+pub mod sdk;
 pub mod simulator;
