@@ -196,6 +196,23 @@ pub enum Action {
     Discarded(Discard),
 }
 
+/// Sizes of the core's buffers (all bounded by `Config`), for metrics and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CoreStats {
+    /// Uncommitted blocks in the tree.
+    pub pending_blocks: usize,
+    /// Proposals waiting for a parent.
+    pub buffered_proposals: usize,
+    /// Rounds with collected votes.
+    pub vote_rounds: usize,
+    /// Votes held in total.
+    pub votes: usize,
+    /// Blocks being fetched.
+    pub wanted: usize,
+    /// Fetched blocks waiting for ancestors.
+    pub orphans: usize,
+}
+
 /// Why a core could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum CoreError {
@@ -373,6 +390,17 @@ impl Core {
     /// The safety state (as last handed out for persistence, or newer).
     pub fn safety_state(&self) -> &SafetyState {
         self.safety.state()
+    }
+    /// Buffer sizes.
+    pub fn stats(&self) -> CoreStats {
+        CoreStats {
+            pending_blocks: self.tree.len(),
+            buffered_proposals: self.pending.len(),
+            vote_rounds: self.votes.len(),
+            votes: self.votes.values().map(|r| r.voted.len()).sum(),
+            wanted: self.wanted.len(),
+            orphans: self.orphans.len(),
+        }
     }
     /// Host time as last reported by an event.
     pub fn now_ms(&self) -> u64 {

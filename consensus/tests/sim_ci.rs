@@ -1,0 +1,117 @@
+//! The CI share of the seeded simulations: 2,000+ runs across the honest, partition and crash
+//! scenarios (some with real secp256k1 signatures), bounded by count and by time. Every failure
+//! prints its seed and the command that replays it. `consensus/README.md` documents the 100,000+
+//! seed local run.
+
+use consensus::crypto::Scheme;
+use consensus::sim::{self, Scenario, SimConfig};
+use std::time::{Duration, Instant};
+
+/// Wall-clock bound of one group (the runs take a few seconds on 2 cores; the bound only stops a
+/// pathological slowdown from hanging CI).
+const GROUP_BOUND: Duration = Duration::from_secs(240);
+
+fn run_group(scenario: Scenario, scheme: Scheme, nodes: &[usize], seeds_per_size: u64) -> u64 {
+    let started = Instant::now();
+    let mut failures = Vec::new();
+    let mut runs = 0;
+    for &n in nodes {
+        for seed in 0..seeds_per_size {
+            assert!(
+                started.elapsed() < GROUP_BOUND,
+                "{} group exceeded {GROUP_BOUND:?} after {runs} runs",
+                scenario.name()
+            );
+            let cfg = SimConfig {
+                seed,
+                nodes: n,
+                powers: None,
+                scenario,
+                rounds: 60,
+                scheme,
+            };
+            let out = sim::run(&cfg);
+            runs += 1;
+            if !out.safety.is_empty() || !out.liveness.is_empty() {
+                let crypto = if scheme == Scheme::Fast {
+                    "fast"
+                } else {
+                    "real"
+                };
+                failures.push(format!(
+                    "seed={seed} nodes={n} scenario={} safety={:?} liveness={:?}\n  replay: cargo \
+                     run --release -p consensus --example sim -- --seeds {seed}..{} --nodes {n} \
+                     --scenario {} --rounds 60 --crypto {crypto}",
+                    scenario.name(),
+                    out.safety,
+                    out.liveness,
+                    seed + 1,
+                    scenario.name()
+                ));
+            }
+            assert!(out.commits > 0, "seed {seed} n={n}: nothing committed");
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    eprintln!(
+        "{} ({scheme:?}): {runs} runs in {:?}",
+        scenario.name(),
+        started.elapsed()
+    );
+    runs
+}
+
+#[test]
+fn honest_fast() {
+    assert_eq!(
+        run_group(Scenario::Honest, Scheme::Fast, &[1, 3, 4, 7], 100),
+        400
+    );
+}
+
+#[test]
+fn partition_fast() {
+    assert_eq!(
+        run_group(Scenario::Partition, Scheme::Fast, &[3, 4, 5, 7], 200),
+        800
+    );
+}
+
+#[test]
+fn crash_fast() {
+    assert_eq!(
+        run_group(Scenario::Crash, Scheme::Fast, &[3, 4, 5, 7], 200),
+        800
+    );
+}
+
+#[test]
+fn all_scenarios_real_crypto() {
+    let runs = run_group(Scenario::Honest, Scheme::Secp256k1, &[4], 10)
+        + run_group(Scenario::Partition, Scheme::Secp256k1, &[4], 10)
+        + run_group(Scenario::Crash, Scheme::Secp256k1, &[4], 10);
+    assert_eq!(runs, 30);
+}
+
+#[test]
+fn same_seed_same_outcome() {
+    let cfg = SimConfig {
+        seed: 42,
+        nodes: 5,
+        powers: Some(vec![1, 2, 3, 1, 1]),
+        scenario: Scenario::Crash,
+        rounds: 60,
+        scheme: Scheme::Fast,
+    };
+    let a = sim::run(&cfg);
+    let b = sim::run(&cfg);
+    assert_eq!(
+        (a.commits, a.max_round, a.events, a.time_ms),
+        (b.commits, b.max_round, b.events, b.time_ms)
+    );
+}
