@@ -11,6 +11,7 @@
 
 use crate::block_tree::{BlockTree, Commit, Root};
 use crate::crypto::Signer;
+use crate::evidence::{EquivocationKind, Evidence};
 use crate::pacemaker::{Entry, Pacemaker};
 use crate::safety::{SafetyRules, SafetyState};
 use crate::types::{
@@ -192,6 +193,8 @@ pub enum Action {
     /// Blocks committed, in order, with their proof; the host applies them to its ledger
     /// (idempotently by height).
     Commit(Commit),
+    /// A member signed two different votes or proposals for one round: both signed messages.
+    Evidence(Evidence),
     /// A message was not used (metrics and peer scoring only).
     Discarded(Discard),
 }
@@ -231,7 +234,8 @@ pub enum CoreError {
 
 #[derive(Debug, Default)]
 struct RoundVotes {
-    voted: BTreeMap<usize, BlockId>,
+    voted: BTreeMap<usize, (BlockId, Signature)>,
+    equivocators: Vec<usize>,
     by_block: HashMap<BlockId, (SignerBitmap, BTreeMap<usize, Signature>)>,
     qc_formed: bool,
 }
@@ -251,6 +255,7 @@ pub struct Core {
     me: Address,
     votes: BTreeMap<u64, RoundVotes>,
     pending: BTreeMap<u64, (Proposal, Address)>,
+    proposals_seen: BTreeMap<u64, (BlockId, Signature, bool)>,
     awaiting_batches: Option<Proposal>,
     wanted: BTreeMap<BlockId, Want>,
     orphans: BTreeMap<BlockId, Block>,
@@ -331,6 +336,7 @@ impl Core {
             me,
             votes: BTreeMap::new(),
             pending: BTreeMap::new(),
+            proposals_seen: BTreeMap::new(),
             awaiting_batches: None,
             wanted: BTreeMap::new(),
             orphans: BTreeMap::new(),
@@ -507,6 +513,7 @@ impl Core {
         let keep_from = round.saturating_sub(1);
         self.votes = self.votes.split_off(&keep_from);
         self.pending = self.pending.split_off(&round);
+        self.proposals_seen = self.proposals_seen.split_off(&keep_from);
         if self
             .awaiting_batches
             .as_ref()
@@ -591,6 +598,7 @@ impl Core {
         if let Err(_e) = self.ctx.verify_proposal(&p) {
             return self.discard(true, "invalid proposal");
         }
+        self.check_proposal_equivocation(&p);
         self.process_qc(&p.block.qc().clone(), Some(from));
         if let Some(tc) = p.tc.clone() {
             self.process_tc(&tc, Some(from));
@@ -605,6 +613,39 @@ impl Core {
             return self.discard(false, "stale proposal");
         }
         self.accept_current_proposal(p, from);
+    }
+
+    /// Remembers the first proposal of each recent round; a different one by the same leader is
+    /// evidence (reported once per round).
+    fn check_proposal_equivocation(&mut self, p: &Proposal) {
+        let r = p.round();
+        if r + 1 < self.pm.round() || r > self.pm.round().saturating_add(self.config.round_window) {
+            return;
+        }
+        match self.proposals_seen.get_mut(&r) {
+            None => {
+                self.proposals_seen
+                    .insert(r, (p.block.id(), p.signature, false));
+                if self.proposals_seen.len() as u64 > self.config.round_window + 2
+                    && let Some(first) = self.proposals_seen.keys().next().copied()
+                {
+                    self.proposals_seen.remove(&first);
+                }
+            }
+            Some((id, sig, reported)) if *id != p.block.id() && !*reported => {
+                *reported = true;
+                let first = (*id, *sig);
+                self.out.push(Action::Evidence(Evidence {
+                    kind: EquivocationKind::Proposal,
+                    signer: p.block.proposer(),
+                    epoch: p.block.epoch(),
+                    round: r,
+                    first,
+                    second: (p.block.id(), p.signature),
+                }));
+            }
+            Some(_) => {}
+        }
     }
 
     /// A valid proposal of the current round whose certificates were processed.
@@ -718,17 +759,45 @@ impl Core {
         let Some(i) = self.ctx.set().index_of(&v.signer) else {
             return self.discard(true, "vote from a non-member");
         };
-        if let Some(rv) = self.votes.get(&v.round)
-            && (rv.qc_formed || rv.voted.contains_key(&i))
-        {
-            return self.discard(false, "duplicate vote");
+        let first = self
+            .votes
+            .get(&v.round)
+            .and_then(|rv| rv.voted.get(&i).map(|f| (*f, rv.equivocators.contains(&i))));
+        match first {
+            Some(((id, _), _)) if id == v.block_id => {
+                return self.discard(false, "duplicate vote");
+            }
+            Some((_, true)) => return self.discard(false, "duplicate equivocating vote"),
+            Some((first, false)) => {
+                // A different vote by the same signer for the same round: evidence if it is
+                // really signed by them.
+                if self.ctx.verify_vote(&v).is_err() {
+                    return self.discard(true, "badly signed vote");
+                }
+                if let Some(rv) = self.votes.get_mut(&v.round) {
+                    rv.equivocators.push(i);
+                }
+                self.out.push(Action::Evidence(Evidence {
+                    kind: EquivocationKind::Vote,
+                    signer: v.signer,
+                    epoch: v.epoch,
+                    round: v.round,
+                    first,
+                    second: (v.block_id, v.signature),
+                }));
+                return;
+            }
+            None => {}
+        }
+        if self.votes.get(&v.round).is_some_and(|rv| rv.qc_formed) {
+            return self.discard(false, "vote after the QC formed");
         }
         if self.ctx.verify_vote(&v).is_err() {
             return self.discard(true, "badly signed vote");
         }
         let n = self.ctx.set().len();
         let rv = self.votes.entry(v.round).or_default();
-        rv.voted.insert(i, v.block_id);
+        rv.voted.insert(i, (v.block_id, v.signature));
         let entry = rv
             .by_block
             .entry(v.block_id)

@@ -15,6 +15,7 @@ pub mod codec;
 pub mod core;
 pub mod crypto;
 pub mod domain;
+pub mod evidence;
 pub mod pacemaker;
 pub mod safety;
 pub mod sim;

@@ -207,6 +207,30 @@ impl EpochContext {
         if self.cached(&key) {
             return Ok(());
         }
+        self.verify_qc_uncached(qc)?;
+        self.remember(key);
+        Ok(())
+    }
+
+    /// [`Self::verify_qc`] without the cache: every signature is checked (for benchmarks and
+    /// one-off checks).
+    pub fn verify_qc_uncached(&self, qc: &QuorumCert) -> Result<(), CertError> {
+        if qc.epoch != self.epoch {
+            return Err(CertError::WrongEpoch {
+                expected: self.epoch,
+                got: qc.epoch,
+            });
+        }
+        if qc.round == 0 {
+            return if qc.block_id == self.genesis_block
+                && qc.signers.count() == 0
+                && qc.signatures.is_empty()
+            {
+                Ok(())
+            } else {
+                Err(CertError::ForgedGenesis)
+            };
+        }
         self.check_signers(&qc.signers, qc.signatures.len())?;
         let digest = self.domain.vote_digest(qc.epoch, qc.round, &qc.block_id);
         for (i, sig) in qc.signers.iter().zip(&qc.signatures) {
@@ -215,7 +239,6 @@ impl EpochContext {
                 return Err(CertError::BadSignature(i));
             }
         }
-        self.remember(key);
         Ok(())
     }
 
@@ -379,5 +402,119 @@ impl EpochContext {
             (None, false) => {}
         }
         Ok(i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Scheme;
+    use crate::testkit::Cluster;
+    use crate::types::{Signature, SignerBitmap};
+
+    fn cluster() -> Cluster {
+        Cluster::new(Scheme::Secp256k1, &[1, 1, 1, 4], 11) // P = 7, Q = 5
+    }
+
+    fn big(c: &Cluster) -> usize {
+        (0..4)
+            .find(|&i| c.ctx.set().get(i).is_some_and(|v| v.power == 4))
+            .expect("present")
+    }
+
+    #[test]
+    fn qc_validity_by_power_bitmap_and_signatures() {
+        let c = cluster();
+        let b = BlockId([3; 32]);
+        let small: Vec<usize> = (0..4).filter(|&i| i != big(&c)).collect();
+        assert_eq!(
+            c.ctx.verify_qc(&c.qc(5, b, &small)),
+            Err(CertError::NoQuorum)
+        );
+        let ok = c.qc(5, b, &[big(&c), small[0]]);
+        assert_eq!(c.ctx.verify_qc_uncached(&ok), Ok(()));
+        assert_eq!(c.ctx.verify_qc(&ok), Ok(()));
+        // Signatures swapped between signers.
+        let mut swapped = ok.clone();
+        swapped.signatures.swap(0, 1);
+        assert!(matches!(
+            c.ctx.verify_qc(&swapped),
+            Err(CertError::BadSignature(_))
+        ));
+        // A valid QC for another block id or round does not verify.
+        let mut moved = ok.clone();
+        moved.round = 6;
+        assert!(matches!(
+            c.ctx.verify_qc(&moved),
+            Err(CertError::BadSignature(_))
+        ));
+        // Bitmap sized for another set.
+        let mut wide = ok.clone();
+        let mut bits = SignerBitmap::new(16);
+        for i in ok.signers.iter() {
+            bits.set(i);
+        }
+        wide.signers = bits;
+        assert_eq!(c.ctx.verify_qc(&wide), Err(CertError::BadBitmap));
+        // Missing signature.
+        let mut short = ok;
+        short.signatures.pop();
+        assert_eq!(c.ctx.verify_qc(&short), Err(CertError::CountMismatch));
+        // Genesis QC: valid only for this epoch's genesis block, without signers.
+        assert_eq!(c.ctx.verify_qc(&c.ctx.genesis_qc()), Ok(()));
+        let mut forged = c.ctx.genesis_qc();
+        forged.block_id = BlockId([1; 32]);
+        assert_eq!(c.ctx.verify_qc(&forged), Err(CertError::ForgedGenesis));
+        let mut other_epoch = c.ctx.genesis_qc();
+        other_epoch.epoch = 1;
+        assert!(matches!(
+            c.ctx.verify_qc(&other_epoch),
+            Err(CertError::WrongEpoch { .. })
+        ));
+    }
+
+    #[test]
+    fn tc_validity() {
+        let c = cluster();
+        let g = c.ctx.genesis_qc();
+        let b1 = BlockId([1; 32]);
+        let q1 = c.full_qc(1, b1);
+        let all = |r: &[u64]| -> Vec<(usize, u64)> { (0..4).zip(r.iter().copied()).collect() };
+        // Valid: largest reported high-QC round (1) equals the carried QC's round, below 3.
+        let tc = c.tc(3, q1.clone(), &all(&[1, 0, 1, 0]));
+        assert_eq!(c.ctx.verify_tc(&tc), Ok(()));
+        // Carried QC below the largest reported round.
+        let tc_low = c.tc(3, g.clone(), &all(&[1, 0, 0, 0]));
+        assert!(matches!(
+            c.ctx.verify_tc(&tc_low),
+            Err(CertError::HighQcMismatch { qc: 0, max: 1 })
+        ));
+        // Carried QC not below the TC's round.
+        let tc_same = c.tc(1, q1.clone(), &all(&[1, 1, 1, 1]));
+        assert!(matches!(
+            c.ctx.verify_tc(&tc_same),
+            Err(CertError::HighQcNotBelowRound { .. })
+        ));
+        // A reported round changed after signing: the signature is over the original round.
+        let mut lied = tc.clone();
+        lied.high_qc_rounds[1] = 1;
+        assert!(matches!(
+            c.ctx.verify_tc(&lied),
+            Err(CertError::BadSignature(_))
+        ));
+        // Without the big member: no quorum.
+        let small: Vec<(usize, u64)> = (0..4).filter(|&i| i != big(&c)).map(|i| (i, 0)).collect();
+        assert_eq!(
+            c.ctx.verify_tc(&c.tc(3, g, &small)),
+            Err(CertError::NoQuorum)
+        );
+        // An invalid carried QC.
+        let mut bad_qc = q1;
+        bad_qc.signatures[0] = Signature([0; 65]);
+        let tc_bad = c.tc(3, bad_qc, &all(&[1, 1, 1, 1]));
+        assert!(matches!(
+            c.ctx.verify_tc(&tc_bad),
+            Err(CertError::HighQc(_))
+        ));
     }
 }

@@ -6,7 +6,7 @@ use consensus::core::{Action, Config, Core, DurableState, Event};
 use consensus::crypto::Scheme;
 use consensus::safety::SafetyState;
 use consensus::testkit::Cluster;
-use consensus::types::{Address, BatchDigest, Message};
+use consensus::types::{Address, BatchDigest, Message, Vote};
 use consensus::verify::EpochContext;
 
 fn ctx(c: &Cluster) -> EpochContext {
@@ -190,4 +190,86 @@ fn badly_signed_messages_are_rejected_not_used() {
         "{acts:?}"
     );
     assert!(!acts.iter().any(|a| matches!(a, Action::PersistSafety(_))));
+}
+
+#[test]
+fn double_votes_and_double_proposals_yield_evidence_with_both_signed_messages() {
+    use consensus::evidence::{EquivocationKind, Evidence};
+    let c = Cluster::new(Scheme::Secp256k1, &[1, 1, 1, 1], 80);
+    // The leader of round 2 collects round-1 votes.
+    let l2 = c.leader(2);
+    let mut node = core(&c, l2, DurableState::default());
+    node.handle(Event::Start { now_ms: 0 });
+    let voter = (0..4).find(|&i| i != l2).expect("voter");
+    let a = consensus::types::BlockId([1; 32]);
+    let b = consensus::types::BlockId([2; 32]);
+    let (va, vb) = (c.vote(voter, 1, a), c.vote(voter, 1, b));
+    let from = Address([9; 20]);
+    node.handle(Event::Message {
+        from,
+        message: Message::Vote(va.clone()),
+    });
+    let acts = node.handle(Event::Message {
+        from,
+        message: Message::Vote(vb.clone()),
+    });
+    let expected = Evidence {
+        kind: EquivocationKind::Vote,
+        signer: va.signer,
+        epoch: 0,
+        round: 1,
+        first: (a, va.signature),
+        second: (b, vb.signature),
+    };
+    assert!(
+        acts.contains(&Action::Evidence(expected.clone())),
+        "{acts:?}"
+    );
+    assert_eq!(
+        Evidence::decode(&expected.encode()).expect("codec"),
+        expected
+    );
+    // A forged second vote is rejected, not evidence.
+    let mut forged = c.vote(voter, 1, consensus::types::BlockId([3; 32]));
+    forged.signature.0[5] ^= 1;
+    let other = (0..4).find(|&i| i != l2 && i != voter).expect("other");
+    let mut node2 = core(&c, l2, DurableState::default());
+    node2.handle(Event::Start { now_ms: 0 });
+    node2.handle(Event::Message {
+        from,
+        message: Message::Vote(c.vote(other, 1, a)),
+    });
+    let acts = node2.handle(Event::Message {
+        from,
+        message: Message::Vote(Vote {
+            signer: c.signers[other].address(),
+            ..forged
+        }),
+    });
+    assert!(!acts.iter().any(|a| matches!(a, Action::Evidence(_))));
+
+    // Two different proposals by the round-1 leader.
+    let p1 = c.proposal(c.block(1, c.ctx.genesis_qc(), vec![]), None);
+    let p2 = c.proposal(
+        c.block(1, c.ctx.genesis_qc(), vec![BatchDigest([1; 32])]),
+        None,
+    );
+    let watcher = (0..4).find(|&i| i != c.leader(1)).expect("watcher");
+    let mut node3 = core(&c, watcher, DurableState::default());
+    node3.handle(Event::Start { now_ms: 0 });
+    node3.handle(Event::Message {
+        from,
+        message: Message::Proposal(p1.clone()),
+    });
+    let acts = node3.handle(Event::Message {
+        from,
+        message: Message::Proposal(p2.clone()),
+    });
+    assert!(
+        acts.iter().any(|a| matches!(a, Action::Evidence(e)
+            if e.kind == EquivocationKind::Proposal
+                && e.first == (p1.block.id(), p1.signature)
+                && e.second == (p2.block.id(), p2.signature))),
+        "{acts:?}"
+    );
 }

@@ -54,6 +54,8 @@ pub struct Checker {
     signed: Vec<BTreeMap<u64, Signed>>,
     /// Violations found.
     pub violations: Vec<String>,
+    /// Valid evidence records reported.
+    pub evidence: u64,
 }
 
 impl Checker {
@@ -79,6 +81,7 @@ impl Checker {
             ledgers: vec![Vec::new(); n_nodes],
             signed: vec![BTreeMap::new(); n_nodes],
             violations: Vec::new(),
+            evidence: 0,
         }
     }
 
@@ -286,6 +289,28 @@ impl Checker {
         }
         for e in errs {
             self.violation(node, e);
+        }
+    }
+
+    /// Evidence reported by `node` must prove a real equivocation: two different block ids, both
+    /// validly signed by the accused member. (Honest scenarios have none, so any is a violation
+    /// there; the Byzantine scenarios of the companion issue will expect them.)
+    pub fn on_evidence(&mut self, node: usize, e: &crate::evidence::Evidence) {
+        use crate::evidence::EquivocationKind;
+        let Some(m) = self.members.iter().find(|m| m.0 == e.signer) else {
+            return self.violation(node, "evidence against a non-member".into());
+        };
+        let digest = |id: &BlockId| match e.kind {
+            EquivocationKind::Vote => self.domain.vote_digest(e.epoch, e.round, id),
+            EquivocationKind::Proposal => self.domain.proposal_digest(e.epoch, e.round, id),
+        };
+        let valid = e.first.0 != e.second.0
+            && self.scheme.verify(&m.2, &digest(&e.first.0), &e.first.1)
+            && self.scheme.verify(&m.2, &digest(&e.second.0), &e.second.1);
+        if !valid {
+            self.violation(node, format!("false evidence against {}", e.signer));
+        } else {
+            self.evidence += 1;
         }
     }
 

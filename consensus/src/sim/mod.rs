@@ -539,6 +539,7 @@ impl Sim {
                 }
                 self.last_progress = (self.now, self.last_progress.1);
             }
+            Action::Evidence(e) => self.checker.on_evidence(i, &e),
             Action::Discarded(_) => {}
         }
     }
