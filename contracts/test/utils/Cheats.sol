@@ -47,6 +47,7 @@ interface Vm {
     function projectRoot() external view returns (string memory);
     function exists(string calldata path) external view returns (bool);
     function readFile(string calldata path) external view returns (string memory);
+    function keyExistsJson(string calldata json, string calldata key) external view returns (bool);
     function parseJsonString(string calldata json, string calldata key) external pure returns (string memory);
     function parseJsonBytes(string calldata json, string calldata key) external pure returns (bytes memory);
     function parseJsonAddress(string calldata json, string calldata key) external pure returns (address);
