@@ -105,7 +105,8 @@ fn main() -> ExitCode {
         "honest" => Scenario::Honest,
         "partition" => Scenario::Partition,
         "crash" => Scenario::Crash,
-        "twins" | "byzantine" | "reconfig" | "mixed" => {
+        "byzantine" => Scenario::Byzantine,
+        "twins" | "reconfig" | "mixed" => {
             eprintln!(
                 "scenario {} is not built yet (companion issue: Byzantine, twins, epochs)",
                 args.scenario
@@ -134,6 +135,7 @@ fn main() -> ExitCode {
         })
         .unwrap_or_default();
     let (mut runs, mut safety, mut liveness, mut commits) = (0u64, 0u64, 0u64, 0u64);
+    let mut evidence = 0u64;
     for seed in args.from..args.to {
         let cfg = SimConfig {
             seed,
@@ -146,6 +148,7 @@ fn main() -> ExitCode {
         let out = sim::run(&cfg);
         runs += 1;
         commits += out.commits;
+        evidence += out.evidence;
         if !out.safety.is_empty() || !out.liveness.is_empty() {
             println!(
                 "FAILED seed={seed} scenario={} nodes={} powers={:?}",
@@ -175,6 +178,9 @@ fn main() -> ExitCode {
         if !out.liveness.is_empty() {
             liveness += 1;
         }
+    }
+    if scenario == Scenario::Byzantine {
+        println!("evidence_records={evidence}");
     }
     println!(
         "runs={runs} safety_violations={safety} liveness_failures={liveness} commits={commits}"

@@ -592,7 +592,13 @@ impl Core {
         if b.round() <= self.tree.root().round {
             return self.discard(false, "proposal below the committed root");
         }
-        if b.round() < self.pm.round() && self.tree.contains(&b.id()) {
+        // A block already held needs no second look, unless this proposal conflicts with the
+        // first one seen for its round (the block may have arrived by fetch): then it is evidence.
+        let conflicts = self
+            .proposals_seen
+            .get(&b.round())
+            .is_some_and(|(id, _, reported)| *id != b.id() && !*reported);
+        if b.round() < self.pm.round() && self.tree.contains(&b.id()) && !conflicts {
             return self.discard(false, "stale duplicate proposal");
         }
         if let Err(_e) = self.ctx.verify_proposal(&p) {
@@ -789,15 +795,17 @@ impl Core {
             }
             None => {}
         }
-        if self.votes.get(&v.round).is_some_and(|rv| rv.qc_formed) {
-            return self.discard(false, "vote after the QC formed");
-        }
         if self.ctx.verify_vote(&v).is_err() {
             return self.discard(true, "badly signed vote");
         }
         let n = self.ctx.set().len();
         let rv = self.votes.entry(v.round).or_default();
+        // Late votes are still remembered (at most one per member and round) so that a later
+        // conflicting vote is caught as evidence.
         rv.voted.insert(i, (v.block_id, v.signature));
+        if rv.qc_formed {
+            return;
+        }
         let entry = rv
             .by_block
             .entry(v.block_id)

@@ -91,11 +91,35 @@ fn crash_fast() {
 }
 
 #[test]
+fn byzantine_fast() {
+    assert_eq!(
+        run_group(Scenario::Byzantine, Scheme::Fast, &[4, 5, 7], 100),
+        300
+    );
+    // The equivocations are real: some seeds make honest nodes produce evidence.
+    let evidence: u64 = (0..50)
+        .map(|seed| {
+            sim::run(&SimConfig {
+                seed,
+                nodes: 4,
+                powers: None,
+                scenario: Scenario::Byzantine,
+                rounds: 60,
+                scheme: Scheme::Fast,
+            })
+            .evidence
+        })
+        .sum();
+    assert!(evidence > 0, "no evidence in 50 Byzantine runs");
+}
+
+#[test]
 fn all_scenarios_real_crypto() {
     let runs = run_group(Scenario::Honest, Scheme::Secp256k1, &[4], 10)
         + run_group(Scenario::Partition, Scheme::Secp256k1, &[4], 10)
-        + run_group(Scenario::Crash, Scheme::Secp256k1, &[4], 10);
-    assert_eq!(runs, 30);
+        + run_group(Scenario::Crash, Scheme::Secp256k1, &[4], 10)
+        + run_group(Scenario::Byzantine, Scheme::Secp256k1, &[4], 5);
+    assert_eq!(runs, 35);
 }
 
 #[test]

@@ -8,6 +8,7 @@
 //! Disturbances are scheduled adaptively: the next one starts only once every node has committed
 //! after the previous one, so each liveness window is measured on its own.
 
+pub mod byzantine;
 pub mod checker;
 pub mod network;
 
@@ -19,6 +20,7 @@ use crate::testkit;
 use crate::types::{Address, BatchDigest, Block, BlockId, Message, QuorumCert, TimeoutCert};
 use crate::validators::ValidatorSet;
 use crate::verify::EpochContext;
+use byzantine::Byzantine;
 use checker::{Checker, DurableView};
 use network::{Fate, NetParams, Network};
 use rand::{Rng, SeedableRng};
@@ -35,6 +37,8 @@ pub enum Scenario {
     Partition,
     /// Crash-restarts (at most P − Q power down at once), plus drops.
     Crash,
+    /// Byzantine nodes of total power at most P − Q (see [`byzantine`]); no drops.
+    Byzantine,
 }
 
 impl Scenario {
@@ -44,6 +48,7 @@ impl Scenario {
             Scenario::Honest => "honest",
             Scenario::Partition => "partition",
             Scenario::Crash => "crash",
+            Scenario::Byzantine => "byzantine",
         }
     }
 }
@@ -80,6 +85,8 @@ pub struct Outcome {
     pub events: u64,
     /// Simulated time (ms).
     pub time_ms: u64,
+    /// Valid evidence records produced by honest nodes.
+    pub evidence: u64,
     /// The powers used.
     pub powers: Vec<u64>,
 }
@@ -111,6 +118,9 @@ enum Ev {
         node: usize,
     },
     Restart {
+        node: usize,
+    },
+    Attack {
         node: usize,
     },
 }
@@ -156,6 +166,7 @@ struct Host {
     store: Store,
     crash_pending: bool,
     up: bool,
+    byz: Option<Byzantine>,
 }
 
 #[derive(Clone, Debug)]
@@ -201,6 +212,10 @@ struct Sim {
     events: u64,
     done: bool,
     trace: bool,
+    epoch_ctx: EpochContext,
+    evidence_seen: HashMap<(usize, u8, Address, u64), BlockId>,
+    evidence_expected: std::collections::BTreeSet<(usize, u8, Address, u64)>,
+    evidence_made: std::collections::BTreeSet<(usize, u8, Address, u64)>,
 }
 
 const MAX_EVENTS: u64 = 3_000_000;
@@ -240,7 +255,7 @@ impl Sim {
         genesis_id[..8].copy_from_slice(&cfg.seed.to_be_bytes());
         let domain = crate::domain::Domain::new(31337, Address([0x42; 20]), genesis_id);
         let genesis = domain.genesis_block_id(0, &[0x01; 32], &set.hash());
-        let lossy = cfg.scenario != Scenario::Honest;
+        let lossy = matches!(cfg.scenario, Scenario::Partition | Scenario::Crash);
         let net = Network::new(n, NetParams::draw(&mut rng, lossy));
         let config = Config::default();
         let members = set
@@ -261,6 +276,7 @@ impl Sim {
                 store: Store::default(),
                 crash_pending: false,
                 up: true,
+                byz: None,
             })
             .collect();
         let by_address = hosts
@@ -268,6 +284,9 @@ impl Sim {
             .enumerate()
             .map(|(i, h)| (h.address, i))
             .collect();
+        let set_for_ctx = set.clone();
+        let domain_for_ctx = domain.clone();
+        let scheme_for_ctx = cfg.scheme;
         let mut sim = Self {
             plan: VecDeque::new(),
             cfg,
@@ -291,8 +310,15 @@ impl Sim {
             events: 0,
             done: false,
             trace: std::env::var_os("SIM_TRACE").is_some(),
+            epoch_ctx: EpochContext::new(0, genesis, set_for_ctx, domain_for_ctx, scheme_for_ctx),
+            evidence_seen: HashMap::new(),
+            evidence_expected: std::collections::BTreeSet::new(),
+            evidence_made: std::collections::BTreeSet::new(),
         };
         sim.plan = sim.make_plan(&powers);
+        if sim.cfg.scenario == Scenario::Byzantine {
+            sim.make_byzantine(&powers);
+        }
         sim
     }
 
@@ -301,7 +327,7 @@ impl Sim {
         let mut plan = VecDeque::new();
         let k = self.rng.gen_range(1..=3);
         match self.cfg.scenario {
-            Scenario::Honest => {}
+            Scenario::Honest | Scenario::Byzantine => {}
             Scenario::Partition => {
                 for _ in 0..k {
                     let parts = self.rng.gen_range(2..=3.min(n.max(2)));
@@ -330,6 +356,71 @@ impl Sim {
             }
         }
         plan
+    }
+
+    /// Picks Byzantine nodes of total power at most P − Q.
+    fn make_byzantine(&mut self, powers: &[u64]) {
+        let p: u64 = powers.iter().sum();
+        let budget = p - (2 * p / 3 + 1);
+        let mut order: Vec<usize> = (0..powers.len()).collect();
+        for k in (1..order.len()).rev() {
+            order.swap(k, self.rng.gen_range(0..=k));
+        }
+        let mut used = 0;
+        for i in order {
+            if used + powers[i] <= budget {
+                used += powers[i];
+                let signer = testkit::signer(self.cfg.scheme, self.hosts[i].seed);
+                let outsider =
+                    testkit::signer(self.cfg.scheme, self.cfg.seed ^ 0xbad0_0000 ^ i as u64);
+                self.hosts[i].byz = Some(Byzantine::draw(&mut self.rng, signer, outsider));
+                let d = self.rng.gen_range(50..500);
+                self.push(d, Ev::Attack { node: i });
+            }
+        }
+    }
+
+    fn honest(&self, i: usize) -> bool {
+        self.hosts[i].byz.is_none()
+    }
+
+    /// Records what an honest node receives, to know which equivocations it saw (and so must
+    /// report): both messages validly signed and within the window the core checks.
+    fn observe_equivocation(&mut self, to: usize, m: &Message) {
+        let Some(core) = self.hosts[to].core.as_ref() else {
+            return;
+        };
+        let r = core.round();
+        let me = self.hosts[to].address;
+        let key = match m {
+            Message::Vote(v)
+                if v.epoch == 0
+                    && v.round + 1 >= r
+                    && v.round <= r + self.config.round_window
+                    && self.set.leader(v.round + 1) == me
+                    && self.epoch_ctx.verify_vote(v).is_ok() =>
+            {
+                ((to, 1u8, v.signer, v.round), v.block_id)
+            }
+            Message::Proposal(p)
+                if p.block.epoch() == 0
+                    && p.round() + 1 >= r
+                    && p.round() <= r + self.config.round_window
+                    && self.epoch_ctx.verify_proposal(p).is_ok() =>
+            {
+                ((to, 2u8, p.block.proposer(), p.round()), p.block.id())
+            }
+            _ => return,
+        };
+        match self.evidence_seen.get(&key.0) {
+            None => {
+                self.evidence_seen.insert(key.0, key.1);
+            }
+            Some(first) if *first != key.1 => {
+                self.evidence_expected.insert(key.0);
+            }
+            Some(_) => {}
+        }
     }
 
     fn push(&mut self, delay: u64, ev: Ev) {
@@ -459,7 +550,9 @@ impl Sim {
                 s.high_tc = high_tc;
             }
             Action::PersistSafety(st) => {
-                self.checker.on_persist_safety(i, &st);
+                if self.honest(i) {
+                    self.checker.on_persist_safety(i, &st);
+                }
                 let s = &mut self.hosts[i].store;
                 s.view.last_voted_round = st.last_voted_round;
                 s.view.highest_timeout_round = st.highest_timeout_round;
@@ -467,18 +560,13 @@ impl Sim {
                 s.safety = st;
             }
             Action::SendTo { to, message } => {
-                self.check_send(i, &message);
                 if let Some(&j) = self.by_address.get(&to) {
-                    self.send(i, j, message);
+                    self.send_out(i, vec![j], message);
                 }
             }
             Action::Broadcast(message) => {
-                self.check_send(i, &message);
-                for j in 0..self.hosts.len() {
-                    if j != i {
-                        self.send(i, j, message.clone());
-                    }
-                }
+                let all = (0..self.hosts.len()).filter(|&j| j != i).collect();
+                self.send_out(i, all, message);
             }
             Action::SetTimer { round, duration_ms } => {
                 let h = &mut self.hosts[i];
@@ -530,7 +618,9 @@ impl Sim {
                 self.serve_fetch(i, block_id, stop_at_round, max_blocks, from);
             }
             Action::Commit(c) => {
-                self.checker.on_commit(i, &c);
+                if self.honest(i) {
+                    self.checker.on_commit(i, &c);
+                }
                 let s = &mut self.hosts[i].store;
                 for cb in &c.blocks {
                     if cb.height == s.ledger.len() as u64 + 1 {
@@ -539,8 +629,30 @@ impl Sim {
                 }
                 self.last_progress = (self.now, self.last_progress.1);
             }
-            Action::Evidence(e) => self.checker.on_evidence(i, &e),
+            Action::Evidence(e) => {
+                let kind = match e.kind {
+                    crate::evidence::EquivocationKind::Vote => 1u8,
+                    crate::evidence::EquivocationKind::Proposal => 2u8,
+                };
+                self.evidence_made.insert((i, kind, e.signer, e.round));
+                self.checker.on_evidence(i, &e);
+            }
             Action::Discarded(_) => {}
+        }
+    }
+
+    fn send_out(&mut self, i: usize, targets: Vec<usize>, message: Message) {
+        if let Some(b) = self.hosts[i].byz.take() {
+            let pairs = b.tamper(&mut self.rng, &self.domain, &targets, message);
+            self.hosts[i].byz = Some(b);
+            for (j, m) in pairs {
+                self.send(i, j, m);
+            }
+            return;
+        }
+        self.check_send(i, &message);
+        for j in targets {
+            self.send(i, j, message.clone());
         }
     }
 
@@ -634,7 +746,7 @@ impl Sim {
     fn open_window(&mut self, label: &'static str) {
         let start_round = self.max_round();
         let heights = (0..self.hosts.len())
-            .filter(|&i| self.hosts[i].up && !self.hosts[i].crash_pending)
+            .filter(|&i| self.hosts[i].up && !self.hosts[i].crash_pending && self.honest(i))
             .map(|i| (i, self.checker.node_height(i)))
             .collect();
         self.window = Some(Window {
@@ -739,6 +851,11 @@ impl Sim {
             }
             match q.ev {
                 Ev::Deliver { to, from, msg } => {
+                    if let Some(b) = self.hosts[to].byz.as_mut() {
+                        b.observe(&msg);
+                    } else if self.cfg.scenario == Scenario::Byzantine {
+                        self.observe_equivocation(to, &msg);
+                    }
                     if self.hosts[to].up {
                         let from = self.hosts[from].address;
                         self.handle(to, Event::Message { from, message: msg });
@@ -786,6 +903,20 @@ impl Sim {
                     // from each heal or restart); the stall check still applies.
                     self.window = None;
                 }
+                Ev::Attack { node } => {
+                    let round = self.hosts[node].core.as_ref().map_or(1, Core::round);
+                    let gqc = self.epoch_ctx.genesis_qc();
+                    if let Some(mut b) = self.hosts[node].byz.take() {
+                        let msgs = b.attack(&mut self.rng, &self.domain, round, &gqc);
+                        self.hosts[node].byz = Some(b);
+                        for m in msgs {
+                            let j = self.rng.gen_range(0..self.hosts.len());
+                            self.send(node, j, m);
+                        }
+                    }
+                    let d = self.rng.gen_range(100..600);
+                    self.push(d, Ev::Attack { node });
+                }
                 Ev::Restart { node } => {
                     self.boot(node);
                     self.phase = Phase::Idle;
@@ -797,13 +928,26 @@ impl Sim {
     }
 
     fn outcome(&self) -> Outcome {
+        let mut safety = self.checker.violations.clone();
+        for k in self
+            .evidence_expected
+            .difference(&self.evidence_made)
+            .take(5)
+        {
+            let kind = if k.1 == 1 { "votes" } else { "proposals" };
+            safety.push(format!(
+                "node {}: saw two {kind} by {} in round {} but produced no evidence",
+                k.0, k.2, k.3
+            ));
+        }
         Outcome {
-            safety: self.checker.violations.clone(),
+            safety,
             liveness: self.liveness.clone(),
             commits: self.checker.height(),
             max_round: self.max_round(),
             events: self.events,
             time_ms: self.now,
+            evidence: self.checker.evidence,
             powers: self.set_powers_in_node_order(),
         }
     }

@@ -1,0 +1,210 @@
+//! Byzantine behaviours for the simulator's `byzantine` scenario. A Byzantine node runs an honest
+//! core, and its host tampers with what the core sends and adds attacks of its own:
+//! equivocating proposals (a second block to half the cluster), double votes, withheld votes,
+//! badly signed copies, replays of old messages, messages signed by non-members, and floods of
+//! far-future rounds and unknown epochs. Total Byzantine power stays at most P − Q.
+
+use crate::crypto::Signer;
+use crate::domain::Domain;
+use crate::types::{
+    Address, BatchDigest, Block, BlockId, Message, Proposal, QuorumCert, Timeout, Vote,
+};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use std::collections::VecDeque;
+
+/// What one Byzantine node does.
+pub struct Byzantine {
+    /// Sends a second, different proposal to part of the cluster.
+    pub equivocate: bool,
+    /// Sends a second vote for another block with each vote.
+    pub double_vote: bool,
+    /// Never sends its votes.
+    pub withhold: bool,
+    /// Adds badly signed copies of what it sends.
+    pub bad_signatures: bool,
+    /// Re-sends old messages it received.
+    pub replay: bool,
+    /// Sends far-future and other-epoch messages, and messages signed by a non-member.
+    pub flood: bool,
+    /// Its own key (the same as its core's).
+    pub signer: Box<dyn Signer>,
+    /// A key that is not a member.
+    pub outsider: Box<dyn Signer>,
+    /// Messages received, for replays (bounded).
+    pub seen: VecDeque<Message>,
+}
+
+impl Byzantine {
+    /// Random behaviours (at least one).
+    pub fn draw(rng: &mut ChaCha8Rng, signer: Box<dyn Signer>, outsider: Box<dyn Signer>) -> Self {
+        let mut b = Self {
+            equivocate: rng.gen_bool(0.5),
+            double_vote: rng.gen_bool(0.5),
+            withhold: rng.gen_bool(0.3),
+            bad_signatures: rng.gen_bool(0.5),
+            replay: rng.gen_bool(0.5),
+            flood: rng.gen_bool(0.5),
+            signer,
+            outsider,
+            seen: VecDeque::new(),
+        };
+        if !(b.equivocate || b.double_vote || b.withhold || b.bad_signatures || b.replay || b.flood)
+        {
+            b.equivocate = true;
+        }
+        b
+    }
+
+    /// Remembers a received message for later replay.
+    pub fn observe(&mut self, m: &Message) {
+        if self.replay {
+            if self.seen.len() >= 64 {
+                self.seen.pop_front();
+            }
+            self.seen.push_back(m.clone());
+        }
+    }
+
+    /// Tampers with one message the core wants to send to `targets`: returns (target, message)
+    /// pairs to put on the network.
+    pub fn tamper(
+        &self,
+        rng: &mut ChaCha8Rng,
+        domain: &Domain,
+        targets: &[usize],
+        m: Message,
+    ) -> Vec<(usize, Message)> {
+        let me = self.signer.address();
+        let mut out = Vec::new();
+        match &m {
+            Message::Vote(v) if v.signer == me && self.withhold => {}
+            Message::Vote(v) if v.signer == me && self.double_vote => {
+                let other = BlockId(rng.r#gen());
+                let d = domain.vote_digest(v.epoch, v.round, &other);
+                let v2 = Vote {
+                    block_id: other,
+                    signature: self.signer.sign(&d),
+                    ..v.clone()
+                };
+                for &t in targets {
+                    out.push((t, m.clone()));
+                    out.push((t, Message::Vote(v2.clone())));
+                }
+            }
+            Message::Proposal(p) if p.block.proposer() == me && self.equivocate => {
+                let b = &p.block;
+                let mut payload = b.payload().to_vec();
+                payload.push(BatchDigest(rng.r#gen()));
+                let b2 = Block::new(b.epoch(), b.round(), b.qc().clone(), me, payload, None);
+                let d = domain.proposal_digest(b2.epoch(), b2.round(), &b2.id());
+                let p2 = Proposal {
+                    signature: self.signer.sign(&d),
+                    block: b2,
+                    tc: p.tc.clone(),
+                };
+                for &t in targets {
+                    let pick = if rng.gen_bool(0.5) {
+                        m.clone()
+                    } else {
+                        Message::Proposal(p2.clone())
+                    };
+                    out.push((t, pick));
+                }
+            }
+            _ => {
+                for &t in targets {
+                    out.push((t, m.clone()));
+                }
+            }
+        }
+        if self.bad_signatures {
+            let mut bad = m;
+            match &mut bad {
+                Message::Vote(v) => v.signature.0[7] ^= 0x5a,
+                Message::Proposal(p) => p.signature.0[7] ^= 0x5a,
+                Message::Timeout(t) => t.signature.0[7] ^= 0x5a,
+                Message::TimeoutCert(tc) => {
+                    if let Some(s) = tc.signatures.first_mut() {
+                        s.0[7] ^= 0x5a;
+                    }
+                }
+            }
+            for &t in targets {
+                out.push((t, bad.clone()));
+            }
+        }
+        out
+    }
+
+    /// Attacks of its own, made at `round` with the epoch's genesis QC at hand.
+    pub fn attack(
+        &mut self,
+        rng: &mut ChaCha8Rng,
+        domain: &Domain,
+        round: u64,
+        genesis_qc: &QuorumCert,
+    ) -> Vec<Message> {
+        let mut out = Vec::new();
+        if self.replay && !self.seen.is_empty() {
+            let i = rng.gen_range(0..self.seen.len());
+            out.push(self.seen[i].clone());
+        }
+        if self.flood {
+            let far = round + 1_000_000 + rng.gen_range(0..1_000);
+            // A far-future timeout without a certificate of the previous round (invalid).
+            let d = domain.timeout_digest(0, far, 0);
+            out.push(Message::Timeout(Timeout {
+                epoch: 0,
+                round: far,
+                high_qc: genesis_qc.clone(),
+                high_tc: None,
+                signer: self.signer.address(),
+                signature: self.signer.sign(&d),
+            }));
+            // A validly signed vote for a far-future round.
+            let id = BlockId(rng.r#gen());
+            let d = domain.vote_digest(0, far, &id);
+            out.push(Message::Vote(Vote {
+                epoch: 0,
+                round: far,
+                block_id: id,
+                signer: self.signer.address(),
+                signature: self.signer.sign(&d),
+            }));
+            // A vote of an unknown epoch.
+            let d = domain.vote_digest(7, round, &id);
+            out.push(Message::Vote(Vote {
+                epoch: 7,
+                round,
+                block_id: id,
+                signer: self.signer.address(),
+                signature: self.signer.sign(&d),
+            }));
+            // Messages signed by a non-member.
+            let d = domain.vote_digest(0, round, &id);
+            out.push(Message::Vote(Vote {
+                epoch: 0,
+                round,
+                block_id: id,
+                signer: self.outsider.address(),
+                signature: self.outsider.sign(&d),
+            }));
+            let d = domain.timeout_digest(0, 1, 0);
+            out.push(Message::Timeout(Timeout {
+                epoch: 0,
+                round: 1,
+                high_qc: genesis_qc.clone(),
+                high_tc: None,
+                signer: self.outsider.address(),
+                signature: self.outsider.sign(&d),
+            }));
+        }
+        out
+    }
+}
+
+/// A node address that is not a member, for messages "from" nowhere.
+pub fn nobody() -> Address {
+    Address([0xee; 20])
+}
