@@ -106,7 +106,8 @@ fn main() -> ExitCode {
         "partition" => Scenario::Partition,
         "crash" => Scenario::Crash,
         "byzantine" => Scenario::Byzantine,
-        "twins" | "reconfig" | "mixed" => {
+        "twins" => Scenario::Twins,
+        "reconfig" | "mixed" => {
             eprintln!(
                 "scenario {} is not built yet (companion issue: Byzantine, twins, epochs)",
                 args.scenario
@@ -179,7 +180,7 @@ fn main() -> ExitCode {
             liveness += 1;
         }
     }
-    if scenario == Scenario::Byzantine {
+    if matches!(scenario, Scenario::Byzantine | Scenario::Twins) {
         println!("evidence_records={evidence}");
     }
     println!(

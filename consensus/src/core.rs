@@ -599,6 +599,12 @@ impl Core {
             .get(&b.round())
             .is_some_and(|(id, _, reported)| *id != b.id() && !*reported);
         if b.round() < self.pm.round() && self.tree.contains(&b.id()) && !conflicts {
+            // Remember it as the round's first proposal (once, if validly signed) so that a
+            // conflicting one arriving later is still caught.
+            if !self.proposals_seen.contains_key(&b.round()) && self.ctx.verify_proposal(&p).is_ok()
+            {
+                self.check_proposal_equivocation(&p);
+            }
             return self.discard(false, "stale duplicate proposal");
         }
         if let Err(_e) = self.ctx.verify_proposal(&p) {

@@ -114,12 +114,21 @@ fn byzantine_fast() {
 }
 
 #[test]
+fn twins_fast() {
+    assert_eq!(
+        run_group(Scenario::Twins, Scheme::Fast, &[4, 5, 7], 100),
+        300
+    );
+}
+
+#[test]
 fn all_scenarios_real_crypto() {
     let runs = run_group(Scenario::Honest, Scheme::Secp256k1, &[4], 10)
         + run_group(Scenario::Partition, Scheme::Secp256k1, &[4], 10)
         + run_group(Scenario::Crash, Scheme::Secp256k1, &[4], 10)
-        + run_group(Scenario::Byzantine, Scheme::Secp256k1, &[4], 5);
-    assert_eq!(runs, 35);
+        + run_group(Scenario::Byzantine, Scheme::Secp256k1, &[4], 5)
+        + run_group(Scenario::Twins, Scheme::Secp256k1, &[4], 5);
+    assert_eq!(runs, 40);
 }
 
 #[test]

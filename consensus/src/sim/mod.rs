@@ -39,6 +39,9 @@ pub enum Scenario {
     Crash,
     /// Byzantine nodes of total power at most P − Q (see [`byzantine`]); no drops.
     Byzantine,
+    /// Twins: a second instance of one validator (power at most P − Q) with the same key and its
+    /// own honest core and store, and partitions that put the twins on different sides.
+    Twins,
 }
 
 impl Scenario {
@@ -49,6 +52,7 @@ impl Scenario {
             Scenario::Partition => "partition",
             Scenario::Crash => "crash",
             Scenario::Byzantine => "byzantine",
+            Scenario::Twins => "twins",
         }
     }
 }
@@ -167,6 +171,7 @@ struct Host {
     crash_pending: bool,
     up: bool,
     byz: Option<Byzantine>,
+    twin: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -197,7 +202,7 @@ struct Sim {
     seq: u64,
     now: u64,
     hosts: Vec<Host>,
-    by_address: HashMap<Address, usize>,
+    by_address: HashMap<Address, Vec<usize>>,
     set: ValidatorSet,
     domain: crate::domain::Domain,
     genesis: BlockId,
@@ -256,18 +261,36 @@ impl Sim {
         let domain = crate::domain::Domain::new(31337, Address([0x42; 20]), genesis_id);
         let genesis = domain.genesis_block_id(0, &[0x01; 32], &set.hash());
         let lossy = matches!(cfg.scenario, Scenario::Partition | Scenario::Crash);
-        let net = Network::new(n, NetParams::draw(&mut rng, lossy));
+        let hosts_n = n + usize::from(cfg.scenario == Scenario::Twins);
+        let net = Network::new(hosts_n, NetParams::draw(&mut rng, lossy));
         let config = Config::default();
         let members = set
             .members()
             .iter()
             .map(|v| (v.address, v.power, PreparedKey::new(*v.key.public())))
             .collect();
-        let checker = Checker::new(cfg.scheme, domain.clone(), 0, genesis, members, n);
+        // Twins: one more host with the key of a member of power at most P − Q.
+        let mut seeds = seeds;
+        let mut signers = signers;
+        let mut twin_of = None;
+        if cfg.scenario == Scenario::Twins {
+            let p: u64 = powers.iter().sum();
+            let budget = p - (2 * p / 3 + 1);
+            let candidates: Vec<usize> = (0..n).filter(|&i| powers[i] <= budget).collect();
+            if !candidates.is_empty() {
+                let k = candidates[rng.gen_range(0..candidates.len())];
+                seeds.push(seeds[k]);
+                signers.push(testkit::signer(cfg.scheme, seeds[k]));
+                twin_of = Some(k);
+            }
+        }
+        let checker = Checker::new(cfg.scheme, domain.clone(), 0, genesis, members, seeds.len());
         let hosts: Vec<Host> = seeds
             .iter()
             .zip(&signers)
-            .map(|(&seed, s)| Host {
+            .enumerate()
+            .map(|(i, (&seed, s))| Host {
+                twin: twin_of.is_some_and(|k| i == k || i == n),
                 core: None,
                 seed,
                 address: s.address(),
@@ -279,11 +302,10 @@ impl Sim {
                 byz: None,
             })
             .collect();
-        let by_address = hosts
-            .iter()
-            .enumerate()
-            .map(|(i, h)| (h.address, i))
-            .collect();
+        let mut by_address: HashMap<Address, Vec<usize>> = HashMap::new();
+        for (i, h) in hosts.iter().enumerate() {
+            by_address.entry(h.address).or_default().push(i);
+        }
         let set_for_ctx = set.clone();
         let domain_for_ctx = domain.clone();
         let scheme_for_ctx = cfg.scheme;
@@ -328,6 +350,14 @@ impl Sim {
         let k = self.rng.gen_range(1..=3);
         match self.cfg.scenario {
             Scenario::Honest | Scenario::Byzantine => {}
+            Scenario::Twins => {
+                // Partitions that put the twins on different sides (set after the hosts exist).
+                for _ in 0..k + 1 {
+                    let groups: Vec<usize> = (0..n + 1).map(|_| self.rng.gen_range(0..2)).collect();
+                    let duration = self.rng.gen_range(500..6_000);
+                    plan.push_back(Disturbance::Partition { groups, duration });
+                }
+            }
             Scenario::Partition => {
                 for _ in 0..k {
                     let parts = self.rng.gen_range(2..=3.min(n.max(2)));
@@ -381,7 +411,7 @@ impl Sim {
     }
 
     fn honest(&self, i: usize) -> bool {
-        self.hosts[i].byz.is_none()
+        self.hosts[i].byz.is_none() && !self.hosts[i].twin
     }
 
     /// Records what an honest node receives, to know which equivocations it saw (and so must
@@ -560,8 +590,9 @@ impl Sim {
                 s.safety = st;
             }
             Action::SendTo { to, message } => {
-                if let Some(&j) = self.by_address.get(&to) {
-                    self.send_out(i, vec![j], message);
+                if let Some(js) = self.by_address.get(&to) {
+                    let js: Vec<usize> = js.iter().copied().filter(|&j| j != i).collect();
+                    self.send_out(i, js, message);
                 }
             }
             Action::Broadcast(message) => {
@@ -650,7 +681,9 @@ impl Sim {
             }
             return;
         }
-        self.check_send(i, &message);
+        if self.honest(i) {
+            self.check_send(i, &message);
+        }
         for j in targets {
             self.send(i, j, message.clone());
         }
@@ -678,7 +711,7 @@ impl Sim {
                 && s.hosts[j].store.blocks.contains_key(&block_id)
         };
         let hinted = from
-            .and_then(|a| self.by_address.get(&a).copied())
+            .and_then(|a| self.by_address.get(&a).and_then(|v| v.first().copied()))
             .filter(|&j| ok(self, j));
         let peer = match hinted {
             Some(j) => j,
@@ -853,7 +886,9 @@ impl Sim {
                 Ev::Deliver { to, from, msg } => {
                     if let Some(b) = self.hosts[to].byz.as_mut() {
                         b.observe(&msg);
-                    } else if self.cfg.scenario == Scenario::Byzantine {
+                    } else if matches!(self.cfg.scenario, Scenario::Byzantine | Scenario::Twins)
+                        && self.honest(to)
+                    {
                         self.observe_equivocation(to, &msg);
                     }
                     if self.hosts[to].up {
@@ -878,7 +913,17 @@ impl Sim {
                         self.handle(node, event);
                     }
                 }
-                Ev::Partition { groups, duration } => {
+                Ev::Partition {
+                    mut groups,
+                    duration,
+                } => {
+                    let twins: Vec<usize> = (0..self.hosts.len())
+                        .filter(|&i| self.hosts[i].twin)
+                        .collect();
+                    if let [a, b] = twins[..] {
+                        groups.resize(self.hosts.len(), 0);
+                        groups[b] = 1 - groups[a].min(1);
+                    }
                     self.net.partition(groups);
                     self.phase = Phase::Partitioned;
                     self.push(duration, Ev::Heal);
