@@ -27,6 +27,11 @@ pub struct Byzantine {
     pub replay: bool,
     /// Sends far-future and other-epoch messages, and messages signed by a non-member.
     pub flood: bool,
+    /// As a leader entered by TC, proposes a fork: a block extending a QC older than the TC's
+    /// high QC, with the (valid) TC. Honest voters must refuse it.
+    pub fork: bool,
+    /// QCs seen, for forks (bounded).
+    pub qcs: VecDeque<QuorumCert>,
     /// Its own key (the same as its core's).
     pub signer: Box<dyn Signer>,
     /// A key that is not a member.
@@ -45,11 +50,19 @@ impl Byzantine {
             bad_signatures: rng.gen_bool(0.5),
             replay: rng.gen_bool(0.5),
             flood: rng.gen_bool(0.5),
+            fork: rng.gen_bool(0.5),
+            qcs: VecDeque::new(),
             signer,
             outsider,
             seen: VecDeque::new(),
         };
-        if !(b.equivocate || b.double_vote || b.withhold || b.bad_signatures || b.replay || b.flood)
+        if !(b.equivocate
+            || b.double_vote
+            || b.withhold
+            || b.bad_signatures
+            || b.replay
+            || b.flood
+            || b.fork)
         {
             b.equivocate = true;
         }
@@ -58,6 +71,22 @@ impl Byzantine {
 
     /// Remembers a received message for later replay.
     pub fn observe(&mut self, m: &Message) {
+        if self.fork {
+            let qc = match m {
+                Message::Proposal(p) => Some(p.block.qc()),
+                Message::Timeout(t) => Some(&t.high_qc),
+                _ => None,
+            };
+            if let Some(qc) = qc
+                && qc.round > 0
+                && !self.qcs.iter().any(|q| q.block_id == qc.block_id)
+            {
+                if self.qcs.len() >= 32 {
+                    self.qcs.pop_front();
+                }
+                self.qcs.push_back(qc.clone());
+            }
+        }
         if self.replay {
             if self.seen.len() >= 64 {
                 self.seen.pop_front();
@@ -90,6 +119,37 @@ impl Byzantine {
                 for &t in targets {
                     out.push((t, m.clone()));
                     out.push((t, Message::Vote(v2.clone())));
+                }
+            }
+            Message::Proposal(p)
+                if p.block.proposer() == me
+                    && self.fork
+                    && p.tc
+                        .as_ref()
+                        .is_some_and(|tc| self.qcs.iter().any(|q| q.round < tc.high_qc.round)) =>
+            {
+                let tc = p.tc.clone();
+                let limit = tc.as_ref().map_or(0, |t| t.high_qc.round);
+                let old = self
+                    .qcs
+                    .iter()
+                    // The highest QC below the TC's: above the committed root, so only the
+                    // vote rule's TC condition stops honest nodes from voting for it.
+                    .filter(|q| q.round < limit)
+                    .max_by_key(|q| q.round)
+                    .cloned();
+                if let Some(old) = old {
+                    let b = &p.block;
+                    let f = Block::new(b.epoch(), b.round(), old, me, vec![], None);
+                    let d = domain.proposal_digest(f.epoch(), f.round(), &f.id());
+                    let fp = Proposal {
+                        signature: self.signer.sign(&d),
+                        block: f,
+                        tc,
+                    };
+                    for &t in targets {
+                        out.push((t, Message::Proposal(fp.clone())));
+                    }
                 }
             }
             Message::Proposal(p) if p.block.proposer() == me && self.equivocate => {
