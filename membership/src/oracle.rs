@@ -312,12 +312,19 @@ impl Oracle {
             });
         }
         let c = DstackMembershipNFT::new(contract, self.provider.clone());
-        let classify = |what: &str, e: alloy::contract::Error| match e {
-            alloy::contract::Error::TransportError(t) => Failure::Retry(t.to_string()),
-            other => Failure::Fatal(OracleError::NotTheContract {
-                contract,
-                reason: format!("{what}: {}", crate::sdk::describe_contract_error(&other)),
-            }),
+        // Transport trouble is retried; a revert or undecodable answer is the contract's
+        // deterministic reply and is reported at once.
+        let classify = |what: &str, e: alloy::contract::Error| {
+            let reverted = e.as_revert_data().is_some() || e.to_string().contains("revert");
+            match e {
+                alloy::contract::Error::TransportError(t) if !reverted => {
+                    Failure::Retry(t.to_string())
+                }
+                other => Failure::Fatal(OracleError::NotTheContract {
+                    contract,
+                    reason: format!("{what}: {}", crate::sdk::describe_contract_error(&other)),
+                }),
+            }
         };
         let count = self
             .retrying("validatorCount()", || async {
