@@ -125,5 +125,24 @@ fn every_mutant_is_caught() {
             started.elapsed()
         ));
     }
+    // Leave the clean example where `cargo build --example sim` puts it: the mutant builds
+    // share the target dir, and nobody should run a mutant by accident afterwards.
+    let restored = Command::new(cargo())
+        .current_dir(root)
+        .args([
+            "build",
+            "--release",
+            "-q",
+            "-p",
+            "consensus",
+            "--example",
+            "sim",
+        ])
+        .status()
+        .expect("cargo build");
+    assert!(
+        restored.success(),
+        "could not rebuild the clean sim example"
+    );
     eprintln!("{}", report.join("\n"));
 }

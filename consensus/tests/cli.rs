@@ -1,0 +1,85 @@
+//! The simulator CLI's contract: the exact last line, exit codes, replay lines, and the scenarios
+//! that are not built yet.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn sim(args: &[&str]) -> Output {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_string());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
+    let mut all = vec![
+        "run",
+        "--release",
+        "-q",
+        "-p",
+        "consensus",
+        "--example",
+        "sim",
+        "--",
+    ];
+    all.extend_from_slice(args);
+    Command::new(&cargo)
+        .current_dir(root)
+        .args(&all)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cargo}: {e}"))
+}
+
+#[test]
+fn passing_run_prints_the_summary_line_and_exits_zero() {
+    let out = sim(&[
+        "--seeds",
+        "0..5",
+        "--nodes",
+        "4",
+        "--powers",
+        "1,1,2,3",
+        "--scenario",
+        "partition",
+        "--rounds",
+        "40",
+        "--crypto",
+        "fast",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fields: Vec<&str> = last.split(' ').collect();
+    assert_eq!(fields.len(), 4, "{last}");
+    assert_eq!(fields[0], "runs=5");
+    assert_eq!(fields[1], "safety_violations=0");
+    assert_eq!(fields[2], "liveness_failures=0");
+    let commits: u64 = fields[3]
+        .strip_prefix("commits=")
+        .and_then(|c| c.parse().ok())
+        .expect("commits count");
+    assert!(commits >= 5 * 30, "{last}");
+}
+
+#[test]
+fn unbuilt_scenarios_and_bad_arguments_exit_non_zero() {
+    for s in ["reconfig", "mixed"] {
+        let out = sim(&["--seeds", "0..1", "--nodes", "4", "--scenario", s]);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("not built yet"));
+    }
+    let out = sim(&["--seeds", "5..5", "--nodes", "4", "--scenario", "honest"]);
+    assert!(!out.status.success());
+    let out = sim(&[
+        "--seeds",
+        "0..1",
+        "--nodes",
+        "3",
+        "--powers",
+        "1,1",
+        "--scenario",
+        "honest",
+    ]);
+    assert!(!out.status.success());
+}
