@@ -4,8 +4,8 @@ pragma solidity ^0.8.30;
 import {Cheats, Vm} from "../test/utils/Cheats.sol";
 
 /// @notice Prints a registration fixture in the shape of test/fixtures/sdk_registration.json, made
-/// with fixed keys in dstack's byte formats (v in {0,1}). The Rust membership SDK is meant to write
-/// the real fixture; this one exists to exercise SdkFixture.t.sol without it:
+/// with fixed keys in dstack's byte formats (v in {0,1}), independently of the Rust SDK (which
+/// writes the committed fixture); handy to tell an SDK bug from a contract bug:
 ///   forge script script/GenSdkFixture.s.sol 2>/dev/null | sed -n 's/^ *FIXTURE //p'
 contract GenSdkFixture is Cheats {
     uint256 internal constant KMS_PK = 0x5ad3aec28cc1c30e7af53061b6ed591e16454305a0e088c63d33846f0b1015de;
