@@ -96,8 +96,9 @@ fmt:
 	$(CARGO) fmt --all
 	cd $(CONTRACTS) && $(FORGE) fmt
 
-lint:
+lint: deps-npm
 	$(CARGO) fmt --all -- --check
+	cd $(CONTRACTS) && $(FORGE) fmt --check
 	$(CARGO) clippy $(CARGO_FLAGS) --workspace --all-targets -- -D warnings
 
 clean:
