@@ -114,6 +114,13 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// A router with only `GET /metrics`, for a separate metrics listener.
+pub fn metrics_router(state: ApiState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
 fn error(code: StatusCode, msg: impl std::fmt::Display) -> Response {
     (code, Json(json!({ "error": msg.to_string() }))).into_response()
 }

@@ -5,7 +5,10 @@
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod driver;
 pub mod mempool;
 pub mod metrics;
 pub mod net;
+pub mod node;
 pub mod storage;
+pub mod wire;

@@ -175,8 +175,8 @@ pub struct Mempool {
     open: Vec<Vec<u8>>,
     open_bytes: usize,
     open_since: Option<Instant>,
-    /// Local pending transactions: their size and the batch they were sealed into.
-    pending: HashMap<TxHash, (usize, Option<Hash32>)>,
+    /// Local pending transactions: their size, the batch they were sealed into, when accepted.
+    pending: HashMap<TxHash, (usize, Option<Hash32>, Instant)>,
     pending_bytes: usize,
     batches: HashMap<Hash32, BatchInfo>,
     ready: VecDeque<Hash32>,
@@ -236,7 +236,7 @@ impl Mempool {
                 bytes: self.pending_bytes,
             });
         }
-        self.pending.insert(hash, (tx.len(), None));
+        self.pending.insert(hash, (tx.len(), None, now));
         self.pending_bytes += tx.len();
         if self.open.is_empty() {
             self.open_since = Some(now);
@@ -324,12 +324,19 @@ impl Mempool {
     }
 
     /// Forgets what a committed block made final: its batches and the transactions executed.
-    pub fn on_committed(&mut self, batch_digests: &[Hash32], executed: &[TxHash]) {
+    /// Returns how long each local transaction waited from acceptance to `now` (commit latency).
+    pub fn on_committed(
+        &mut self,
+        batch_digests: &[Hash32],
+        executed: &[TxHash],
+        now: Instant,
+    ) -> Vec<Duration> {
+        let mut latencies = Vec::new();
         let gone: HashSet<Hash32> = batch_digests.iter().copied().collect();
         for d in &gone {
             if let Some(info) = self.batches.remove(d) {
                 for h in info.tx_hashes {
-                    self.forget_tx(&h);
+                    latencies.extend(self.forget_tx(&h, now));
                 }
             }
         }
@@ -337,25 +344,26 @@ impl Mempool {
             self.ready.retain(|d| !gone.contains(d));
         }
         for h in executed {
-            self.forget_tx(h);
+            latencies.extend(self.forget_tx(h, now));
         }
+        latencies
     }
 
-    fn forget_tx(&mut self, h: &TxHash) {
-        if let Some((len, batch)) = self.pending.remove(h) {
-            self.pending_bytes -= len;
-            if batch.is_none() {
-                // Committed through another node's batch while still open here: drop it from the
-                // open batch so it is not proposed again.
-                if let Some(pos) = self.open.iter().position(|t| tx_hash(t) == *h) {
-                    let tx = self.open.remove(pos);
-                    self.open_bytes -= tx.len();
-                    if self.open.is_empty() {
-                        self.open_since = None;
-                    }
+    fn forget_tx(&mut self, h: &TxHash, now: Instant) -> Option<Duration> {
+        let (len, batch, accepted) = self.pending.remove(h)?;
+        self.pending_bytes -= len;
+        if batch.is_none() {
+            // Committed through another node's batch while still open here: drop it from the
+            // open batch so it is not proposed again.
+            if let Some(pos) = self.open.iter().position(|t| tx_hash(t) == *h) {
+                let tx = self.open.remove(pos);
+                self.open_bytes -= tx.len();
+                if self.open.is_empty() {
+                    self.open_since = None;
                 }
             }
         }
+        Some(now.saturating_duration_since(accepted))
     }
 
     /// Whether a local transaction is pending (accepted, not yet committed).
@@ -456,7 +464,8 @@ mod tests {
         m.tick(t + Duration::from_secs(1));
         let sealed = m.take_sealed();
         assert_eq!(sealed.len(), 2);
-        m.on_committed(&[sealed[0].digest], &sealed[0].tx_hashes);
+        let lat = m.on_committed(&[sealed[0].digest], &sealed[0].tx_hashes, t);
+        assert_eq!(lat.len(), 3, "one latency per local transaction");
         assert_eq!(m.pending_len(), 2);
         m.submit(vec![99], t, never).expect("room again");
         assert_eq!(m.payload(10, &HashSet::new()), vec![sealed[1].digest]);
@@ -489,7 +498,7 @@ mod tests {
         let mut m = Mempool::new(small());
         let t = Instant::now();
         let h = m.submit(b"tx".to_vec(), t, never).expect("submit");
-        m.on_committed(&[], &[h]);
+        m.on_committed(&[], &[h], t);
         assert!(!m.is_pending(&h));
         m.tick(t + Duration::from_secs(1));
         assert!(m.take_sealed().is_empty(), "nothing left to seal");

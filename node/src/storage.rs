@@ -35,6 +35,9 @@ const TX_INDEX: TableDefinition<&[u8; 32], u64> = TableDefinition::new("tx_index
 const EPOCH_CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("epoch_changes");
 const APP_KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("app_kv");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Blocks persisted but not (yet) committed, with their round: what a restart hands back to
+/// consensus. Pruned as the committed root advances.
+const UNCOMMITTED: TableDefinition<&[u8; 32], u64> = TableDefinition::new("uncommitted");
 
 /// Keys of the `meta` table, named so that every writer and reader agree.
 pub mod meta {
@@ -219,6 +222,7 @@ impl Store {
                 w.txn.open_table(TX_INDEX)?;
                 w.txn.open_table(EPOCH_CHANGES)?;
                 w.txn.open_table(APP_KV)?;
+                w.txn.open_table(UNCOMMITTED)?;
                 w.put_meta(meta::SCHEMA, &SCHEMA_VERSION.to_be_bytes())
             }),
         }
@@ -384,6 +388,26 @@ impl Store {
             .collect())
     }
 
+    /// The blocks persisted but not committed (their stored bytes), oldest round first.
+    pub fn uncommitted_blocks(&self) -> Result<Vec<Vec<u8>>, StorageError> {
+        let txn = self.db.begin_read()?;
+        let pending = txn.open_table(UNCOMMITTED)?;
+        let blocks = txn.open_table(BLOCKS)?;
+        let mut ids = Vec::new();
+        for item in pending.iter()? {
+            let (k, v) = item?;
+            ids.push((v.value(), *k.value()));
+        }
+        ids.sort_unstable();
+        let mut out = Vec::with_capacity(ids.len());
+        for (_, id) in ids {
+            if let Some(b) = blocks.get(&id)? {
+                out.push(b.value().to_vec());
+            }
+        }
+        Ok(out)
+    }
+
     /// The height at which the transaction `hash` was committed, if it was.
     pub fn tx_height(&self, hash: &Hash32) -> Result<Option<u64>, StorageError> {
         let txn = self.db.begin_read()?;
@@ -401,6 +425,25 @@ impl Writer<'_> {
     /// Stores a block under its id.
     pub fn put_block(&mut self, id: &Hash32, bytes: &[u8]) -> Result<(), StorageError> {
         self.txn.open_table(BLOCKS)?.insert(id, bytes)?;
+        Ok(())
+    }
+
+    /// Stores a block that is not committed yet (handed back to consensus after a restart).
+    pub fn put_pending_block(
+        &mut self,
+        id: &Hash32,
+        round: u64,
+        bytes: &[u8],
+    ) -> Result<(), StorageError> {
+        self.put_block(id, bytes)?;
+        self.txn.open_table(UNCOMMITTED)?.insert(id, round)?;
+        Ok(())
+    }
+
+    /// Forgets pending blocks at or below the committed root's round (committed or abandoned).
+    pub fn prune_pending(&mut self, root_round: u64) -> Result<(), StorageError> {
+        let mut t = self.txn.open_table(UNCOMMITTED)?;
+        t.retain(|_, round| round > root_round)?;
         Ok(())
     }
 
@@ -594,6 +637,28 @@ mod tests {
             }
             other => panic!("expected Corrupt, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn pending_blocks_come_back_in_round_order_until_pruned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = Store::open(dir.path()).expect("open");
+            s.write(|w| {
+                w.put_pending_block(&[3; 32], 7, b"r7")?;
+                w.put_pending_block(&[1; 32], 5, b"r5")?;
+                w.put_pending_block(&[2; 32], 6, b"r6")
+            })
+            .expect("write");
+        }
+        let s = Store::open(dir.path()).expect("reopen");
+        assert_eq!(
+            s.uncommitted_blocks().expect("list"),
+            vec![b"r5".to_vec(), b"r6".to_vec(), b"r7".to_vec()]
+        );
+        s.write(|w| w.prune_pending(6)).expect("prune");
+        assert_eq!(s.uncommitted_blocks().expect("list"), vec![b"r7".to_vec()]);
+        assert_eq!(s.get_block(&[1; 32]).expect("get"), Some(b"r5".to_vec()));
     }
 
     #[test]

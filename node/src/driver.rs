@@ -1,0 +1,1247 @@
+//! The consensus driver: runs the pure consensus core (`consensus::core::Core`) against the real
+//! world. It feeds the core events (gossip, requests, timers, payloads, fetched blocks and
+//! batches) and executes its actions **in order**:
+//!
+//! * consecutive `Persist*` actions are written in one redb transaction, committed with fsync,
+//!   before any later action of the list runs; sends are queued and leave only after that, so a
+//!   block and its QC are durable before the node votes for or proposes it, the highest
+//!   certificates before a timeout carrying them, the safety state before anything signed;
+//! * commits are applied to the ledger in height order (idempotently), after the block's batches
+//!   are stored (fetched from peers when missing), executing the KV application in the same
+//!   transaction;
+//! * a node that stalls (restart, partition, late start) runs block sync: pages of committed
+//!   blocks from a member, checked by hash links from its committed root and the commit proof
+//!   (QC verified with the epoch's set), then its core restarts from the new root.
+//!
+//! After a crash the driver rebuilds the core from what it persisted (safety state, highest
+//! certificates, uncommitted blocks, committed root), and the core re-sends what it had signed.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use consensus::block_tree::{Commit, CommitProof, CommittedBlock, Root};
+use consensus::codec::{Decode, Encode};
+use consensus::core::{Action, Config as CoreConfig, Core, DurableState, Event};
+use consensus::crypto::{K256Signer, Scheme};
+use consensus::domain::Domain;
+use consensus::safety::SafetyState;
+use consensus::types::{
+    Address, BatchDigest, Block, BlockId, MemberInfo, Message, QuorumCert, TimeoutCert,
+};
+use consensus::validators::ValidatorSet;
+use consensus::verify::EpochContext;
+use libp2p::PeerId;
+use libp2p::gossipsub::{MessageAcceptance, MessageId};
+use prost::Message as _;
+use proto::{GossipBody, RequestBody, ResponseBody, v1};
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::api::{NodeStatus, SharedStatus, ValidatorInfo};
+use crate::app::{self, CommitInput};
+use crate::mempool::{Mempool, SealedBatch};
+use crate::metrics::Metrics;
+use crate::net::{NetEvent, NetHandle, Responder, peer_id_from_public_key};
+use crate::storage::{StorageError, Store, meta};
+use crate::wire;
+
+/// Most batches served per request.
+const MAX_BATCHES_PER_RESPONSE: usize = 256;
+/// Most committed blocks served per sync page.
+const MAX_SYNC_BLOCKS: u32 = 256;
+/// Bytes a response may carry (leaves room under the wire limit).
+const RESPONSE_BUDGET: usize = proto::limits::MAX_RESPONSE_BYTES - 64 * 1024;
+
+/// Why the driver stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// Storage failed: the node must stop rather than send anything not durable.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Executing a committed block failed.
+    #[error(transparent)]
+    App(#[from] app::AppError),
+    /// The core could not be built.
+    #[error("consensus core: {0}")]
+    Core(String),
+    /// The validator set is invalid.
+    #[error("validator set: {0}")]
+    Set(String),
+    /// A stored record does not decode.
+    #[error("stored {0} is corrupt")]
+    Corrupt(&'static str),
+}
+
+/// A member of epoch 0 with its registered connection URL.
+#[derive(Clone, Debug)]
+pub struct Member {
+    /// Address, public key, power.
+    pub info: MemberInfo,
+    /// The connection URL (a multiaddr) registered on chain.
+    pub url: String,
+}
+
+/// What the driver needs to run an epoch.
+#[derive(Clone, Debug)]
+pub struct DriverConfig {
+    /// The node's secp256k1 secret (consensus and libp2p key).
+    pub secret: [u8; 32],
+    /// Chain id of the cluster.
+    pub chain_id: u64,
+    /// The membership contract.
+    pub contract: [u8; 20],
+    /// `genesis_id` of the cluster's genesis file.
+    pub genesis_id: [u8; 32],
+    /// The genesis chain block hash (epoch 0's `B0`).
+    pub genesis_chain_block_hash: [u8; 32],
+    /// The genesis chain block number (shown as `epoch_chain_block`).
+    pub genesis_chain_block_number: u64,
+    /// Epoch 0's members.
+    pub members: Vec<Member>,
+    /// Core tunables (timeouts from the genesis file).
+    pub core: CoreConfig,
+    /// How often the driver checks whether it is stalled and should sync.
+    pub sync_check: Duration,
+    /// How long without a commit counts as stalled.
+    pub stall_after: Duration,
+}
+
+enum Completion {
+    Blocks {
+        from: Option<Address>,
+        blocks: Vec<Block>,
+    },
+    BatchesAvailable(BlockId),
+    CommitBatchesReady,
+    SyncPage(Option<Box<v1::SyncResponse>>),
+}
+
+/// The driver of one node.
+pub struct Driver {
+    cfg: DriverConfig,
+    core: Core,
+    domain: Domain,
+    genesis_block: BlockId,
+    set: ValidatorSet,
+    store: Store,
+    net: NetHandle,
+    mempool: Arc<Mutex<Mempool>>,
+    mempool_wake: Arc<Notify>,
+    status: SharedStatus,
+    metrics: Arc<Metrics>,
+    me: Address,
+    by_addr: HashMap<Address, PeerId>,
+    by_peer: HashMap<PeerId, Address>,
+    connected: HashSet<PeerId>,
+    timer: Option<(u64, tokio::time::Instant)>,
+    uncommitted: HashMap<BlockId, (u64, Vec<BatchDigest>)>,
+    commit_queue: VecDeque<(CommittedBlock, Option<CommitProof>)>,
+    commit_fetch_inflight: bool,
+    outbox: Vec<Outgoing>,
+    discards: Vec<(bool, &'static str)>,
+    done_tx: mpsc::Sender<Completion>,
+    done_rx: mpsc::Receiver<Completion>,
+    started: Instant,
+    last_commit: Instant,
+    syncing: bool,
+    sync_inflight: bool,
+    sync_peer_turn: usize,
+}
+
+enum Outgoing {
+    Vote(PeerId, v1::Vote),
+    Gossip(Box<GossipBody>),
+    Fetch(Box<dyn FnOnce(NetHandle, mpsc::Sender<Completion>) -> FetchFuture + Send>),
+}
+
+type FetchFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// The shared pieces the driver works with (the API reads the same ones).
+pub struct DriverParts {
+    /// The node's store.
+    pub store: Store,
+    /// The network handle.
+    pub net: NetHandle,
+    /// The mempool.
+    pub mempool: Arc<Mutex<Mempool>>,
+    /// Woken by the API on new transactions.
+    pub mempool_wake: Arc<Notify>,
+    /// The published status.
+    pub status: SharedStatus,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+fn lock(m: &Mutex<Mempool>) -> std::sync::MutexGuard<'_, Mempool> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+fn hex0x(b: &[u8]) -> String {
+    format!("0x{}", hex::encode(b))
+}
+
+impl Driver {
+    /// Builds the driver and its core from what the store holds (fresh or after a crash).
+    pub fn new(cfg: DriverConfig, parts: DriverParts) -> Result<Self, DriverError> {
+        let infos: Vec<MemberInfo> = cfg.members.iter().map(|m| m.info.clone()).collect();
+        let set = ValidatorSet::from_members(infos).map_err(|e| DriverError::Set(e.to_string()))?;
+        let domain = Domain::new(cfg.chain_id, Address(cfg.contract), cfg.genesis_id);
+        let genesis_block = domain.genesis_block_id(0, &cfg.genesis_chain_block_hash, &set.hash());
+        let signer =
+            K256Signer::from_secret(&cfg.secret).map_err(|e| DriverError::Core(e.to_string()))?;
+        let me = consensus::crypto::Signer::address(&signer);
+        let mut by_addr = HashMap::new();
+        let mut by_peer = HashMap::new();
+        for m in &cfg.members {
+            if let Ok(p) = peer_id_from_public_key(&m.info.public_key.0) {
+                by_addr.insert(m.info.address, p);
+                by_peer.insert(p, m.info.address);
+            }
+        }
+        let (done_tx, done_rx) = mpsc::channel(1024);
+        let core = build_core(&cfg, &parts.store, &domain, genesis_block, &set)?;
+        let mut d = Self {
+            core,
+            domain,
+            genesis_block,
+            set,
+            store: parts.store,
+            net: parts.net,
+            mempool: parts.mempool,
+            mempool_wake: parts.mempool_wake,
+            status: parts.status,
+            metrics: parts.metrics,
+            me,
+            by_addr,
+            by_peer,
+            connected: HashSet::new(),
+            timer: None,
+            uncommitted: HashMap::new(),
+            commit_queue: VecDeque::new(),
+            commit_fetch_inflight: false,
+            outbox: Vec::new(),
+            discards: Vec::new(),
+            done_tx,
+            done_rx,
+            started: Instant::now(),
+            last_commit: Instant::now(),
+            syncing: false,
+            sync_inflight: false,
+            sync_peer_turn: 0,
+            cfg,
+        };
+        for bytes in d.store.uncommitted_blocks()? {
+            if let Some(b) = v1::Block::decode(bytes.as_slice())
+                .ok()
+                .and_then(|w| wire::block_from_wire(&w).ok())
+            {
+                d.uncommitted
+                    .insert(b.id(), (b.round(), b.payload().to_vec()));
+            }
+        }
+        d.publish_static_status();
+        Ok(d)
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn publish_static_status(&mut self) {
+        let validators = self
+            .cfg
+            .members
+            .iter()
+            .map(|m| ValidatorInfo {
+                address: hex0x(&m.info.address.0),
+                power: m.info.power,
+                public_key: hex::encode(m.info.public_key.0),
+                connection_url: m.url.clone(),
+            })
+            .collect::<Vec<_>>();
+        let mut sorted = validators;
+        sorted.sort_by(|a, b| a.address.cmp(&b.address));
+        self.metrics
+            .validators_power
+            .set(self.set.total_power() as i64);
+        for v in &sorted {
+            self.metrics
+                .validator_power
+                .get_or_create(&crate::metrics::AddressLabel {
+                    address: v.address.clone(),
+                })
+                .set(v.power as i64);
+        }
+        let mut st = match self.status.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        *st = NodeStatus {
+            node_address: hex0x(&self.me.0),
+            peer_id: self.net.local_peer_id.to_string(),
+            epoch_chain_block: self.cfg.genesis_chain_block_number,
+            validators: sorted,
+            ..NodeStatus::default()
+        };
+    }
+
+    fn refresh_status(&mut self) {
+        let height = self.store.committed_height().unwrap_or(0);
+        let block = self
+            .store
+            .committed_id(height)
+            .ok()
+            .flatten()
+            .map(|id| hex0x(&id));
+        let round = self.core.round();
+        let leader = hex0x(&self.set.leader(round).0);
+        self.metrics.height.set(height as i64);
+        self.metrics.round.set(round as i64);
+        self.metrics.epoch.set(0);
+        self.metrics.syncing.set(u64::from(self.syncing));
+        self.metrics.p2p_peers.set(self.connected.len() as i64);
+        self.metrics
+            .mempool_transactions
+            .set(lock(&self.mempool).pending_len() as i64);
+        let mut st = match self.status.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        st.epoch = 0;
+        st.round = round;
+        st.committed_height = height;
+        st.committed_block = block;
+        st.leader = Some(leader);
+        st.peers = self.connected.len() as u64;
+        st.syncing = self.syncing;
+    }
+
+    /// Runs until `shutdown` turns true or the network stops. Storage failures stop the node.
+    pub async fn run(
+        mut self,
+        mut events: mpsc::Receiver<NetEvent>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), DriverError> {
+        let members: HashSet<PeerId> = self.by_peer.keys().copied().collect();
+        let _ = self.net.set_members(members).await;
+        self.dial_members().await;
+        let now = self.now_ms();
+        self.feed(Event::Start { now_ms: now })?;
+        self.process_commits()?;
+        self.flush().await;
+        self.refresh_status();
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sync_check = tokio::time::interval(self.cfg.sync_check);
+        sync_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut redial = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            let timer = self.timer;
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() { break; }
+                }
+                ev = events.recv() => match ev {
+                    Some(ev) => self.on_net(ev)?,
+                    None => break,
+                },
+                Some(done) = self.done_rx.recv() => self.on_done(done)?,
+                _ = async {
+                    match timer {
+                        Some((_, at)) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Some((round, _)) = self.timer.take() {
+                        let now = self.now_ms();
+                        if round >= self.core.round() {
+                            self.metrics.timeouts.inc();
+                        }
+                        self.feed(Event::TimerFired { round, now_ms: now })?;
+                    }
+                }
+                _ = self.mempool_wake.notified() => self.seal_batches(false)?,
+                _ = tick.tick() => self.seal_batches(true)?,
+                _ = sync_check.tick() => self.maybe_sync(),
+                _ = redial.tick() => self.dial_members().await,
+            }
+            self.process_commits()?;
+            self.flush().await;
+            self.refresh_status();
+        }
+        tracing::info!("driver stopped");
+        Ok(())
+    }
+
+    async fn dial_members(&mut self) {
+        for m in &self.cfg.members {
+            if m.info.address == self.me {
+                continue;
+            }
+            let Some(peer) = self.by_addr.get(&m.info.address) else {
+                continue;
+            };
+            if self.connected.contains(peer) {
+                continue;
+            }
+            if let Ok(addr) = m.url.parse() {
+                let _ = self.net.dial(addr).await;
+            }
+        }
+    }
+
+    /// Feeds one event to the core and executes its actions.
+    fn feed(&mut self, ev: Event) -> Result<(), DriverError> {
+        let actions = self.core.handle(ev);
+        self.execute(actions)
+    }
+
+    fn execute(&mut self, actions: Vec<Action>) -> Result<(), DriverError> {
+        let mut persist = Vec::new();
+        for a in actions {
+            match a {
+                Action::PersistBlock(_)
+                | Action::PersistCertificates { .. }
+                | Action::PersistSafety(_) => persist.push(a),
+                other => {
+                    self.persist(&mut persist)?;
+                    self.act(other)?;
+                }
+            }
+        }
+        self.persist(&mut persist)
+    }
+
+    /// Writes every queued persist action in one durable transaction.
+    fn persist(&mut self, queue: &mut Vec<Action>) -> Result<(), DriverError> {
+        if queue.is_empty() {
+            return Ok(());
+        }
+        let items = std::mem::take(queue);
+        for a in &items {
+            if let Action::PersistBlock(b) = a {
+                self.uncommitted
+                    .insert(b.id(), (b.round(), b.payload().to_vec()));
+            }
+        }
+        self.store.write(|w| {
+            for a in &items {
+                match a {
+                    Action::PersistBlock(b) => {
+                        let bytes = wire::block_to_wire(b).encode_to_vec();
+                        w.put_pending_block(&b.id().0, b.round(), &bytes)?;
+                        // The QC in a block certifies its parent.
+                        w.put_qc(&b.qc().block_id.0, &b.qc().encode())?;
+                    }
+                    Action::PersistCertificates { high_qc, high_tc } => {
+                        w.put_meta(meta::HIGH_QC, &high_qc.encode())?;
+                        if let Some(tc) = high_tc {
+                            w.put_meta(meta::HIGH_TC, &tc.encode())?;
+                        }
+                    }
+                    Action::PersistSafety(s) => w.put_meta(meta::SAFETY, &s.encode())?,
+                    _ => {}
+                }
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    fn act(&mut self, a: Action) -> Result<(), DriverError> {
+        match a {
+            Action::SendTo { to, message } => {
+                if let (Message::Vote(v), Some(peer)) = (&message, self.by_addr.get(&to)) {
+                    self.outbox
+                        .push(Outgoing::Vote(*peer, wire::vote_to_wire(v)));
+                }
+            }
+            Action::Broadcast(message) => {
+                let body = match &message {
+                    Message::Proposal(p) => GossipBody::Proposal(wire::proposal_to_wire(p)),
+                    Message::Timeout(t) => GossipBody::Timeout(wire::timeout_to_wire(t)),
+                    Message::TimeoutCert(tc) => GossipBody::Tc(wire::tc_to_wire(tc)),
+                    Message::Vote(_) => return Ok(()),
+                };
+                self.outbox.push(Outgoing::Gossip(Box::new(body)));
+            }
+            Action::SetTimer { round, duration_ms } => {
+                let at = tokio::time::Instant::now() + Duration::from_millis(duration_ms);
+                self.timer = Some((round, at));
+            }
+            Action::RequestPayload { round, max_batches } => {
+                let exclude: HashSet<[u8; 32]> = self
+                    .uncommitted
+                    .values()
+                    .flat_map(|(_, ds)| ds.iter().map(|d| d.0))
+                    .collect();
+                let batches = lock(&self.mempool)
+                    .payload(max_batches, &exclude)
+                    .into_iter()
+                    .map(BatchDigest)
+                    .collect();
+                self.feed(Event::PayloadReady { round, batches })?;
+            }
+            Action::FetchBatches {
+                block_id,
+                digests,
+                from,
+            } => {
+                let missing = self.missing_batches(&digests)?;
+                if missing.is_empty() {
+                    self.feed(Event::BatchesAvailable { block_id })?;
+                } else {
+                    let peers = self.peers_preferring(Some(from));
+                    let store = self.store.clone();
+                    let cfg = lock(&self.mempool).config().clone();
+                    self.outbox.push(Outgoing::Fetch(Box::new(move |net, done| {
+                        Box::pin(async move {
+                            if fetch_batches(&net, &store, &cfg, &peers, missing).await {
+                                let _ = done.send(Completion::BatchesAvailable(block_id)).await;
+                            }
+                        })
+                    })));
+                }
+            }
+            Action::FetchBlocks {
+                block_id,
+                stop_at_round,
+                max_blocks,
+                from,
+            } => {
+                let peers = self.peers_preferring(from);
+                let by_peer = self.by_peer.clone();
+                self.outbox.push(Outgoing::Fetch(Box::new(move |net, done| {
+                    Box::pin(async move {
+                        let req = v1::BlockRequest {
+                            block_id: block_id.0.to_vec(),
+                            stop_at_round,
+                            max_blocks: u32::try_from(max_blocks).unwrap_or(u32::MAX),
+                        };
+                        for peer in peers {
+                            match net.request(peer, RequestBody::Blocks(req.clone())).await {
+                                Ok(ResponseBody::Blocks(resp)) => {
+                                    let blocks: Result<Vec<Block>, _> =
+                                        resp.blocks.iter().map(wire::block_from_wire).collect();
+                                    if let Ok(blocks) = blocks
+                                        && !blocks.is_empty()
+                                    {
+                                        let from = by_peer.get(&peer).copied();
+                                        let _ =
+                                            done.send(Completion::Blocks { from, blocks }).await;
+                                        return;
+                                    }
+                                }
+                                Ok(_) => {}
+                                Err(e) => tracing::debug!(%peer, error = %e, "block fetch failed"),
+                            }
+                        }
+                    })
+                })));
+            }
+            Action::Commit(c) => self.enqueue_commit(c),
+            Action::Discarded(d) => {
+                if d.reject {
+                    self.metrics.reject(d.reason);
+                } else {
+                    self.metrics.ignore(d.reason);
+                }
+                self.discards.push((d.reject, d.reason));
+            }
+            Action::Evidence(e) => {
+                let signer = hex0x(&e.signer.0);
+                tracing::warn!(%signer, epoch = e.epoch, round = e.round, kind = ?e.kind, "equivocation");
+                self.metrics
+                    .evidence
+                    .get_or_create(&crate::metrics::SignerLabel { signer })
+                    .inc();
+            }
+            Action::PersistBlock(_)
+            | Action::PersistCertificates { .. }
+            | Action::PersistSafety(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Members to ask, the hinted one first, then connected ones, then the rest.
+    fn peers_preferring(&self, hint: Option<Address>) -> Vec<PeerId> {
+        let mut out = Vec::new();
+        if let Some(p) = hint.and_then(|a| self.by_addr.get(&a))
+            && hint != Some(self.me)
+        {
+            out.push(*p);
+        }
+        let mut rest: Vec<PeerId> = self
+            .by_peer
+            .iter()
+            .filter(|(_, a)| **a != self.me)
+            .map(|(p, _)| *p)
+            .filter(|p| !out.contains(p))
+            .collect();
+        rest.sort_by_key(|p| !self.connected.contains(p));
+        out.extend(rest);
+        out
+    }
+
+    fn missing_batches(&self, digests: &[BatchDigest]) -> Result<Vec<[u8; 32]>, DriverError> {
+        let mut missing = Vec::new();
+        for d in digests {
+            if !self.store.has_batch(&d.0)? {
+                missing.push(d.0);
+            }
+        }
+        Ok(missing)
+    }
+
+    fn enqueue_commit(&mut self, c: Commit) {
+        let n = c.blocks.len();
+        for (i, cb) in c.blocks.into_iter().enumerate() {
+            let proof = (i + 1 == n).then(|| c.proof.clone());
+            self.commit_queue.push_back((cb, proof));
+        }
+    }
+
+    /// Applies queued commits in height order, fetching missing batches first.
+    fn process_commits(&mut self) -> Result<(), DriverError> {
+        while let Some((cb, proof)) = self.commit_queue.front() {
+            let committed = self.store.committed_height()?;
+            if cb.height <= committed {
+                self.commit_queue.pop_front();
+                continue;
+            }
+            if cb.height != committed + 1 {
+                // A gap (a sync page applied meanwhile moved the ledger): the rest is stale.
+                tracing::warn!(
+                    height = cb.height,
+                    committed,
+                    "commit out of order; dropping queued commits"
+                );
+                self.commit_queue.clear();
+                break;
+            }
+            let missing = self.missing_batches(cb.block.payload())?;
+            if !missing.is_empty() {
+                if !self.commit_fetch_inflight {
+                    self.commit_fetch_inflight = true;
+                    let peers = self.peers_preferring(Some(cb.block.proposer()));
+                    let store = self.store.clone();
+                    let cfg = lock(&self.mempool).config().clone();
+                    self.outbox.push(Outgoing::Fetch(Box::new(move |net, done| {
+                        Box::pin(async move {
+                            let _ = fetch_batches(&net, &store, &cfg, &peers, missing).await;
+                            let _ = done.send(Completion::CommitBatchesReady).await;
+                        })
+                    })));
+                }
+                break;
+            }
+            let block = cb.block.clone();
+            let height = cb.height;
+            let proof_bytes = proof
+                .as_ref()
+                .map(|p| wire::proof_to_wire(p).encode_to_vec())
+                .unwrap_or_default();
+            self.apply_committed(height, &block, &proof_bytes)?;
+            self.commit_queue.pop_front();
+        }
+        Ok(())
+    }
+
+    fn apply_committed(
+        &mut self,
+        height: u64,
+        block: &Block,
+        proof_bytes: &[u8],
+    ) -> Result<(), DriverError> {
+        let digests: Vec<[u8; 32]> = block.payload().iter().map(|d| d.0).collect();
+        let block_bytes = wire::block_to_wire(block).encode_to_vec();
+        let result = app::commit_block(
+            &self.store,
+            CommitInput {
+                height,
+                id: &block.id().0,
+                block: &block_bytes,
+                proof: proof_bytes,
+                batch_digests: &digests,
+            },
+        )?;
+        let root_round = block.round();
+        self.store.write_lazy(|w| w.prune_pending(root_round))?;
+        self.uncommitted.retain(|_, (r, _)| *r > root_round);
+        let now = Instant::now();
+        let latencies = lock(&self.mempool).on_committed(&digests, &result.committed, now);
+        for l in latencies {
+            self.metrics.commit_latency.observe(l.as_secs_f64());
+        }
+        self.metrics
+            .block_interval
+            .observe(now.duration_since(self.last_commit).as_secs_f64());
+        self.last_commit = now;
+        tracing::debug!(
+            height,
+            round = block.round(),
+            txs = result.committed.len(),
+            "committed"
+        );
+        Ok(())
+    }
+
+    /// Seals due batches, stores them and gossips them to the validators.
+    fn seal_batches(&mut self, by_time: bool) -> Result<(), DriverError> {
+        let sealed = {
+            let mut pool = lock(&self.mempool);
+            if by_time {
+                pool.tick(Instant::now());
+            }
+            pool.take_sealed()
+        };
+        if sealed.is_empty() {
+            return Ok(());
+        }
+        self.store.write_lazy(|w| {
+            for b in &sealed {
+                w.put_batch(&b.digest, &b.encoded)?;
+            }
+            Ok(())
+        })?;
+        for b in sealed {
+            let txs = SealedBatch::decode_txs(&b.encoded).unwrap_or_default();
+            self.outbox
+                .push(Outgoing::Gossip(Box::new(GossipBody::Batch(v1::Batch {
+                    transactions: txs,
+                }))));
+        }
+        Ok(())
+    }
+
+    /// Sends what the executed actions queued (after their persistence).
+    async fn flush(&mut self) {
+        for o in std::mem::take(&mut self.outbox) {
+            match o {
+                Outgoing::Vote(peer, vote) => {
+                    let net = self.net.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = net.request(peer, RequestBody::Vote(vote)).await {
+                            tracing::debug!(%peer, error = %e, "vote not delivered");
+                        }
+                    });
+                }
+                Outgoing::Gossip(body) => {
+                    if let Err(e) = self.net.publish(*body).await {
+                        tracing::debug!(error = %e, "publish failed");
+                    }
+                }
+                Outgoing::Fetch(f) => {
+                    tokio::spawn(f(self.net.clone(), self.done_tx.clone()));
+                }
+            }
+        }
+    }
+
+    fn on_done(&mut self, done: Completion) -> Result<(), DriverError> {
+        match done {
+            Completion::Blocks { from, blocks } => self.feed(Event::BlocksFetched { from, blocks }),
+            Completion::BatchesAvailable(block_id) => {
+                self.feed(Event::BatchesAvailable { block_id })
+            }
+            Completion::CommitBatchesReady => {
+                self.commit_fetch_inflight = false;
+                Ok(())
+            }
+            Completion::SyncPage(page) => {
+                self.sync_inflight = false;
+                self.apply_sync_page(page)
+            }
+        }
+    }
+
+    fn verdict(&mut self) -> MessageAcceptance {
+        let d = std::mem::take(&mut self.discards);
+        if d.iter().any(|(reject, _)| *reject) {
+            MessageAcceptance::Reject
+        } else if d.is_empty() {
+            MessageAcceptance::Accept
+        } else {
+            MessageAcceptance::Ignore
+        }
+    }
+
+    fn on_net(&mut self, ev: NetEvent) -> Result<(), DriverError> {
+        match ev {
+            NetEvent::PeerConnected(p) => {
+                self.connected.insert(p);
+            }
+            NetEvent::PeerDisconnected(p) => {
+                self.connected.remove(&p);
+            }
+            NetEvent::PeerSubscribed(..) => {}
+            NetEvent::Gossip {
+                id,
+                propagation_source,
+                source,
+                from_member,
+                body,
+            } => {
+                let from = source
+                    .and_then(|s| self.by_peer.get(&s).copied())
+                    .unwrap_or_default();
+                let verdict = self.on_gossip(*body, from)?;
+                let verdict = match verdict {
+                    MessageAcceptance::Accept if !from_member => {
+                        self.metrics.ignore("non_member");
+                        MessageAcceptance::Ignore
+                    }
+                    v => v,
+                };
+                self.report(id, propagation_source, verdict);
+            }
+            NetEvent::Request {
+                peer,
+                body,
+                responder,
+                ..
+            } => self.on_request(peer, body, responder)?,
+        }
+        Ok(())
+    }
+
+    fn report(&self, id: MessageId, source: PeerId, acceptance: MessageAcceptance) {
+        let net = self.net.clone();
+        tokio::spawn(async move {
+            let _ = net.report(id, source, acceptance).await;
+        });
+    }
+
+    fn on_gossip(
+        &mut self,
+        body: GossipBody,
+        from: Address,
+    ) -> Result<MessageAcceptance, DriverError> {
+        self.discards.clear();
+        let message = match body {
+            GossipBody::Proposal(p) => wire::proposal_from_wire(&p).map(Message::Proposal),
+            GossipBody::Timeout(t) => wire::timeout_from_wire(&t).map(Message::Timeout),
+            GossipBody::Tc(tc) => wire::tc_from_wire(&tc).map(Message::TimeoutCert),
+            GossipBody::Batch(b) => {
+                let cfg = lock(&self.mempool).config().clone();
+                return Ok(match SealedBatch::from_wire(b, &cfg) {
+                    Ok(batch) => {
+                        self.store
+                            .write_lazy(|w| w.put_batch(&batch.digest, &batch.encoded))?;
+                        lock(&self.mempool).add_remote(&batch);
+                        MessageAcceptance::Accept
+                    }
+                    Err(_) => {
+                        self.metrics.reject("bad_batch");
+                        MessageAcceptance::Reject
+                    }
+                });
+            }
+            GossipBody::EpochChange(_) | GossipBody::Evidence(_) => {
+                // Live epochs and evidence handling come with the companion issue.
+                self.metrics.ignore("unsupported");
+                return Ok(MessageAcceptance::Ignore);
+            }
+        };
+        match message {
+            Ok(m) => {
+                self.feed(Event::Message { from, message: m })?;
+                Ok(self.verdict())
+            }
+            Err(_) => {
+                self.metrics.reject("malformed");
+                Ok(MessageAcceptance::Reject)
+            }
+        }
+    }
+
+    fn respond(&self, responder: Responder, body: ResponseBody) {
+        let net = self.net.clone();
+        tokio::spawn(async move {
+            let _ = net.respond(responder, body).await;
+        });
+    }
+
+    fn on_request(
+        &mut self,
+        peer: PeerId,
+        body: RequestBody,
+        responder: Responder,
+    ) -> Result<(), DriverError> {
+        match body {
+            RequestBody::Vote(v) => match wire::vote_from_wire(&v) {
+                Ok(v) => {
+                    let from = self.by_peer.get(&peer).copied().unwrap_or_default();
+                    self.discards.clear();
+                    self.feed(Event::Message {
+                        from,
+                        message: Message::Vote(v),
+                    })?;
+                    self.discards.clear();
+                    self.respond(responder, ResponseBody::Ack(v1::Ack {}));
+                }
+                Err(e) => {
+                    self.metrics.reject("malformed");
+                    self.respond(responder, ResponseBody::Error(e.to_string()));
+                }
+            },
+            RequestBody::Batches(req) => {
+                let mut out = Vec::new();
+                let mut budget = RESPONSE_BUDGET;
+                for d in req.digests.iter().take(MAX_BATCHES_PER_RESPONSE) {
+                    let Ok(d) = <[u8; 32]>::try_from(d.as_slice()) else {
+                        continue;
+                    };
+                    if let Some(bytes) = self.store.get_batch(&d)? {
+                        if bytes.len() > budget {
+                            break;
+                        }
+                        budget -= bytes.len();
+                        if let Ok(b) = v1::Batch::decode(bytes.as_slice()) {
+                            out.push(b);
+                        }
+                    }
+                }
+                self.respond(
+                    responder,
+                    ResponseBody::Batches(v1::BatchResponse { batches: out }),
+                );
+            }
+            RequestBody::Blocks(req) => {
+                let resp = self.serve_blocks(&req)?;
+                self.respond(responder, ResponseBody::Blocks(resp));
+            }
+            RequestBody::Sync(req) => {
+                let resp = self.serve_sync(&req)?;
+                self.respond(responder, ResponseBody::Sync(resp));
+            }
+        }
+        Ok(())
+    }
+
+    fn serve_blocks(&self, req: &v1::BlockRequest) -> Result<v1::BlockResponse, DriverError> {
+        let mut out = Vec::new();
+        let Ok(mut id) = <[u8; 32]>::try_from(req.block_id.as_slice()) else {
+            return Ok(v1::BlockResponse { blocks: out });
+        };
+        let max = req.max_blocks.min(1024) as usize;
+        let mut budget = RESPONSE_BUDGET;
+        while out.len() < max {
+            let Some(bytes) = self.store.get_block(&id)? else {
+                break;
+            };
+            let Ok(b) = v1::Block::decode(bytes.as_slice()) else {
+                break;
+            };
+            let round = b.header.as_ref().map_or(0, |h| h.round);
+            if round <= req.stop_at_round || bytes.len() > budget {
+                break;
+            }
+            budget -= bytes.len();
+            let parent = b
+                .header
+                .as_ref()
+                .and_then(|h| <[u8; 32]>::try_from(h.parent_id.as_slice()).ok());
+            out.push(b);
+            match parent {
+                Some(p) => id = p,
+                None => break,
+            }
+        }
+        Ok(v1::BlockResponse { blocks: out })
+    }
+
+    fn serve_sync(&self, req: &v1::SyncRequest) -> Result<v1::SyncResponse, DriverError> {
+        let top = self.store.committed_height()?;
+        let mut blocks = Vec::new();
+        let mut h = req.from_height.max(1);
+        let limit = req.max_blocks.clamp(1, MAX_SYNC_BLOCKS) as u64;
+        let mut budget = RESPONSE_BUDGET;
+        while h <= top {
+            let Some(id) = self.store.committed_id(h)? else {
+                break;
+            };
+            let Some(bytes) = self.store.get_block(&id)? else {
+                break;
+            };
+            let proof = self.store.commit_proof(h)?.unwrap_or_default();
+            if bytes.len() + proof.len() > budget {
+                break;
+            }
+            budget -= bytes.len() + proof.len();
+            let block = v1::Block::decode(bytes.as_slice()).ok();
+            let proof = if proof.is_empty() {
+                None
+            } else {
+                v1::CommitProof::decode(proof.as_slice()).ok()
+            };
+            let has_proof = proof.is_some();
+            blocks.push(v1::CommittedBlock {
+                height: h,
+                block,
+                proof,
+            });
+            h += 1;
+            // Stop at a block carrying a proof once the page is full enough.
+            if has_proof && blocks.len() as u64 >= limit {
+                break;
+            }
+        }
+        // Drop a trailing run without a proof: the requester could not verify it.
+        while blocks.last().is_some_and(|b| b.proof.is_none()) {
+            blocks.pop();
+        }
+        let high_qc = Some(wire::qc_to_wire(self.core.high_qc()));
+        Ok(v1::SyncResponse {
+            blocks,
+            records: Vec::new(),
+            high_qc,
+            high_tc: None,
+        })
+    }
+
+    /// Starts a sync round when no block was committed for a while.
+    fn maybe_sync(&mut self) {
+        if self.sync_inflight || self.last_commit.elapsed() < self.cfg.stall_after {
+            return;
+        }
+        let peers: Vec<PeerId> = self
+            .by_peer
+            .iter()
+            .filter(|(p, a)| **a != self.me && self.connected.contains(p))
+            .map(|(p, _)| *p)
+            .collect();
+        if peers.is_empty() {
+            return;
+        }
+        let mut peers = peers;
+        peers.sort();
+        let peer = peers[self.sync_peer_turn % peers.len()];
+        self.sync_peer_turn = self.sync_peer_turn.wrapping_add(1);
+        let from = self.store.committed_height().unwrap_or(0) + 1;
+        self.sync_inflight = true;
+        self.outbox.push(Outgoing::Fetch(Box::new(move |net, done| {
+            Box::pin(async move {
+                let req = v1::SyncRequest {
+                    from_height: from,
+                    max_blocks: MAX_SYNC_BLOCKS,
+                    known_epoch: 0,
+                };
+                let page = match net.request(peer, RequestBody::Sync(req)).await {
+                    Ok(ResponseBody::Sync(s)) => Some(Box::new(s)),
+                    _ => None,
+                };
+                let _ = done.send(Completion::SyncPage(page)).await;
+            })
+        })));
+    }
+
+    /// Verifies a sync page (hash links from the committed root, the proof's QC with the set)
+    /// and applies it; then restarts the core from the new root.
+    fn apply_sync_page(&mut self, page: Option<Box<v1::SyncResponse>>) -> Result<(), DriverError> {
+        let Some(page) = page else {
+            return Ok(());
+        };
+        let committed = self.store.committed_height()?;
+        let mut expect_parent = match self.store.committed_id(committed)? {
+            Some(id) => BlockId(id),
+            None => self.genesis_block,
+        };
+        let mut verified: Vec<(u64, Block, Option<CommitProof>)> = Vec::new();
+        for (next_height, cb) in (committed + 1..).zip(page.blocks.iter()) {
+            if cb.height != next_height {
+                break;
+            }
+            let Some(b) = cb
+                .block
+                .as_ref()
+                .and_then(|b| wire::block_from_wire(b).ok())
+            else {
+                break;
+            };
+            if b.parent_id() != expect_parent || b.epoch() != 0 {
+                break;
+            }
+            let proof = cb
+                .proof
+                .as_ref()
+                .and_then(|p| wire::proof_from_wire(p).ok());
+            expect_parent = b.id();
+            verified.push((cb.height, b, proof));
+        }
+        // Keep the prefix up to the last block whose proof verifies.
+        let ctx = self.core.context();
+        let last_proved = verified.iter().rposition(|(_, b, p)| {
+            p.as_ref().is_some_and(|p| {
+                p.certified.parent_id() == b.id()
+                    && p.certified.round() == b.round() + 1
+                    && p.qc.block_id == p.certified.id()
+                    && ctx.verify_qc(&p.qc).is_ok()
+            })
+        });
+        let Some(last) = last_proved else {
+            self.syncing = false;
+            return Ok(());
+        };
+        verified.truncate(last + 1);
+        let mut missing = Vec::new();
+        for (_, b, _) in &verified {
+            missing.extend(self.missing_batches(b.payload())?);
+        }
+        if !missing.is_empty() {
+            // Fetch the batches first; the next sync round applies the page.
+            self.syncing = true;
+            let peers = self.peers_preferring(None);
+            let store = self.store.clone();
+            let cfg = lock(&self.mempool).config().clone();
+            self.outbox
+                .push(Outgoing::Fetch(Box::new(move |net, _done| {
+                    Box::pin(async move {
+                        let _ = fetch_batches(&net, &store, &cfg, &peers, missing).await;
+                    })
+                })));
+            return Ok(());
+        }
+        self.syncing = true;
+        let n = verified.len();
+        for (height, b, proof) in verified {
+            let proof_bytes = proof
+                .as_ref()
+                .map(|p| wire::proof_to_wire(p).encode_to_vec())
+                .unwrap_or_default();
+            self.apply_committed(height, &b, &proof_bytes)?;
+        }
+        tracing::info!(
+            blocks = n,
+            "applied a sync page; restarting consensus from the new root"
+        );
+        self.commit_queue.clear();
+        self.core = build_core(
+            &self.cfg,
+            &self.store,
+            &self.domain,
+            self.genesis_block,
+            &self.set,
+        )?;
+        let now = self.now_ms();
+        self.feed(Event::Start { now_ms: now })?;
+        // Keep syncing while pages come full; the stall timer triggers the next page.
+        self.last_commit = Instant::now() - self.cfg.stall_after;
+        if n < MAX_SYNC_BLOCKS as usize / 2 {
+            self.syncing = false;
+            self.last_commit = Instant::now();
+        }
+        Ok(())
+    }
+}
+
+/// Builds the core from what the store holds.
+fn build_core(
+    cfg: &DriverConfig,
+    store: &Store,
+    domain: &Domain,
+    genesis_block: BlockId,
+    set: &ValidatorSet,
+) -> Result<Core, DriverError> {
+    let ctx = EpochContext::new(
+        0,
+        genesis_block,
+        set.clone(),
+        domain.clone(),
+        Scheme::Secp256k1,
+    );
+    let signer =
+        K256Signer::from_secret(&cfg.secret).map_err(|e| DriverError::Core(e.to_string()))?;
+    let safety = match store.get_meta(meta::SAFETY)? {
+        Some(b) => SafetyState::decode(&b).map_err(|_| DriverError::Corrupt("safety state"))?,
+        None => SafetyState::new(0),
+    };
+    let high_qc = match store.get_meta(meta::HIGH_QC)? {
+        Some(b) => Some(QuorumCert::decode(&b).map_err(|_| DriverError::Corrupt("high QC"))?),
+        None => None,
+    };
+    let high_tc = match store.get_meta(meta::HIGH_TC)? {
+        Some(b) => Some(TimeoutCert::decode(&b).map_err(|_| DriverError::Corrupt("high TC"))?),
+        None => None,
+    };
+    let height = store.committed_height()?;
+    let root = if height == 0 {
+        None
+    } else {
+        let id = store
+            .committed_id(height)?
+            .ok_or(DriverError::Corrupt("committed index"))?;
+        let bytes = store
+            .get_block(&id)?
+            .ok_or(DriverError::Corrupt("committed block"))?;
+        let b = v1::Block::decode(bytes.as_slice())
+            .ok()
+            .and_then(|w| wire::block_from_wire(&w).ok())
+            .ok_or(DriverError::Corrupt("committed block"))?;
+        Some(Root {
+            id: BlockId(id),
+            round: b.round(),
+            height,
+        })
+    };
+    let blocks = store
+        .uncommitted_blocks()?
+        .into_iter()
+        .filter_map(|bytes| {
+            v1::Block::decode(bytes.as_slice())
+                .ok()
+                .and_then(|w| wire::block_from_wire(&w).ok())
+        })
+        .collect();
+    let durable = DurableState {
+        safety,
+        root,
+        blocks,
+        high_qc,
+        high_tc,
+    };
+    Core::new(cfg.core.clone(), ctx, Box::new(signer), durable)
+        .map_err(|e| DriverError::Core(e.to_string()))
+}
+
+/// Fetches batches from the peers in turn, stores the ones that hash to a wanted digest.
+/// Returns true when every wanted batch is stored.
+async fn fetch_batches(
+    net: &NetHandle,
+    store: &Store,
+    cfg: &crate::mempool::MempoolConfig,
+    peers: &[PeerId],
+    wanted: Vec<[u8; 32]>,
+) -> bool {
+    let mut missing: HashSet<[u8; 32]> = wanted.into_iter().collect();
+    for peer in peers {
+        if missing.is_empty() {
+            break;
+        }
+        let req = v1::BatchRequest {
+            digests: missing.iter().map(|d| d.to_vec()).collect(),
+        };
+        match net.request(*peer, RequestBody::Batches(req)).await {
+            Ok(ResponseBody::Batches(resp)) => {
+                for b in resp.batches {
+                    let Ok(batch) = SealedBatch::from_wire(b, cfg) else {
+                        continue;
+                    };
+                    if missing.contains(&batch.digest)
+                        && store
+                            .write_lazy(|w| w.put_batch(&batch.digest, &batch.encoded))
+                            .is_ok()
+                    {
+                        missing.remove(&batch.digest);
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(%peer, error = %e, "batch fetch failed"),
+        }
+    }
+    missing.is_empty()
+}

@@ -1,0 +1,200 @@
+//! Assembles a running node from its parts: the locked store, the libp2p network, the mempool,
+//! the HTTP API (and a separate metrics listener) and the consensus driver. The binary's `start`
+//! and the in-process cluster tests both use [`start`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use crate::api::{ApiState, NodeStatus, RegistrationFn, SharedStatus, router};
+use crate::driver::{Driver, DriverConfig, DriverError, DriverParts};
+use crate::mempool::{Mempool, MempoolConfig};
+use crate::metrics::Metrics;
+use crate::net::{self, NetConfig, NetError};
+use crate::storage::{StorageError, Store};
+
+/// Everything needed to start a node.
+pub struct NodeParams {
+    /// The consensus driver's settings (identity, cluster, members, timeouts).
+    pub driver: DriverConfig,
+    /// The data directory (locked while the node runs).
+    pub data_dir: PathBuf,
+    /// libp2p listen addresses.
+    pub p2p_listen: Vec<Multiaddr>,
+    /// Extra peers to dial.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Where the HTTP API listens.
+    pub api_listen: SocketAddr,
+    /// Where `/metrics` listens besides the API (None: only on the API).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Mempool limits.
+    pub mempool: MempoolConfig,
+    /// The `/registration` payload builder.
+    pub registration: Option<RegistrationFn>,
+}
+
+/// Why a node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The store could not be opened.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    /// The network could not start.
+    #[error("network: {0}")]
+    Net(#[from] NetError),
+    /// An HTTP listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The driver failed.
+    #[error("consensus driver: {0}")]
+    Driver(#[from] DriverError),
+}
+
+/// A node running in this process.
+pub struct RunningNode {
+    /// Where the API listens (port resolved).
+    pub api_addr: SocketAddr,
+    /// Where metrics listen, if separately.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The node's PeerId.
+    pub peer_id: PeerId,
+    /// The p2p listen addresses (ports resolved).
+    pub listen_addrs: Vec<Multiaddr>,
+    /// The published status.
+    pub status: SharedStatus,
+    /// The node's metrics.
+    pub metrics: Arc<Metrics>,
+    shutdown: watch::Sender<bool>,
+    driver: JoinHandle<Result<(), DriverError>>,
+    servers: Vec<JoinHandle<()>>,
+}
+
+impl RunningNode {
+    /// Stops accepting requests, lets the driver finish its current step (everything it wrote is
+    /// durable) and waits for it.
+    pub async fn stop(self) -> Result<(), NodeError> {
+        let _ = self.shutdown.send(true);
+        for s in &self.servers {
+            s.abort();
+        }
+        match tokio::time::timeout(Duration::from_secs(10), self.driver).await {
+            Ok(Ok(r)) => r.map_err(NodeError::from),
+            Ok(Err(_)) | Err(_) => Ok(()),
+        }
+    }
+
+    /// Waits until the driver stops by itself (an error, or the network stopping).
+    pub async fn wait(&mut self) -> Result<(), NodeError> {
+        match (&mut self.driver).await {
+            Ok(r) => r.map_err(NodeError::from),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Stops without any shutdown step (in-process crash for tests): the tasks are aborted.
+    pub fn kill(self) {
+        self.driver.abort();
+        for s in &self.servers {
+            s.abort();
+        }
+    }
+}
+
+async fn serve(
+    addr: SocketAddr,
+    app: axum::Router,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(SocketAddr, JoinHandle<()>), NodeError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| NodeError::Listen { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| NodeError::Listen { addr, source })?;
+    let h = tokio::spawn(async move {
+        let r = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "HTTP server stopped");
+        }
+    });
+    Ok((local, h))
+}
+
+/// Starts a node: store, network, API, metrics and driver.
+pub async fn start(p: NodeParams) -> Result<RunningNode, NodeError> {
+    let store = Store::open(&p.data_dir)?;
+    let metrics = Arc::new(Metrics::new());
+    let mut ncfg = NetConfig::new(
+        p.driver.secret,
+        p.driver.chain_id,
+        &hex::encode(p.driver.contract),
+    );
+    ncfg.listen = p.p2p_listen.clone();
+    ncfg.bootstrap = p.bootstrap.clone();
+    ncfg.request_timeout = Duration::from_secs(5);
+    ncfg.heartbeat = Duration::from_millis(200);
+    let (net, events) = net::spawn(ncfg, metrics.clone()).await?;
+    let status: SharedStatus = Arc::new(RwLock::new(NodeStatus::default()));
+    let mempool = Arc::new(Mutex::new(Mempool::new(p.mempool.clone())));
+    let wake = Arc::new(Notify::new());
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let api_state = ApiState {
+        status: status.clone(),
+        store: store.clone(),
+        mempool: mempool.clone(),
+        mempool_wake: wake.clone(),
+        metrics: metrics.clone(),
+        registration: p.registration.clone(),
+    };
+    let driver = Driver::new(
+        p.driver,
+        DriverParts {
+            store: store.clone(),
+            net: net.clone(),
+            mempool,
+            mempool_wake: wake,
+            status: status.clone(),
+            metrics: metrics.clone(),
+        },
+    )?;
+    let (api_addr, api_task) =
+        serve(p.api_listen, router(api_state.clone()), shutdown_rx.clone()).await?;
+    let mut servers = vec![api_task];
+    let mut metrics_addr = None;
+    if let Some(addr) = p.metrics_listen
+        && addr != p.api_listen
+    {
+        let app = crate::api::metrics_router(api_state);
+        let (a, t) = serve(addr, app, shutdown_rx.clone()).await?;
+        metrics_addr = Some(a);
+        servers.push(t);
+    }
+    let peer_id = net.local_peer_id;
+    let listen_addrs = net.listen_addrs.clone();
+    let driver = tokio::spawn(driver.run(events, shutdown_rx));
+    Ok(RunningNode {
+        api_addr,
+        metrics_addr,
+        peer_id,
+        listen_addrs,
+        status,
+        metrics,
+        shutdown,
+        driver,
+        servers,
+    })
+}
