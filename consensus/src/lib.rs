@@ -7,7 +7,8 @@
 //! verifiers), [`validators`] (weighted set, thresholds, leader schedule), [`verify`]
 //! (certificate and message checks against an epoch), [`safety`] (the persisted safety rules),
 //! [`block_tree`] (blocks, QCs, the commit rule), [`pacemaker`] (rounds, timers, timeout
-//! certificates), [`core`] (the state machine) and [`sim`] (the deterministic simulator).
+//! certificates), [`core`] (the state machine), [`evidence`] (equivocation records),
+//! [`sim`] (the deterministic simulator) and [`testkit`] (signed test objects).
 #![forbid(unsafe_code)]
 
 pub mod block_tree;
