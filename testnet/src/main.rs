@@ -1,6 +1,324 @@
 //! `testnet`: a local multi-node cluster on one machine (anvil, the contract, simulated TEEs,
-//! node processes) and the chaos suite that attacks it.
+//! node processes). `up` brings it up, `status` reads it, `down` stops it; every subcommand takes
+//! `--dir DIR` (default `<project>/.run/testnet`) and every duration is in seconds.
 
-fn main() {
-    println!("testnet {}", env!("CARGO_PKG_VERSION"));
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use testnet::state::State;
+use testnet::status::{self, Client};
+use testnet::up::{self, Outcome, UpOptions};
+
+/// Command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "testnet",
+    version,
+    about = "A local dstack-nft-cluster on one machine"
+)]
+struct Cli {
+    /// The run directory (logs, data, genesis.json, state.json); default <project>/.run/testnet.
+    #[arg(long, global = true)]
+    dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Start anvil, deploy and configure the contract, mint, start the simulated TEEs, register
+    /// every node, write genesis.json, start the nodes and wait for their first commits.
+    Up(UpArgs),
+    /// Show the running nodes (height, round, epoch, ...).
+    Status {
+        /// Print {"nodes":[{"name","http_url","metrics_url","pid","power","height","round","epoch"}]}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop every process the run recorded (idempotent).
+    Down,
+}
+
+#[derive(Debug, clap::Args)]
+struct UpArgs {
+    /// Number of validators (default 4).
+    #[arg(long)]
+    validators: Option<usize>,
+    /// Voting power of each validator, comma-separated (default 1,1,2,3 for 4 validators).
+    #[arg(long, value_delimiter = ',')]
+    powers: Option<Vec<u64>>,
+    /// anvil's block time in seconds.
+    #[arg(long, default_value_t = 1)]
+    chain_block_time: u64,
+    /// Return once every node has committed, leaving the cluster running.
+    #[arg(long)]
+    detach: bool,
+    /// anvil's port (default: a free port).
+    #[arg(long)]
+    anvil_port: Option<u16>,
+    /// Seconds to wait for every node's first commit.
+    #[arg(long, default_value_t = 60)]
+    wait: u64,
+    /// The nodes' log filter (RUST_LOG syntax).
+    #[arg(long, default_value = "info")]
+    node_log: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("testnet: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("testnet: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn progress(line: &str) {
+    eprintln!("==> {line}");
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let dir = cli
+        .dir
+        .clone()
+        .unwrap_or_else(testnet::paths::default_run_dir);
+    match cli.command {
+        Cmd::Up(args) => cmd_up(dir, args).await,
+        Cmd::Status { json } => cmd_status(dir, json).await,
+        Cmd::Down => {
+            let lines = up::down(&dir)
+                .with_context(|| format!("stopping the testnet in {}", dir.display()))?;
+            if lines.is_empty() {
+                println!("no running testnet recorded in {}", dir.display());
+            }
+            for l in lines {
+                println!("{l}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Resolves on SIGINT, SIGTERM or SIGHUP.
+async fn interrupted() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        _ = hup.recv() => {}
+    }
+}
+
+async fn cmd_up(dir: PathBuf, args: UpArgs) -> Result<ExitCode> {
+    let powers = UpOptions::powers_from(args.validators, args.powers)?;
+    let opts = UpOptions {
+        dir: dir.clone(),
+        powers,
+        block_time: args.chain_block_time,
+        anvil_port: args.anvil_port,
+        commit_wait: Duration::from_secs(args.wait),
+        node_log_level: args.node_log,
+    };
+    let started = tokio::select! {
+        r = up::up(&opts, &progress) => r,
+        _ = interrupted() => {
+            progress("interrupted during start-up; stopping what was started");
+            for l in up::down(&dir)? { progress(&l); }
+            return Ok(ExitCode::from(130));
+        }
+    };
+    let (tn, outcome) = started?;
+    print_summary(&tn.state, &outcome);
+    if args.detach {
+        println!("running detached; `testnet status` shows it, `testnet down` stops it");
+        return Ok(ExitCode::SUCCESS);
+    }
+    match &outcome {
+        Outcome::Running => live_view(&tn.state).await,
+        Outcome::ChainOnly(_) => {
+            println!("chain and simulated TEEs keep running; Ctrl-C stops them");
+            interrupted().await;
+        }
+    }
+    println!();
+    progress("stopping the testnet");
+    for l in tn.stop()? {
+        progress(&l);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_summary(state: &State, outcome: &Outcome) {
+    let Some(ch) = &state.chain else { return };
+    println!();
+    println!("dstack-nft-cluster testnet in {}", state.dir.display());
+    println!(
+        "  rpc url     {}   (anvil, {} s blocks, chain id {})",
+        ch.rpc_url, ch.block_time, ch.chain_id
+    );
+    println!("  contract    {}   (owner {})", ch.contract, ch.deployer);
+    println!(
+        "  kms root    {}   (key in {})",
+        ch.kms_root,
+        ch.kms_root_key_file.display()
+    );
+    println!("  app id      {}   purpose {:?}", ch.app_id, ch.purpose);
+    if let Some(g) = &ch.genesis_file {
+        println!(
+            "  genesis     {} (chain block {})",
+            g.display(),
+            ch.genesis_block.unwrap_or(0)
+        );
+    }
+    for n in &state.nodes {
+        println!(
+            "  {:<6} power {} tokens {:?} owner {} node {} api {}",
+            n.name,
+            n.power,
+            n.tokens,
+            n.owner,
+            n.address.map(|a| a.to_string()).unwrap_or_default(),
+            n.http_url
+        );
+    }
+    if let Outcome::ChainOnly(reason) = outcome {
+        println!();
+        println!("NODES NOT STARTED: {reason}.");
+        println!("The chain is ready for them: anvil, the contract with every node registered,");
+        println!("one simulated TEE per node and genesis.json. Build a dstack-node with `start`");
+        println!("(`cargo build --release -p node`) and run `testnet up` again.");
+    }
+    println!();
+}
+
+async fn cmd_status(dir: PathBuf, json: bool) -> Result<ExitCode> {
+    let state = State::load(&dir)?;
+    let client = Client::new(Duration::from_secs(2));
+    let Some(state) = state else {
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string(&status::StatusReport::default())?
+            );
+        } else {
+            println!("no testnet recorded in {}", dir.display());
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    if json {
+        let report = status::report(&state, &client).await;
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows = status::rows(&state, &client).await;
+    if let Some(ch) = &state.chain {
+        println!(
+            "chain {} (id {}), contract {}, phase {:?}",
+            ch.rpc_url, ch.chain_id, ch.contract, state.phase
+        );
+    }
+    if let Some(note) = &state.note {
+        println!("note: {note}");
+    }
+    print!("{}", status::table(&state, &rows, &|_| None));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Committed-transaction rate per node, from the blocks committed since the last refresh.
+#[derive(Default)]
+struct Tps {
+    last: HashMap<String, (u64, Instant)>,
+    rate: HashMap<String, f64>,
+}
+
+impl Tps {
+    /// Most blocks read per node and refresh; beyond it the rate is extrapolated.
+    const MAX_BLOCKS: u64 = 20;
+
+    async fn update(&mut self, client: &Client, rows: &[status::Row]) {
+        for r in rows {
+            let Some(h) = r.entry.height else { continue };
+            let now = Instant::now();
+            let Some(&(prev, at)) = self.last.get(&r.entry.name) else {
+                self.last.insert(r.entry.name.clone(), (h, now));
+                continue;
+            };
+            if h <= prev {
+                if at.elapsed() > Duration::from_secs(5) {
+                    self.rate.insert(r.entry.name.clone(), 0.0);
+                }
+                continue;
+            }
+            let span = h - prev;
+            let read = span.min(Self::MAX_BLOCKS);
+            let mut txs = 0usize;
+            for height in (h - read + 1)..=h {
+                txs += client
+                    .block_txs(&r.entry.http_url, height)
+                    .await
+                    .unwrap_or(0);
+            }
+            let total = txs as f64 * span as f64 / read as f64;
+            let secs = now.duration_since(at).as_secs_f64().max(1e-3);
+            self.rate.insert(r.entry.name.clone(), total / secs);
+            self.last.insert(r.entry.name.clone(), (h, now));
+        }
+    }
+}
+
+async fn live_view(state: &State) {
+    let client = Client::new(Duration::from_millis(800));
+    let tty = std::io::stdout().is_terminal();
+    let mut tps = Tps::default();
+    let stop = interrupted();
+    tokio::pin!(stop);
+    loop {
+        let rows = status::rows(state, &client).await;
+        tps.update(&client, &rows).await;
+        let table = status::table(state, &rows, &|name| tps.rate.get(name).copied());
+        let mut out = std::io::stdout().lock();
+        if tty {
+            let _ = write!(out, "\x1b[2J\x1b[H");
+        }
+        let _ = writeln!(
+            out,
+            "dstack-nft-cluster testnet ({}), refreshed every second; Ctrl-C stops everything",
+            state.dir.display()
+        );
+        let _ = write!(out, "{table}");
+        if !tty {
+            let _ = writeln!(out);
+        }
+        let _ = out.flush();
+        drop(out);
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
 }

@@ -1,0 +1,330 @@
+//! The chain side of a run: anvil, the contract deployed from the committed artifact (through
+//! membership's alloy bindings), its configuration, tokens minted to fresh owner accounts, the
+//! node registrations (through membership's SDK) and the genesis chain block.
+
+use std::path::Path;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use alloy::eips::BlockNumberOrTag;
+use alloy::network::{EthereumWallet, TransactionBuilder};
+use alloy::primitives::{Address, FixedBytes, U256};
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::rpc::types::TransactionRequest;
+use alloy::signers::local::PrivateKeySigner;
+use membership::contract::DstackMembershipNFT;
+use membership::dstack::DstackClient;
+use membership::genesis::GenesisBlock;
+use membership::sdk::{Cluster, describe_contract_error};
+
+use crate::error::{Error, chain};
+use crate::procs::{self, Proc, Spawn};
+
+/// anvil's first development account (mnemonic "test test ... junk"): deployer and contract
+/// owner of a local run. Public; never use it on a real chain.
+pub const DEPLOYER_KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+
+/// What each fresh owner account gets from the deployer (1 ETH) for its registration gas.
+pub const OWNER_FUNDING_WEI: u128 = 1_000_000_000_000_000_000;
+
+/// How long anvil may take to answer.
+const ANVIL_START: Duration = Duration::from_secs(20);
+/// How long one transaction may take to be mined.
+const TX_WAIT: Duration = Duration::from_secs(30);
+
+/// A started anvil.
+#[derive(Debug)]
+pub struct Anvil {
+    /// The process handle (to reap it when this process stops it).
+    pub child: Child,
+    /// The recorded process.
+    pub proc: Proc,
+    /// Its JSON-RPC URL.
+    pub url: String,
+    /// Its chain id.
+    pub chain_id: u64,
+}
+
+/// A read-only provider for `url`.
+pub fn reader(url: &str) -> Result<DynProvider, Error> {
+    let url = url
+        .parse()
+        .map_err(|e| Error::Invalid(format!("RPC URL {url}: {e}")))?;
+    Ok(ProviderBuilder::new().connect_http(url).erased())
+}
+
+/// A provider sending transactions signed by `signer` (nonces cached, so several transactions
+/// can be in flight at once).
+pub fn wallet(url: &str, signer: &PrivateKeySigner) -> Result<DynProvider, Error> {
+    let url = url
+        .parse()
+        .map_err(|e| Error::Invalid(format!("RPC URL {url}: {e}")))?;
+    Ok(ProviderBuilder::new()
+        .wallet(EthereumWallet::from(signer.clone()))
+        .connect_http(url)
+        .erased())
+}
+
+/// The deployer's signer.
+pub fn deployer() -> Result<PrivateKeySigner, Error> {
+    DEPLOYER_KEY
+        .parse()
+        .map_err(|e| Error::Invalid(format!("deployer key: {e}")))
+}
+
+/// Starts anvil with `--slots-in-an-epoch 1 --block-time <t>` (finalized = head − 2) on `port`,
+/// or on a free port (three tries when a chosen port turns out to be taken).
+pub async fn start_anvil(
+    bin: &Path,
+    dir: &Path,
+    port: Option<u16>,
+    block_time: u64,
+) -> Result<Anvil, Error> {
+    let log = dir.join("anvil.log");
+    let mut last = String::new();
+    for _ in 0..3 {
+        let chosen = match port {
+            Some(p) => p,
+            None => procs::free_port()?,
+        };
+        let port_arg = chosen;
+        let (mut child, proc) = procs::spawn(Spawn {
+            name: "anvil",
+            program: bin,
+            args: vec![
+                "--host".into(),
+                "127.0.0.1".into(),
+                "--port".into(),
+                port_arg.to_string(),
+                "--slots-in-an-epoch".into(),
+                "1".into(),
+                "--block-time".into(),
+                block_time.to_string(),
+            ],
+            env: vec![],
+            clear_env_prefixes: &[],
+            log: log.clone(),
+        })?;
+        let url = format!("http://127.0.0.1:{chosen}");
+        let provider = reader(&url)?;
+        let deadline = Instant::now() + ANVIL_START;
+        loop {
+            if let Ok(Ok(chain_id)) =
+                tokio::time::timeout(Duration::from_secs(2), provider.get_chain_id()).await
+            {
+                return Ok(Anvil {
+                    child,
+                    proc,
+                    url,
+                    chain_id,
+                });
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                last = format!(
+                    "anvil exited ({status}) on port {chosen}:\n{}",
+                    procs::log_tail(&log, 10)
+                );
+                break;
+            }
+            if Instant::now() >= deadline {
+                let _ = procs::stop(&proc, Duration::from_secs(2));
+                let _ = child.wait();
+                return Err(Error::Timeout(format!(
+                    "anvil did not answer on {url} within {} s; log {}",
+                    ANVIL_START.as_secs(),
+                    log.display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if port.is_some() {
+            break; // the port was asked for: no other to try
+        }
+    }
+    Err(Error::Process(last))
+}
+
+async fn mined<N: alloy::network::Network>(
+    what: &str,
+    pending: alloy::providers::PendingTransactionBuilder<N>,
+) -> Result<u64, Error> {
+    let hash = *pending.tx_hash();
+    let receipt = tokio::time::timeout(TX_WAIT, pending.get_receipt())
+        .await
+        .map_err(|_| Error::Timeout(format!("{what} ({hash}) not mined within {TX_WAIT:?}")))?
+        .map_err(|e| chain(format!("{what} ({hash}): {e}")))?;
+    use alloy::network::ReceiptResponse;
+    if !receipt.status() {
+        return Err(chain(format!("{what} ({hash}) reverted")));
+    }
+    receipt
+        .block_number()
+        .ok_or_else(|| chain(format!("{what} ({hash}): receipt without a block number")))
+}
+
+/// Deploys the contract from the committed artifact with the deployer as owner, then sets the
+/// KMS root, allows `app_id` and sets `purpose`.
+pub async fn deploy(
+    url: &str,
+    kms_root: Address,
+    app_id: [u8; 20],
+    purpose: &str,
+) -> Result<Address, Error> {
+    let signer = deployer()?;
+    let p = wallet(url, &signer)?;
+    let c = tokio::time::timeout(
+        TX_WAIT,
+        DstackMembershipNFT::deploy(
+            p.clone(),
+            "dstack-nft-cluster testnet".to_string(),
+            "DNCT".to_string(),
+            signer.address(),
+        ),
+    )
+    .await
+    .map_err(|_| Error::Timeout("contract deployment not mined".into()))?
+    .map_err(|e| chain(format!("deploying DstackMembershipNFT: {e}")))?;
+    let send = |what: &'static str, r: Result<_, alloy::contract::Error>| {
+        r.map_err(|e| chain(format!("{what}: {}", describe_contract_error(&e))))
+    };
+    let a = send("setKmsRoot", c.setKmsRoot(kms_root).send().await)?;
+    let b = send(
+        "setAppIdAllowed",
+        c.setAppIdAllowed(FixedBytes(app_id), true).send().await,
+    )?;
+    let d = send("setPurpose", c.setPurpose(purpose.to_string()).send().await)?;
+    mined("setKmsRoot", a).await?;
+    mined("setAppIdAllowed", b).await?;
+    mined("setPurpose", d).await?;
+    let got = c
+        .kmsRoot()
+        .call()
+        .await
+        .map_err(|e| chain(format!("kmsRoot(): {e}")))?;
+    if got != kms_root {
+        return Err(chain(format!("kmsRoot() is {got}, expected {kms_root}")));
+    }
+    Ok(*c.address())
+}
+
+/// An owner account and the tokens minted to it.
+#[derive(Clone, Debug)]
+pub struct Owner {
+    /// Its key (fresh, funded by the deployer).
+    pub signer: PrivateKeySigner,
+    /// Its token ids.
+    pub tokens: Vec<u64>,
+}
+
+/// Creates one fresh owner account per power, funds each from the deployer and mints it
+/// `power` tokens (`mintBatch`); checks every token's owner on chain afterwards.
+pub async fn mint_to_owners(
+    url: &str,
+    contract: Address,
+    powers: &[u64],
+) -> Result<Vec<Owner>, Error> {
+    let signer = deployer()?;
+    let p = wallet(url, &signer)?;
+    let c = DstackMembershipNFT::new(contract, p.clone());
+    let first = c
+        .totalMinted()
+        .call()
+        .await
+        .map_err(|e| chain(format!("totalMinted(): {e}")))?;
+    let mut next: u64 = first
+        .try_into()
+        .map_err(|_| chain("totalMinted() does not fit u64"))?;
+    let mut owners = Vec::new();
+    let mut pending = Vec::new();
+    for &power in powers {
+        let owner = PrivateKeySigner::random();
+        let fund = TransactionRequest::default()
+            .with_to(owner.address())
+            .with_value(U256::from(OWNER_FUNDING_WEI));
+        let tx = p
+            .send_transaction(fund)
+            .await
+            .map_err(|e| chain(format!("funding {}: {e}", owner.address())))?;
+        pending.push(("funding an owner", tx));
+        let tx = c
+            .mintBatch(owner.address(), U256::from(power))
+            .send()
+            .await
+            .map_err(|e| chain(format!("mintBatch: {}", describe_contract_error(&e))))?;
+        pending.push(("mintBatch", tx));
+        let tokens: Vec<u64> = (next + 1..=next + power).collect();
+        next += power;
+        owners.push(Owner {
+            signer: owner,
+            tokens,
+        });
+    }
+    for (what, tx) in pending {
+        mined(what, tx).await?;
+    }
+    for o in &owners {
+        for &t in &o.tokens {
+            let got = c
+                .ownerOf(U256::from(t))
+                .call()
+                .await
+                .map_err(|e| chain(format!("ownerOf({t}): {e}")))?;
+            if got != o.signer.address() {
+                return Err(chain(format!(
+                    "token {t} is owned by {got}, expected {}",
+                    o.signer.address()
+                )));
+            }
+        }
+    }
+    Ok(owners)
+}
+
+/// Registers one node for every token of its owner (sequentially: each registration uses the
+/// node's next on-chain nonce). Returns the node address and the blocks the registrations were
+/// mined in.
+pub async fn register_node(
+    cluster: &Cluster,
+    dstack: &DstackClient,
+    owner: &Owner,
+    connection_url: &str,
+) -> Result<(Address, Vec<u64>), Error> {
+    let mut node = Address::ZERO;
+    let mut blocks = Vec::new();
+    for &t in &owner.tokens {
+        let r = cluster
+            .register(dstack, U256::from(t), &owner.signer, connection_url)
+            .await?;
+        node = r.node;
+        blocks.push(r.block_number.unwrap_or(0));
+    }
+    Ok((node, blocks))
+}
+
+/// Waits (bounded) for the first block after `after` and returns it: the genesis chain block.
+pub async fn block_after(
+    provider: &DynProvider,
+    after: u64,
+    within: Duration,
+) -> Result<GenesisBlock, Error> {
+    let deadline = Instant::now() + within;
+    loop {
+        let block = provider
+            .get_block_by_number(BlockNumberOrTag::Number(after + 1))
+            .await
+            .map_err(|e| chain(format!("eth_getBlockByNumber({}): {e}", after + 1)))?;
+        if let Some(b) = block {
+            return Ok(GenesisBlock {
+                number: b.header.number,
+                hash: b.header.hash,
+            });
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Timeout(format!(
+                "no block after {after} within {} s",
+                within.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

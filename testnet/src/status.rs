@@ -1,0 +1,219 @@
+//! Reading the running nodes: each node's `GET /status`, the exact `testnet status --json`
+//! shape, and the table of the live view.
+
+use std::time::Duration;
+
+use alloy::transports::http::reqwest;
+use serde::{Deserialize, Serialize};
+
+use crate::procs;
+use crate::state::State;
+
+/// The fields of a node's `GET /status` a testnet reads (others are ignored).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct NodeStatus {
+    /// Current epoch.
+    pub epoch: u64,
+    /// Current round.
+    pub round: u64,
+    /// Highest committed height.
+    pub committed_height: u64,
+    /// Leader of the current round (0x address).
+    pub leader: Option<String>,
+    /// Connected peers.
+    pub peers: u64,
+    /// Whether block sync runs.
+    pub syncing: bool,
+    /// The node's address.
+    pub node_address: String,
+}
+
+/// A short-timeout HTTP client for the nodes' APIs.
+#[derive(Clone, Debug)]
+pub struct Client {
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client whose requests give up after `timeout`.
+    pub fn new(timeout: Duration) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .unwrap_or_default();
+        Self { http }
+    }
+
+    async fn get_json(&self, url: &str) -> Result<serde_json::Value, String> {
+        let resp = self.http.get(url).send().await.map_err(|e| e.to_string())?;
+        let code = resp.status();
+        let body = resp.bytes().await.map_err(|e| e.to_string())?;
+        if !code.is_success() {
+            return Err(format!("{url}: HTTP {code}"));
+        }
+        serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))
+    }
+
+    /// `GET <http_url>/status`.
+    pub async fn status(&self, http_url: &str) -> Result<NodeStatus, String> {
+        let v = self.get_json(&format!("{http_url}/status")).await?;
+        serde_json::from_value(v).map_err(|e| format!("{http_url}/status: {e}"))
+    }
+
+    /// The number of transactions in the committed block at `height`.
+    pub async fn block_txs(&self, http_url: &str, height: u64) -> Result<usize, String> {
+        let v = self
+            .get_json(&format!("{http_url}/blocks/{height}"))
+            .await?;
+        Ok(v.get("transactions")
+            .and_then(|t| t.as_array())
+            .map(|a| a.len())
+            .unwrap_or(0))
+    }
+}
+
+/// One entry of `testnet status --json` (exactly these keys; `height` is the committed height;
+/// `height`, `round` and `epoch` are null while the node's API does not answer).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusEntry {
+    /// Node name.
+    pub name: String,
+    /// Base URL of its HTTP API.
+    pub http_url: String,
+    /// Its metrics URL.
+    pub metrics_url: String,
+    /// Its pid.
+    pub pid: u32,
+    /// Its voting power.
+    pub power: u64,
+    /// Committed height.
+    pub height: Option<u64>,
+    /// Current round.
+    pub round: Option<u64>,
+    /// Current epoch.
+    pub epoch: Option<u64>,
+}
+
+/// `testnet status --json`: one entry per running node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The running nodes.
+    pub nodes: Vec<StatusEntry>,
+}
+
+/// A running node with its full status (the live view's row).
+#[derive(Clone, Debug)]
+pub struct Row {
+    /// The JSON entry.
+    pub entry: StatusEntry,
+    /// The whole `/status`, when it answered.
+    pub status: Option<NodeStatus>,
+}
+
+/// Reads every running node of `state`.
+pub async fn rows(state: &State, client: &Client) -> Vec<Row> {
+    let mut out = Vec::new();
+    for n in &state.nodes {
+        let Some(p) = n.process.as_ref().filter(|p| procs::is_running(p)) else {
+            continue;
+        };
+        let status = client.status(&n.http_url).await.ok();
+        out.push(Row {
+            entry: StatusEntry {
+                name: n.name.clone(),
+                http_url: n.http_url.clone(),
+                metrics_url: n.metrics_url.clone(),
+                pid: p.pid,
+                power: n.power,
+                height: status.as_ref().map(|s| s.committed_height),
+                round: status.as_ref().map(|s| s.round),
+                epoch: status.as_ref().map(|s| s.epoch),
+            },
+            status,
+        });
+    }
+    out
+}
+
+/// The `--json` report.
+pub async fn report(state: &State, client: &Client) -> StatusReport {
+    StatusReport {
+        nodes: rows(state, client)
+            .await
+            .into_iter()
+            .map(|r| r.entry)
+            .collect(),
+    }
+}
+
+fn opt(v: Option<u64>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+fn short(addr: &str) -> String {
+    if addr.len() > 10 {
+        format!("{}…{}", &addr[..6], &addr[addr.len() - 4..])
+    } else {
+        addr.to_string()
+    }
+}
+
+/// The status table: per node height, round, epoch, leader, peers, power and TPS (`tps` gives
+/// each node's committed transactions per second, by name).
+pub fn table(state: &State, rows: &[Row], tps: &dyn Fn(&str) -> Option<f64>) -> String {
+    let mut out = format!(
+        "{:<8} {:>7} {:>8} {:>8} {:>5} {:<13} {:>5} {:>5} {:>8}  {}\n",
+        "NODE", "PID", "HEIGHT", "ROUND", "EPOCH", "LEADER", "PEERS", "POWER", "TPS", "API"
+    );
+    for n in &state.nodes {
+        let row = rows.iter().find(|r| r.entry.name == n.name);
+        match row {
+            Some(r) => {
+                let leader = r
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.leader.as_deref())
+                    .map(|l| {
+                        let who = state
+                            .nodes
+                            .iter()
+                            .find(|m| {
+                                m.address
+                                    .map(|a| a.to_string().eq_ignore_ascii_case(l))
+                                    .unwrap_or(false)
+                            })
+                            .map(|m| m.name.clone());
+                        who.unwrap_or_else(|| short(l))
+                    })
+                    .unwrap_or_else(|| "-".into());
+                let peers = r
+                    .status
+                    .as_ref()
+                    .map(|s| s.peers.to_string())
+                    .unwrap_or_else(|| "-".into());
+                let tps = tps(&n.name)
+                    .map(|t| format!("{t:.1}"))
+                    .unwrap_or_else(|| "-".into());
+                out.push_str(&format!(
+                    "{:<8} {:>7} {:>8} {:>8} {:>5} {:<13} {:>5} {:>5} {:>8}  {}\n",
+                    n.name,
+                    r.entry.pid,
+                    opt(r.entry.height),
+                    opt(r.entry.round),
+                    opt(r.entry.epoch),
+                    leader,
+                    peers,
+                    n.power,
+                    tps,
+                    n.http_url
+                ));
+            }
+            None => out.push_str(&format!(
+                "{:<8} {:>7} {:>8}  (not running)\n",
+                n.name, "-", "-"
+            )),
+        }
+    }
+    out
+}

@@ -1,0 +1,629 @@
+//! `testnet up` and `testnet down`: the orchestration of a run.
+
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use alloy::primitives::{Address, B256, U256};
+use k256::ecdsa::SigningKey;
+use membership::dstack::DstackClient;
+use membership::genesis::Genesis;
+use membership::identity::address_of;
+use membership::sdk::Cluster;
+use rand::RngCore;
+
+use crate::chain;
+use crate::error::{Error, io};
+use crate::nodecfg;
+use crate::paths;
+use crate::procs::{self, Spawn};
+use crate::state::{ChainInfo, NodeEntry, Phase, State};
+use crate::status::Client;
+
+/// The purpose string the run's contract is configured with (the contract's default).
+pub const PURPOSE: &str = "dstack-nft-cluster";
+/// Longest Unix socket path Linux accepts (`sun_path` is 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// What `up` is asked to do.
+#[derive(Clone, Debug)]
+pub struct UpOptions {
+    /// The run directory.
+    pub dir: PathBuf,
+    /// Voting power of each validator (one entry per validator).
+    pub powers: Vec<u64>,
+    /// anvil's block time (seconds, ≥ 1).
+    pub block_time: u64,
+    /// anvil's port (`None`: a free one).
+    pub anvil_port: Option<u16>,
+    /// How long to wait for every node's first commit.
+    pub commit_wait: Duration,
+    /// The nodes' tracing filter.
+    pub node_log_level: String,
+}
+
+impl UpOptions {
+    /// Validates the command-line combination `--validators` / `--powers`: powers default to
+    /// 1,1,2,3 for four validators and to 1 each otherwise.
+    pub fn powers_from(
+        validators: Option<usize>,
+        powers: Option<Vec<u64>>,
+    ) -> Result<Vec<u64>, Error> {
+        let powers = match (validators, powers) {
+            (Some(n), Some(p)) if p.len() != n => {
+                return Err(Error::Invalid(format!(
+                    "--validators {n} but --powers lists {} values",
+                    p.len()
+                )));
+            }
+            (_, Some(p)) => p,
+            (None, None) | (Some(4), None) => vec![1, 1, 2, 3],
+            (Some(n), None) => vec![1; n],
+        };
+        if powers.is_empty() {
+            return Err(Error::Invalid("at least one validator is needed".into()));
+        }
+        if powers.len() > 50 {
+            return Err(Error::Invalid(
+                "at most 50 validators on one machine".into(),
+            ));
+        }
+        if powers.iter().any(|&p| p == 0 || p > 100) {
+            return Err(Error::Invalid(
+                "every power must be between 1 and 100".into(),
+            ));
+        }
+        Ok(powers)
+    }
+}
+
+/// How `up` ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every node committed at least one block.
+    Running,
+    /// The chain, the TEEs and `genesis.json` are ready, but the node binary cannot start
+    /// clusters yet (the reason says what is missing).
+    ChainOnly(String),
+}
+
+/// A run this process started: its state and the handles of its children (reaped on stop).
+#[derive(Debug)]
+pub struct Testnet {
+    /// The recorded state (also in `<dir>/state.json`).
+    pub state: State,
+    children: Vec<Child>,
+}
+
+impl Testnet {
+    /// Stops every process (nodes, TEEs, anvil) and removes `state.json`.
+    pub fn stop(mut self) -> Result<Vec<String>, Error> {
+        let r = down_state(&self.state);
+        for c in &mut self.children {
+            let _ = c.try_wait();
+        }
+        r
+    }
+}
+
+/// Progress lines go through this.
+pub type Progress<'a> = &'a (dyn Fn(&str) + Sync);
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    b
+}
+
+fn write_secret(path: &Path, text: &str) -> Result<(), Error> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(format!("creating {}", path.display())))?;
+    f.write_all(text.as_bytes())
+        .map_err(io(format!("writing {}", path.display())))
+}
+
+/// Prepares the run directory: stops a run recorded there, removes what a run writes.
+fn prepare_dir(dir: &Path, progress: Progress<'_>) -> Result<(), Error> {
+    std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    if let Some(old) = State::load(dir)? {
+        progress(&format!(
+            "stopping the previous testnet recorded in {}",
+            dir.display()
+        ));
+        for line in down_state(&old)? {
+            progress(&line);
+        }
+    }
+    let nodes = dir.join("nodes");
+    if nodes.exists() {
+        std::fs::remove_dir_all(&nodes).map_err(io(format!("removing {}", nodes.display())))?;
+    }
+    for f in ["genesis.json", "kms-root.key", "anvil.log"] {
+        let p = dir.join(f);
+        if p.exists() {
+            std::fs::remove_file(&p).map_err(io(format!("removing {}", p.display())))?;
+        }
+    }
+    Ok(())
+}
+
+/// Brings a cluster up (see the crate docs). On failure everything started is stopped again.
+pub async fn up(opts: &UpOptions, progress: Progress<'_>) -> Result<(Testnet, Outcome), Error> {
+    if opts.block_time == 0 {
+        return Err(Error::Invalid(
+            "--chain-block-time must be at least 1 second".into(),
+        ));
+    }
+    let anvil_bin = paths::anvil_bin()?;
+    let sim_bin = paths::simulator_bin()?;
+    let node_bin = paths::node_bin();
+    std::fs::create_dir_all(&opts.dir).map_err(io(format!("creating {}", opts.dir.display())))?;
+    let dir = std::fs::canonicalize(&opts.dir)
+        .map_err(io(format!("resolving {}", opts.dir.display())))?;
+    let longest = dir
+        .join(format!("nodes/node{}/dstack.sock", opts.powers.len()))
+        .as_os_str()
+        .len();
+    if longest > MAX_SOCKET_PATH {
+        return Err(Error::Invalid(format!(
+            "--dir {} is too deep: the TEE socket paths under it would exceed {MAX_SOCKET_PATH} \
+             bytes (a Unix socket limit); use a shorter directory",
+            dir.display()
+        )));
+    }
+    prepare_dir(&dir, progress)?;
+    let mut tn = Testnet {
+        state: State::new(&dir),
+        children: Vec::new(),
+    };
+    tn.state.save()?;
+    let result = bring_up(&mut tn, opts, &anvil_bin, &sim_bin, node_bin, progress).await;
+    match result {
+        Ok(outcome) => Ok((tn, outcome)),
+        Err(e) => {
+            progress("start-up failed; stopping what was started (logs are kept)");
+            let _ = tn.stop();
+            Err(e)
+        }
+    }
+}
+
+async fn bring_up(
+    tn: &mut Testnet,
+    opts: &UpOptions,
+    anvil_bin: &Path,
+    sim_bin: &Path,
+    node_bin: Result<PathBuf, Error>,
+    progress: Progress<'_>,
+) -> Result<Outcome, Error> {
+    let t0 = Instant::now();
+    let dir = tn.state.dir.clone();
+    let n = opts.powers.len();
+
+    // 1. anvil
+    progress(&format!(
+        "starting anvil ({}, --slots-in-an-epoch 1 --block-time {})",
+        anvil_bin.display(),
+        opts.block_time
+    ));
+    let anvil = chain::start_anvil(anvil_bin, &dir, opts.anvil_port, opts.block_time).await?;
+    let url = anvil.url.clone();
+    tn.state.anvil = Some(anvil.proc.clone());
+    tn.children.push(anvil.child);
+    tn.state.save()?;
+    progress(&format!(
+        "anvil answers at {url} (chain id {})",
+        anvil.chain_id
+    ));
+
+    // 2. KMS root, app id; deploy and configure
+    let kms = SigningKey::random(&mut rand::rngs::OsRng);
+    let kms_root = address_of(kms.verifying_key());
+    let kms_file = dir.join("kms-root.key");
+    write_secret(&kms_file, &format!("{}\n", hex::encode(kms.to_bytes())))?;
+    let app_id: [u8; 20] = random_bytes();
+    progress("deploying DstackMembershipNFT from contracts/artifacts (KMS root, app id, purpose)");
+    let contract = chain::deploy(&url, kms_root, app_id, PURPOSE).await?;
+    tn.state.chain = Some(ChainInfo {
+        rpc_url: url.clone(),
+        chain_id: anvil.chain_id,
+        block_time: opts.block_time,
+        contract,
+        deployer: chain::deployer()?.address(),
+        kms_root,
+        kms_root_key_file: kms_file.clone(),
+        app_id: format!("0x{}", hex::encode(app_id)),
+        purpose: PURPOSE.into(),
+        genesis_file: None,
+        genesis_block: None,
+    });
+    tn.state.save()?;
+    progress(&format!(
+        "contract {contract}, KMS root {kms_root}, app id 0x{}",
+        hex::encode(app_id)
+    ));
+
+    // 3. one simulated TEE per node; ports
+    let ports = procs::free_ports(3 * n)?;
+    for (i, &power) in opts.powers.iter().enumerate() {
+        let name = format!("node{i}");
+        let home = dir.join("nodes").join(&name);
+        std::fs::create_dir_all(&home).map_err(io(format!("creating {}", home.display())))?;
+        let socket = home.join("dstack.sock");
+        let instance_id = hex::encode(random_bytes::<20>());
+        let (child, proc) = procs::spawn(Spawn {
+            name: &format!("{name}/simulator"),
+            program: sim_bin,
+            args: vec![
+                "--socket".into(),
+                socket.display().to_string(),
+                "--kms-root-key".into(),
+                kms_file.display().to_string(),
+                "--app-id".into(),
+                hex::encode(app_id),
+                "--instance-id".into(),
+                instance_id.clone(),
+            ],
+            env: vec![],
+            clear_env_prefixes: &["DSTACK_SIM_"],
+            log: home.join("simulator.log"),
+        })?;
+        tn.children.push(child);
+        let (p2p, api, metrics) = (ports[3 * i], ports[3 * i + 1], ports[3 * i + 2]);
+        tn.state.nodes.push(NodeEntry {
+            name,
+            power,
+            tokens: Vec::new(),
+            owner: Address::ZERO,
+            owner_key: String::new(),
+            instance_id,
+            address: None,
+            registered_in_blocks: Vec::new(),
+            home,
+            socket,
+            p2p_url: format!("/ip4/127.0.0.1/tcp/{p2p}"),
+            http_url: format!("http://127.0.0.1:{api}"),
+            metrics_url: format!("http://127.0.0.1:{metrics}/metrics"),
+            simulator: Some(proc),
+            process: None,
+        });
+        tn.state.save()?;
+    }
+    progress(&format!(
+        "started {n} simulated dstack TEEs (one KMS root, distinct instance ids)"
+    ));
+
+    // 4. mint to fresh owners
+    let owners = chain::mint_to_owners(&url, contract, &opts.powers).await?;
+    for (node, owner) in tn.state.nodes.iter_mut().zip(&owners) {
+        node.owner = owner.signer.address();
+        node.owner_key = format!("0x{}", hex::encode(owner.signer.to_bytes()));
+        node.tokens = owner.tokens.clone();
+    }
+    tn.state.save()?;
+    progress(&format!(
+        "minted {} tokens to {n} owner accounts (powers {})",
+        opts.powers.iter().sum::<u64>(),
+        opts.powers
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    ));
+
+    // 5. wait for the TEEs, then register every node through the SDK
+    for node in &tn.state.nodes {
+        wait_tee(node).await?;
+    }
+    let cluster = Cluster::connect(&url, contract).await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, (node, owner)) in tn.state.nodes.iter().zip(owners).enumerate() {
+        let cluster = cluster.clone();
+        let socket = node.socket.display().to_string();
+        let p2p = node.p2p_url.clone();
+        tasks.spawn(async move {
+            let dstack = DstackClient::new(Some(&socket))
+                .map_err(|e| Error::Process(format!("dstack endpoint {socket}: {e}")))?;
+            let r = chain::register_node(&cluster, &dstack, &owner, &p2p).await?;
+            Ok::<_, Error>((i, r))
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let (i, (address, blocks)) =
+            joined.map_err(|e| Error::Process(format!("registration task: {e}")))??;
+        let node = &mut tn.state.nodes[i];
+        node.address = Some(address);
+        node.registered_in_blocks = blocks;
+    }
+    tn.state.save()?;
+    let c = cluster.instance();
+    let count = c
+        .validatorCount()
+        .call()
+        .await
+        .map_err(|e| crate::error::chain(format!("validatorCount(): {e}")))?;
+    let total = c
+        .totalPower()
+        .call()
+        .await
+        .map_err(|e| crate::error::chain(format!("totalPower(): {e}")))?;
+    let want_total: u64 = opts.powers.iter().sum();
+    if count != U256::from(n) || total != U256::from(want_total) {
+        return Err(Error::Chain(format!(
+            "after registration the contract counts {count} validators with power {total}, \
+             expected {n} with {want_total}"
+        )));
+    }
+    progress(&format!(
+        "registered {n} nodes through the SDK (totalPower {total})"
+    ));
+
+    // 6. genesis.json at a block after the registrations
+    let last = tn
+        .state
+        .nodes
+        .iter()
+        .flat_map(|n| n.registered_in_blocks.iter().copied())
+        .max()
+        .unwrap_or(0);
+    let block = chain::block_after(
+        cluster.provider(),
+        last,
+        Duration::from_secs(10 * opts.block_time + 10),
+    )
+    .await?;
+    let genesis = Genesis::new(
+        anvil.chain_id,
+        contract,
+        block,
+        B256::from(random_bytes::<32>()),
+    );
+    genesis
+        .validate()
+        .map_err(|e| Error::Invalid(format!("genesis: {e}")))?;
+    let genesis_file = dir.join("genesis.json");
+    std::fs::write(&genesis_file, genesis.to_json() + "\n")
+        .map_err(io(format!("writing {}", genesis_file.display())))?;
+    if let Some(ch) = tn.state.chain.as_mut() {
+        ch.genesis_file = Some(genesis_file.clone());
+        ch.genesis_block = Some(block.number);
+    }
+    tn.state.phase = Phase::Genesis;
+    tn.state.save()?;
+    progress(&format!(
+        "wrote {} (genesis chain block {}, genesis id {})",
+        genesis_file.display(),
+        block.number,
+        genesis.genesis_id()
+    ));
+
+    // 7. the nodes, when the node binary can start them
+    let node_bin = match node_bin {
+        Ok(b) => b,
+        Err(e) => return chain_only(tn, format!("{e}")),
+    };
+    let caps = nodecfg::probe(&node_bin);
+    if !caps.init || !caps.start {
+        return chain_only(
+            tn,
+            format!(
+                "{} has no `{}` subcommand yet: the node cannot start clusters",
+                node_bin.display(),
+                if caps.init { "start" } else { "init" }
+            ),
+        );
+    }
+    tn.state.phase = Phase::Nodes;
+    for i in 0..n {
+        let node = tn.state.nodes[i].clone();
+        nodecfg::init(&node_bin, &node.home, &genesis_file)?;
+        let api = node.http_url.trim_start_matches("http://").to_string();
+        let metrics = node
+            .metrics_url
+            .trim_start_matches("http://")
+            .trim_end_matches("/metrics")
+            .to_string();
+        nodecfg::configure(
+            &node.home,
+            &nodecfg::NodeSettings {
+                rpc_url: &url,
+                dstack_socket: &node.socket,
+                kms_root: &kms_root.to_string(),
+                owner_address: &node.owner.to_string(),
+                p2p: &node.p2p_url,
+                api: &api,
+                metrics: &metrics,
+            },
+        )?;
+        let (child, proc) = procs::spawn(Spawn {
+            name: &node.name,
+            program: &node_bin,
+            args: vec![
+                "start".into(),
+                "--home".into(),
+                node.home.display().to_string(),
+            ],
+            env: vec![("RUST_LOG".into(), opts.node_log_level.clone())],
+            clear_env_prefixes: &["DSTACK_NODE_", "DSTACK_SIMULATOR_ENDPOINT"],
+            log: node.home.join("node.log"),
+        })?;
+        tn.children.push(child);
+        tn.state.nodes[i].process = Some(proc);
+        tn.state.save()?;
+    }
+    progress(&format!(
+        "started {n} dstack-node processes; waiting for first commits (at most {} s)",
+        opts.commit_wait.as_secs()
+    ));
+    wait_commits(&tn.state, opts.commit_wait, progress).await?;
+    tn.state.phase = Phase::Running;
+    tn.state.save()?;
+    progress(&format!(
+        "every node committed; cluster up after {:.1} s",
+        t0.elapsed().as_secs_f64()
+    ));
+    Ok(Outcome::Running)
+}
+
+fn chain_only(tn: &mut Testnet, reason: String) -> Result<Outcome, Error> {
+    tn.state.note = Some(reason.clone());
+    tn.state.save()?;
+    Ok(Outcome::ChainOnly(reason))
+}
+
+async fn wait_tee(node: &NodeEntry) -> Result<(), Error> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let socket = node.socket.display().to_string();
+    let client = DstackClient::new(Some(&socket))
+        .map_err(|e| Error::Process(format!("dstack endpoint {socket}: {e}")))?
+        .with_timeout(Duration::from_secs(2));
+    loop {
+        if node.socket.exists() && client.info().await.is_ok() {
+            return Ok(());
+        }
+        if let Some(p) = &node.simulator
+            && !procs::is_running(p)
+        {
+            return Err(Error::Process(format!(
+                "the simulated TEE of {} exited:\n{}",
+                node.name,
+                procs::log_tail(&p.log, 10)
+            )));
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Timeout(format!(
+                "the simulated TEE of {} did not answer on {socket} within 15 s",
+                node.name
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until every node of `state` reports a committed height of at least 1, printing
+/// progress; fails early when a node process exits.
+pub async fn wait_commits(
+    state: &State,
+    within: Duration,
+    progress: Progress<'_>,
+) -> Result<(), Error> {
+    let client = Client::new(Duration::from_secs(2));
+    let start = Instant::now();
+    let deadline = start + within;
+    let mut committed = vec![false; state.nodes.len()];
+    let mut last_report = Instant::now();
+    loop {
+        let mut summary = Vec::new();
+        for (i, n) in state.nodes.iter().enumerate() {
+            if let Some(p) = &n.process
+                && !procs::is_running(p)
+            {
+                return Err(Error::Process(format!(
+                    "{} exited during start-up; last lines of {}:\n{}",
+                    n.name,
+                    p.log.display(),
+                    procs::log_tail(&p.log, 20)
+                )));
+            }
+            match client.status(&n.http_url).await {
+                Ok(s) => {
+                    if s.committed_height >= 1 && !committed[i] {
+                        committed[i] = true;
+                        progress(&format!(
+                            "{} committed height {} (round {}, {} peers) after {:.1} s",
+                            n.name,
+                            s.committed_height,
+                            s.round,
+                            s.peers,
+                            start.elapsed().as_secs_f64()
+                        ));
+                    }
+                    summary.push(format!(
+                        "{} h={} r={} peers={}",
+                        n.name, s.committed_height, s.round, s.peers
+                    ));
+                }
+                Err(_) => summary.push(format!("{} (API not up)", n.name)),
+            }
+        }
+        if committed.iter().all(|&c| c) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let mut msg = format!(
+                "not every node committed within {} s: {}",
+                within.as_secs(),
+                summary.join(", ")
+            );
+            for (i, n) in state.nodes.iter().enumerate() {
+                if !committed[i]
+                    && let Some(p) = &n.process
+                {
+                    msg.push_str(&format!(
+                        "\n--- last lines of {}:\n{}",
+                        p.log.display(),
+                        procs::log_tail(&p.log, 8)
+                    ));
+                }
+            }
+            return Err(Error::Timeout(msg));
+        }
+        if last_report.elapsed() >= Duration::from_secs(5) {
+            progress(&format!("waiting: {}", summary.join(", ")));
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Stops every process recorded in `state` (nodes first, then TEEs, then anvil) and removes
+/// `state.json`. Returns one line per process stopped.
+pub fn down_state(state: &State) -> Result<Vec<String>, Error> {
+    let mut lines = Vec::new();
+    let mut failures = Vec::new();
+    for p in state.processes() {
+        if !procs::is_running(p) {
+            continue;
+        }
+        let grace = if p.name.contains('/') || p.name == "anvil" {
+            Duration::from_secs(3)
+        } else {
+            Duration::from_secs(10)
+        };
+        match procs::stop(p, grace) {
+            Ok(false) => lines.push(format!("stopped {} (pid {})", p.name, p.pid)),
+            Ok(true) => lines.push(format!(
+                "killed {} (pid {}): it ignored SIGTERM for {} s",
+                p.name,
+                p.pid,
+                grace.as_secs()
+            )),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    if !failures.is_empty() {
+        return Err(Error::Process(failures.join("; ")));
+    }
+    let path = State::path(&state.dir);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(format!("removing {}", path.display()))(e)),
+    }
+    Ok(lines)
+}
+
+/// `testnet down`: stops what `<dir>/state.json` records (nothing recorded: nothing to do).
+pub fn down(dir: &Path) -> Result<Vec<String>, Error> {
+    match State::load(dir)? {
+        Some(state) => down_state(&state),
+        None => Ok(Vec::new()),
+    }
+}
