@@ -1,0 +1,321 @@
+//! `dstack-node start --home DIR`: everything between the command line and a running node.
+//!
+//! 1. node settings from `config.toml` (+ environment and `--set` overrides);
+//! 2. the cluster's `genesis.json` (membership crate format; a missing file is an error naming it);
+//! 3. the chain RPC: contract checks, its purpose and KMS root (bounded retries, errors name it);
+//! 4. the node key from dstack on the DESIGN path, its signature chain verified against the KMS
+//!    root (configured, or the contract's) before anything else uses it;
+//! 5. epoch 0's validator set read at the genesis chain block (by hash);
+//! 6. the node (store, libp2p, API, metrics, driver) until SIGTERM/SIGINT, then a clean stop.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy::primitives::{Address, U256};
+use consensus::core::Config as CoreConfig;
+use consensus::types::{Address as CAddress, MemberInfo, PublicKey};
+use membership::dstack::{DstackClient, NodeKey};
+use membership::genesis::Genesis;
+use membership::identity::KmsRoot;
+use membership::oracle::{BlockRef, Oracle};
+use membership::sdk::Cluster;
+
+use crate::api::RegistrationFn;
+use crate::config::Config;
+use crate::driver::{DriverConfig, Member};
+use crate::mempool::MempoolConfig;
+use crate::node::{NodeParams, start};
+
+/// Why `start` failed; every variant names what it could not reach or read.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// The settings could not be loaded.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The genesis file could not be loaded.
+    #[error("{0}")]
+    Genesis(String),
+    /// The chain RPC failed.
+    #[error("chain RPC {url}: {reason}")]
+    Chain {
+        /// The RPC URL.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The dstack endpoint failed.
+    #[error("dstack endpoint {endpoint}: {reason}")]
+    Dstack {
+        /// The endpoint.
+        endpoint: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The node's own key does not verify.
+    #[error("the node's signature chain does not verify: {0}")]
+    Identity(String),
+    /// A setting is invalid.
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+    /// The node failed.
+    #[error(transparent)]
+    Node(#[from] crate::node::NodeError),
+}
+
+async fn retry<T, E: std::fmt::Display, F, Fut>(
+    what: &str,
+    attempts: u32,
+    mut f: F,
+) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut delay = Duration::from_millis(500);
+    let mut last = String::new();
+    for i in 0..attempts {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                last = e.to_string();
+                tracing::warn!(attempt = i + 1, attempts, error = %last, "{what} failed");
+                if i + 1 < attempts {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(8));
+                }
+            }
+        }
+    }
+    Err(format!("{last} (after {attempts} attempts)"))
+}
+
+/// Installs the tracing subscriber (human or JSON) with the configured filter.
+pub fn init_logging(format: &str, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Runs `dstack-node start --home DIR` until a signal; `sets` are `--set section.key=value`.
+pub async fn run_start(home: &Path, sets: &[String]) -> Result<(), LaunchError> {
+    let cfg = Config::load(home, std::env::vars(), sets)?;
+    init_logging(&cfg.log.format, &cfg.log.level);
+    let genesis_path = cfg.genesis_path(home);
+    let genesis = Genesis::load(&genesis_path).map_err(|e| match e {
+        membership::genesis::GenesisError::Io { .. } => LaunchError::Genesis(e.to_string()),
+        other => LaunchError::Genesis(format!("{}: {other}", genesis_path.display())),
+    })?;
+    let rpc = cfg.chain.rpc_url.clone();
+    let chain_err = |reason: String| LaunchError::Chain {
+        url: rpc.clone(),
+        reason,
+    };
+    let cluster = retry("chain RPC", 5, || Cluster::connect(&rpc, genesis.contract))
+        .await
+        .map_err(chain_err)?;
+    if cluster.chain_id() != genesis.chain_id {
+        return Err(chain_err(format!(
+            "chain id {} differs from the genesis file's {}",
+            cluster.chain_id(),
+            genesis.chain_id
+        )));
+    }
+    let purpose = retry("purpose()", 5, || cluster.purpose())
+        .await
+        .map_err(chain_err)?;
+    let kms_root = if cfg.dstack.kms_root.is_empty() {
+        let a = retry("kmsRoot()", 5, || cluster.kms_root())
+            .await
+            .map_err(chain_err)?;
+        KmsRoot::Address(a)
+    } else {
+        KmsRoot::parse(&cfg.dstack.kms_root)
+            .map_err(|e| LaunchError::Invalid(format!("dstack.kms_root: {e}")))?
+    };
+    let endpoint = cfg.dstack.endpoint.clone();
+    let dstack_err = |reason: String| LaunchError::Dstack {
+        endpoint: endpoint.clone(),
+        reason,
+    };
+    let dstack = DstackClient::new(Some(&endpoint)).map_err(|e| dstack_err(e.to_string()))?;
+    let node_key: NodeKey = retry("dstack GetKey", 5, || {
+        dstack.node_key(genesis.chain_id, genesis.contract, &purpose)
+    })
+    .await
+    .map_err(dstack_err)?;
+    let verified = node_key
+        .verify(kms_root)
+        .map_err(|e| LaunchError::Identity(e.to_string()))?;
+    tracing::info!(address = %node_key.address(), path = %node_key.path, "node identity verified");
+    let _ = verified;
+    let secret: [u8; 32] = node_key.key.secret.to_bytes().into();
+
+    let oracle = Oracle::from_genesis(cluster.provider().clone(), &genesis);
+    let at = BlockRef {
+        number: genesis.genesis_block.number,
+        hash: genesis.genesis_block.hash,
+    };
+    let snapshot = retry("validator set at the genesis block", 5, || {
+        oracle.snapshot_at(at)
+    })
+    .await
+    .map_err(chain_err)?;
+    if snapshot.members.is_empty() {
+        return Err(chain_err(format!(
+            "no validators registered at genesis block {}",
+            at.number
+        )));
+    }
+    let mut members = Vec::new();
+    for m in &snapshot.members {
+        let pk: [u8; 64] =
+            m.public_key.as_ref().try_into().map_err(|_| {
+                chain_err(format!("member {} has a malformed public key", m.address))
+            })?;
+        members.push(Member {
+            info: MemberInfo {
+                address: CAddress(m.address.into_array()),
+                public_key: PublicKey(pk),
+                power: m.power,
+            },
+            url: m.connection_url.clone(),
+        });
+    }
+
+    let registration = registration_fn(&cfg, cluster.clone(), node_key.clone())?;
+    let listen = parse_addrs("p2p.listen", &cfg.p2p.listen)?;
+    let bootstrap = parse_addrs("p2p.bootstrap", &cfg.p2p.bootstrap)?;
+    let api_listen = cfg
+        .api
+        .listen
+        .parse()
+        .map_err(|_| LaunchError::Invalid("api.listen".into()))?;
+    let metrics_listen = cfg
+        .api
+        .metrics_listen
+        .parse()
+        .map_err(|_| LaunchError::Invalid("api.metrics_listen".into()))?;
+    let params = NodeParams {
+        driver: DriverConfig {
+            secret,
+            chain_id: genesis.chain_id,
+            contract: genesis.contract.into_array(),
+            genesis_id: genesis.genesis_id().0,
+            genesis_chain_block_hash: genesis.genesis_block.hash.0,
+            genesis_chain_block_number: genesis.genesis_block.number,
+            members,
+            core: CoreConfig {
+                base_timeout_ms: genesis.base_timeout_ms,
+                max_timeout_ms: genesis.timeout_cap_ms,
+                max_payload_batches: usize::try_from(genesis.max_block_batches)
+                    .unwrap_or(usize::MAX)
+                    .min(consensus::types::MAX_BATCHES_PER_BLOCK),
+                ..CoreConfig::default()
+            },
+            sync_check: Duration::from_secs(1),
+            stall_after: Duration::from_millis(genesis.timeout_cap_ms.saturating_mul(2)),
+        },
+        data_dir: cfg.data_dir(home),
+        p2p_listen: listen,
+        bootstrap,
+        api_listen,
+        metrics_listen: Some(metrics_listen),
+        mempool: MempoolConfig {
+            max_tx_bytes: usize::try_from(genesis.max_tx_bytes).unwrap_or(usize::MAX),
+            max_batch_bytes: usize::try_from(genesis.max_batch_bytes).unwrap_or(usize::MAX),
+            max_pending_txs: cfg.mempool.max_pending_txs,
+            max_pending_bytes: cfg.mempool.max_pending_bytes,
+            ..MempoolConfig::default()
+        },
+        registration,
+    };
+    let mut node = start(params).await?;
+    tracing::info!(
+        api = %node.api_addr,
+        peer_id = %node.peer_id,
+        listen = ?node.listen_addrs,
+        "dstack-node started"
+    );
+    tokio::select! {
+        _ = shutdown_signal() => {
+            tracing::info!("signal received; stopping");
+            node.stop().await?;
+        }
+        r = node.wait() => r?,
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn parse_addrs(key: &str, v: &[String]) -> Result<Vec<libp2p::Multiaddr>, LaunchError> {
+    v.iter()
+        .map(|s| {
+            s.parse()
+                .map_err(|e| LaunchError::Invalid(format!("{key}: {s:?}: {e}")))
+        })
+        .collect()
+}
+
+/// The `/registration` provider: payloads for the configured owner only.
+fn registration_fn(
+    cfg: &Config,
+    cluster: Cluster,
+    node_key: NodeKey,
+) -> Result<Option<RegistrationFn>, LaunchError> {
+    if cfg.node.owner_address.is_empty() {
+        return Ok(None);
+    }
+    let owner: Address = cfg
+        .node
+        .owner_address
+        .parse()
+        .map_err(|_| LaunchError::Invalid("node.owner_address is not an address".into()))?;
+    let url = cfg.p2p.external.first().cloned().unwrap_or_default();
+    let cluster = Arc::new(cluster);
+    let node_key = Arc::new(node_key);
+    Ok(Some(Arc::new(move |token: String| {
+        let cluster = cluster.clone();
+        let node_key = node_key.clone();
+        let url = url.clone();
+        Box::pin(async move {
+            let token_id: U256 = token
+                .parse()
+                .map_err(|_| format!("token_id {token:?} is not a number"))?;
+            if url.is_empty() {
+                return Err("set p2p.external: the registration needs a connection URL".into());
+            }
+            cluster
+                .registration_for(&node_key, token_id, owner, &url)
+                .await
+                .map(|p| p.to_json())
+                .map_err(|e| e.to_string())
+        })
+    })))
+}
