@@ -1,6 +1,46 @@
 //! `dstack-node`: the validator binary operators run. All I/O of the cluster lives in this
-//! crate: libp2p, storage, mempool, the consensus driver, the HTTP API and metrics.
+//! crate: libp2p, storage, mempool, the consensus driver, the HTTP API and metrics. This file
+//! only parses the command line (module `cli`) and runs the chosen subcommand.
 
-fn main() {
-    println!("dstack-node {}", env!("CARGO_PKG_VERSION"));
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod cli;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(cli::run(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", describe(&e));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The error and its causes, skipping causes whose text the previous message already shows
+/// (library errors often embed their source in their own message).
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }
