@@ -1,30 +1,32 @@
 //! The simulator CLI's contract: the exact last line, exit codes, replay lines, and the scenarios
 //! that are not built yet.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
-fn sim(args: &[&str]) -> Output {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_string());
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+/// The `sim` example that `cargo test` built beside this test binary (`<target>/release/examples`).
+/// Running it directly keeps this test from rebuilding the crate with other features.
+fn sim_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("path of the test binary");
+    let profile_dir = exe
         .parent()
-        .expect("workspace root");
-    let mut all = vec![
-        "run",
-        "--release",
-        "-q",
-        "-p",
-        "consensus",
-        "--example",
-        "sim",
-        "--",
-    ];
-    all.extend_from_slice(args);
-    Command::new(&cargo)
-        .current_dir(root)
-        .args(&all)
+        .and_then(|deps| deps.parent())
+        .expect("test binary lives in <target>/<profile>/deps");
+    let bin = profile_dir.join("examples").join("sim");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo test --release -p consensus` (examples are built with tests)",
+        bin.display()
+    );
+    bin
+}
+
+fn sim(args: &[&str]) -> Output {
+    let bin = sim_binary();
+    Command::new(&bin)
+        .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {cargo}: {e}"))
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()))
 }
 
 #[test]
