@@ -79,9 +79,11 @@ test-rust: setup
 	$(CARGO) test $(CARGO_FLAGS) --workspace
 	@bash scripts/check-mutant-cfgs.sh
 
+# `testnet up` with defaults (4 validators, powers 1,1,2,3, 1 s blocks) in .run/testnet; extra
+# flags through TESTNET_ARGS (e.g. TESTNET_ARGS=--detach). Ctrl-C stops the whole cluster.
 testnet: setup
-	$(CARGO) build $(CARGO_FLAGS) --workspace --bins
-	bash scripts/testnet.sh
+	$(CARGO) build $(CARGO_FLAGS) -p testnet -p membership -p node --bins
+	$(BIN)/testnet up $(TESTNET_ARGS)
 
 contracts: deps-npm
 	bash scripts/contract-artifact.sh write

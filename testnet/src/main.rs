@@ -245,6 +245,19 @@ async fn cmd_status(dir: PathBuf, json: bool) -> Result<ExitCode> {
     if let Some(note) = &state.note {
         println!("note: {note}");
     }
+    let anvil = match &state.anvil {
+        Some(p) if testnet::procs::is_running(p) => format!("running (pid {})", p.pid),
+        _ => "not running".into(),
+    };
+    let tees = state
+        .nodes
+        .iter()
+        .filter(|n| n.simulator.as_ref().is_some_and(testnet::procs::is_running))
+        .count();
+    println!(
+        "anvil {anvil}; simulated TEEs running: {tees} of {}",
+        state.nodes.len()
+    );
     print!("{}", status::table(&state, &rows, &|_| None));
     Ok(ExitCode::SUCCESS)
 }

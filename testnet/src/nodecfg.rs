@@ -20,14 +20,14 @@ fn has_subcommand(bin: &Path, sub: &str) -> bool {
     Command::new(bin)
         .args([sub, "--help"])
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
+        .output()
+        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("--home"))
         .unwrap_or(false)
 }
 
-/// Asks the binary which subcommands it has (`<sub> --help` succeeds only for known ones).
+/// Asks the binary which subcommands it has: `<sub> --help` must succeed and document
+/// `--home` (a binary that ignores its arguments does not pass).
 pub fn probe(bin: &Path) -> NodeCaps {
     NodeCaps {
         init: has_subcommand(bin, "init"),
