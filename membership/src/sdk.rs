@@ -6,7 +6,7 @@
 //! use membership::sdk::Cluster;
 //! let contract = "0x5FbDB2315678afecb367f032d93F642f64180aa3".parse().expect("address");
 //! let cluster = Cluster::connect("http://127.0.0.1:8545", contract).await?;
-//! cluster.register(&dstack, 1u64.into(), &owner, "/ip4/127.0.0.1/tcp/9000").await?;
+//! cluster.register(&dstack, alloy::primitives::U256::from(1), &owner, "/ip4/127.0.0.1/tcp/9000").await?;
 //! let peers = cluster.peers().await?;
 //! # let _ = peers; Ok(()) }
 //! ```
