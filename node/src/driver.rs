@@ -43,6 +43,7 @@ use crate::mempool::{Mempool, SealedBatch};
 use crate::metrics::Metrics;
 use crate::net::{NetEvent, NetHandle, Responder, peer_id_from_public_key};
 use crate::storage::{StorageError, Store, meta};
+use crate::tap::OutboundTap;
 use crate::wire;
 
 /// Most batches served per request.
@@ -129,6 +130,7 @@ pub struct Driver {
     mempool_wake: Arc<Notify>,
     status: SharedStatus,
     metrics: Arc<Metrics>,
+    tap: Option<Arc<dyn OutboundTap>>,
     me: Address,
     by_addr: HashMap<Address, PeerId>,
     by_peer: HashMap<PeerId, Address>,
@@ -170,6 +172,8 @@ pub struct DriverParts {
     pub status: SharedStatus,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// A fault-injection hook on sent messages (test binaries only; `None` in `dstack-node`).
+    pub tap: Option<Arc<dyn OutboundTap>>,
 }
 
 fn lock(m: &Mutex<Mempool>) -> std::sync::MutexGuard<'_, Mempool> {
@@ -214,6 +218,7 @@ impl Driver {
             mempool_wake: parts.mempool_wake,
             status: parts.status,
             metrics: parts.metrics,
+            tap: parts.tap,
             me,
             by_addr,
             by_peer,
@@ -453,21 +458,8 @@ impl Driver {
 
     fn act(&mut self, a: Action) -> Result<(), DriverError> {
         match a {
-            Action::SendTo { to, message } => {
-                if let (Message::Vote(v), Some(peer)) = (&message, self.by_addr.get(&to)) {
-                    self.outbox
-                        .push(Outgoing::Vote(*peer, wire::vote_to_wire(v)));
-                }
-            }
-            Action::Broadcast(message) => {
-                let body = match &message {
-                    Message::Proposal(p) => GossipBody::Proposal(wire::proposal_to_wire(p)),
-                    Message::Timeout(t) => GossipBody::Timeout(wire::timeout_to_wire(t)),
-                    Message::TimeoutCert(tc) => GossipBody::Tc(wire::tc_to_wire(tc)),
-                    Message::Vote(_) => return Ok(()),
-                };
-                self.outbox.push(Outgoing::Gossip(Box::new(body)));
-            }
+            Action::SendTo { to, message } => self.send_message(Some(to), &message),
+            Action::Broadcast(message) => self.send_message(None, &message),
             Action::SetTimer { round, duration_ms } => {
                 let at = tokio::time::Instant::now() + Duration::from_millis(duration_ms);
                 self.timer = Some((round, at));
@@ -715,6 +707,37 @@ impl Driver {
                 }))));
         }
         Ok(())
+    }
+
+    /// Queues a consensus message: a vote to `to`'s peer, anything else by gossip; then whatever
+    /// the tap adds, the same way.
+    fn send_message(&mut self, to: Option<Address>, message: &Message) {
+        self.queue_one(to, message);
+        if let Some(tap) = self.tap.clone() {
+            for extra in tap.extra(message) {
+                self.queue_one(to, &extra);
+            }
+        }
+    }
+
+    fn queue_one(&mut self, to: Option<Address>, message: &Message) {
+        let out = match (message, to) {
+            (Message::Vote(v), Some(to)) => match self.by_addr.get(&to) {
+                Some(peer) => Outgoing::Vote(*peer, wire::vote_to_wire(v)),
+                None => return,
+            },
+            (Message::Vote(_), None) => return,
+            (Message::Proposal(p), _) => {
+                Outgoing::Gossip(Box::new(GossipBody::Proposal(wire::proposal_to_wire(p))))
+            }
+            (Message::Timeout(t), _) => {
+                Outgoing::Gossip(Box::new(GossipBody::Timeout(wire::timeout_to_wire(t))))
+            }
+            (Message::TimeoutCert(tc), _) => {
+                Outgoing::Gossip(Box::new(GossipBody::Tc(wire::tc_to_wire(tc))))
+            }
+        };
+        self.outbox.push(out);
     }
 
     /// Sends what the executed actions queued (after their persistence).

@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::driver::{DriverConfig, Member};
 use crate::mempool::MempoolConfig;
 use crate::node::{NodeParams, start};
+use crate::tap::TapFactory;
 
 /// Why `start` failed; every variant names what it could not reach or read.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +105,16 @@ pub fn init_logging(format: &str, level: &str) {
 
 /// Runs `dstack-node start --home DIR` until a signal; `sets` are `--set section.key=value`.
 pub async fn run_start(home: &Path, sets: &[String]) -> Result<(), LaunchError> {
+    run_start_with(home, sets, None).await
+}
+
+/// [`run_start`] with a fault-injection tap: only test binaries (the chaos suite's equivocator)
+/// call this with `Some`.
+pub async fn run_start_with(
+    home: &Path,
+    sets: &[String],
+    tap: Option<TapFactory>,
+) -> Result<(), LaunchError> {
     let cfg = Config::load(home, std::env::vars(), sets)?;
     init_logging(&cfg.log.format, &cfg.log.level);
     let genesis_path = cfg.genesis_path(home);
@@ -234,6 +245,7 @@ pub async fn run_start(home: &Path, sets: &[String]) -> Result<(), LaunchError> 
             ..MempoolConfig::default()
         },
         registration,
+        tap,
     };
     let mut node = start(params).await?;
     tracing::info!(

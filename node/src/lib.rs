@@ -12,4 +12,5 @@ pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod storage;
+pub mod tap;
 pub mod wire;

@@ -17,6 +17,7 @@ use crate::mempool::{Mempool, MempoolConfig};
 use crate::metrics::Metrics;
 use crate::net::{self, NetConfig, NetError};
 use crate::storage::{StorageError, Store};
+use crate::tap::TapFactory;
 
 /// Everything needed to start a node.
 pub struct NodeParams {
@@ -36,6 +37,8 @@ pub struct NodeParams {
     pub mempool: MempoolConfig,
     /// The `/registration` payload builder.
     pub registration: Option<RegistrationFn>,
+    /// A fault-injection hook for test binaries; `None` for an operator's node.
+    pub tap: Option<TapFactory>,
 }
 
 /// Why a node could not start or stopped with an error.
@@ -137,6 +140,7 @@ async fn serve(
 /// Starts a node: store, network, API, metrics and driver.
 pub async fn start(p: NodeParams) -> Result<RunningNode, NodeError> {
     let store = Store::open(&p.data_dir)?;
+    let tap = p.tap.as_ref().map(|make| make(&p.driver));
     let metrics = Arc::new(Metrics::new());
     let mut ncfg = NetConfig::new(
         p.driver.secret,
@@ -169,6 +173,7 @@ pub async fn start(p: NodeParams) -> Result<RunningNode, NodeError> {
             mempool_wake: wake,
             status: status.clone(),
             metrics: metrics.clone(),
+            tap,
         },
     )?;
     let (api_addr, api_task) =

@@ -122,6 +122,7 @@ impl Cluster {
             metrics_listen: None,
             mempool: MempoolConfig::default(),
             registration: None,
+            tap: None,
         };
         // A killed node's store may take a moment to release its lock (tasks winding down).
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -138,6 +139,7 @@ impl Cluster {
                 metrics_listen: p.metrics_listen,
                 mempool: p.mempool.clone(),
                 registration: None,
+                tap: None,
             };
             match start(p).await {
                 Ok(n) => {
