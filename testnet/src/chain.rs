@@ -72,11 +72,12 @@ pub fn deployer() -> Result<PrivateKeySigner, Error> {
         .map_err(|e| Error::Invalid(format!("deployer key: {e}")))
 }
 
-/// Starts anvil with `--slots-in-an-epoch 1 --block-time <t>` (finalized = head − 2) on `port`,
+/// Starts anvil on `host` with `--slots-in-an-epoch 1 --block-time <t>` (finalized = head − 2) on `port`,
 /// or on a free port (three tries when a chosen port turns out to be taken).
 pub async fn start_anvil(
     bin: &Path,
     dir: &Path,
+    host: &str,
     port: Option<u16>,
     block_time: u64,
 ) -> Result<Anvil, Error> {
@@ -93,7 +94,7 @@ pub async fn start_anvil(
             program: bin,
             args: vec![
                 "--host".into(),
-                "127.0.0.1".into(),
+                host.to_string(),
                 "--port".into(),
                 port_arg.to_string(),
                 "--slots-in-an-epoch".into(),
@@ -104,8 +105,9 @@ pub async fn start_anvil(
             env: vec![],
             clear_env_prefixes: &[],
             log: log.clone(),
+            netns: None,
         })?;
-        let url = format!("http://127.0.0.1:{chosen}");
+        let url = format!("http://{host}:{chosen}");
         let provider = reader(&url)?;
         let deadline = Instant::now() + ANVIL_START;
         loop {

@@ -9,12 +9,16 @@
 #![forbid(unsafe_code)]
 
 pub mod chain;
+pub mod chaos;
 pub mod error;
+pub mod load;
+pub mod netns;
 pub mod nodecfg;
 pub mod paths;
 pub mod procs;
 pub mod state;
 pub mod status;
+pub mod timeline;
 pub mod up;
 
 pub use error::Error;

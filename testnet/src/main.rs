@@ -42,6 +42,67 @@ enum Cmd {
     },
     /// Stop every process the run recorded (idempotent).
     Down,
+    /// Drive an open-loop transaction load (KV puts via POST /txs) at the running cluster.
+    Load(LoadArgs),
+    /// Run a chaos scenario on a cluster of its own, each node in its own network namespace
+    /// (needs root); default run directory <project>/.run/chaos.
+    Chaos(ChaosArgs),
+    /// The part of `chaos` that runs inside the hub namespace (started by `chaos`).
+    #[command(hide = true)]
+    ChaosInner {
+        #[command(flatten)]
+        args: ChaosArgs,
+        /// The namespace tag `chaos` created.
+        #[arg(long)]
+        tag: String,
+    },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct LoadArgs {
+    /// Offered transactions per second (open loop: sent on schedule whatever the answers).
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    /// Size of each transaction's JSON in bytes.
+    #[arg(long, default_value_t = 256)]
+    tx_size: usize,
+    /// Seconds to send for.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Seconds to wait after the load for accepted transactions to commit.
+    #[arg(long, default_value_t = 30)]
+    grace: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct ChaosArgs {
+    /// kill, pause, partition, loss, byzantine, restart-all or all.
+    #[arg(long)]
+    scenario: testnet::chaos::Scenario,
+    /// Seconds of faults (for `all`, the total over the phases).
+    #[arg(long, default_value_t = 180)]
+    duration: u64,
+    /// Seed of every random choice (default: random, printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Validator powers (at least 4 validators).
+    #[arg(long, value_delimiter = ',', default_value = "1,1,1,1")]
+    powers: Vec<u64>,
+    /// Background load, tx/s.
+    #[arg(long, default_value_t = 20.0)]
+    rate: f64,
+    /// Background transaction size, bytes.
+    #[arg(long, default_value_t = 200)]
+    tx_size: usize,
+    /// Packet-loss probability of the loss fault (at least 0.1).
+    #[arg(long, default_value_t = 0.1)]
+    loss: f64,
+    /// The nodes' log filter.
+    #[arg(long, default_value = "info")]
+    node_log: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -101,6 +162,21 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         .clone()
         .unwrap_or_else(testnet::paths::default_run_dir);
     match cli.command {
+        Cmd::Load(args) => cmd_load(dir, args).await,
+        Cmd::Chaos(args) => {
+            let dir = cli
+                .dir
+                .clone()
+                .unwrap_or_else(|| testnet::paths::project_root().join(".run").join("chaos"));
+            chaos_outer(dir, args).await
+        }
+        Cmd::ChaosInner { args, tag } => {
+            let dir = cli
+                .dir
+                .clone()
+                .unwrap_or_else(|| testnet::paths::project_root().join(".run").join("chaos"));
+            chaos_inner(dir, args, tag).await
+        }
         Cmd::Up(args) => cmd_up(dir, args).await,
         Cmd::Status { json } => cmd_status(dir, json).await,
         Cmd::Down => {
@@ -143,6 +219,8 @@ async fn cmd_up(dir: PathBuf, args: UpArgs) -> Result<ExitCode> {
         anvil_port: args.anvil_port,
         commit_wait: Duration::from_secs(args.wait),
         node_log_level: args.node_log,
+        net: None,
+        node_programs: Vec::new(),
     };
     let started = tokio::select! {
         r = up::up(&opts, &progress) => r,
@@ -333,5 +411,259 @@ async fn live_view(state: &State) {
             _ = &mut stop => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
+    }
+}
+
+async fn cmd_load(dir: PathBuf, args: LoadArgs) -> Result<ExitCode> {
+    let Some(state) = State::load(&dir)? else {
+        anyhow::bail!(
+            "no testnet recorded in {}: start one with `testnet up --detach`",
+            dir.display()
+        );
+    };
+    let targets: Vec<String> = state
+        .nodes
+        .iter()
+        .filter(|n| n.process.as_ref().is_some_and(testnet::procs::is_running))
+        .map(|n| n.http_url.clone())
+        .collect();
+    let cfg = testnet::load::LoadConfig {
+        targets,
+        rate: args.rate,
+        tx_size: args.tx_size,
+        duration: Duration::from_secs(args.duration),
+        key_prefix: format!("load-{}-{}", std::process::id(), rand::random::<u32>()),
+        request_timeout: Duration::from_secs(5),
+        max_in_flight: 5000,
+    };
+    cfg.validate()?;
+    progress(&format!(
+        "sending {} tx/s of {} bytes for {} s to {} nodes (open loop)",
+        args.rate,
+        args.tx_size,
+        args.duration,
+        cfg.targets.len()
+    ));
+    let report = tokio::select! {
+        r = testnet::load::load_and_report(&cfg, Duration::from_secs(args.grace)) => r?,
+        _ = interrupted() => return Ok(ExitCode::from(130)),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "submitted {} in {:.1} s ({:.1} tx/s offered)",
+            report.submitted,
+            report.seconds,
+            report.submitted as f64 / report.seconds.max(1e-9)
+        );
+        println!("accepted  {}", report.accepted);
+        println!(
+            "rejected  {} {:?}",
+            report.rejected.values().sum::<u64>(),
+            report.rejected
+        );
+        println!(
+            "committed {} of the accepted ({:.1} tx/s over the run)",
+            report.committed, report.committed_tps
+        );
+        println!(
+            "answer time p50 {:.1} ms, p99 {:.1} ms",
+            report.answer_ms_p50, report.answer_ms_p99
+        );
+    }
+    if report.committed < report.accepted {
+        eprintln!(
+            "testnet load: {} accepted transactions were not committed within {} s",
+            report.accepted - report.committed,
+            args.grace
+        );
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn chaos_args_vec(args: &ChaosArgs, seed: u64) -> Vec<String> {
+    vec![
+        "--scenario".into(),
+        args.scenario.name().into(),
+        "--duration".into(),
+        args.duration.to_string(),
+        "--seed".into(),
+        seed.to_string(),
+        "--powers".into(),
+        args.powers
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+        "--rate".into(),
+        args.rate.to_string(),
+        "--tx-size".into(),
+        args.tx_size.to_string(),
+        "--loss".into(),
+        args.loss.to_string(),
+        "--node-log".into(),
+        args.node_log.clone(),
+    ]
+}
+
+/// `testnet chaos`: checks privileges, removes a crashed run's leftovers, creates the
+/// namespaces, runs `chaos-inner` inside the hub namespace, then removes everything it made, on
+/// success, failure and Ctrl-C alike.
+async fn chaos_outer(dir: PathBuf, args: ChaosArgs) -> Result<ExitCode> {
+    use testnet::netns::{self, NetPlan};
+    let seed = args.seed.unwrap_or_else(rand::random::<u64>);
+    let tag = format!("tc{}", std::process::id());
+    netns::preflight(&tag)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = std::fs::canonicalize(&dir)?;
+    if let Some(old) = NetPlan::load(&dir)? {
+        progress(&format!(
+            "removing the namespaces a previous run left in {} ({})",
+            dir.display(),
+            old.all().join(", ")
+        ));
+        let _ = up::down(&dir);
+        for f in old.destroy() {
+            progress(&format!("warning: {f}"));
+        }
+    }
+    let plan = NetPlan::new(&tag, args.powers.len());
+    // Validate before creating anything.
+    testnet::chaos::ChaosOptions {
+        dir: dir.clone(),
+        scenario: args.scenario,
+        duration: Duration::from_secs(args.duration),
+        seed,
+        powers: args.powers.clone(),
+        rate: args.rate,
+        tx_size: args.tx_size,
+        loss: args.loss,
+        node_log: args.node_log.clone(),
+        plan: plan.clone(),
+    }
+    .validate()?;
+    plan.save(&dir)?;
+    progress(&format!(
+        "creating network namespaces {} (bridge {} in {}, nodes {}..)",
+        plan.all().join(", "),
+        plan.hub_ip(),
+        plan.hub,
+        plan.node_ip(0)
+    ));
+    let created = plan.create();
+    let code = match created {
+        Err(e) => {
+            progress(&format!("could not create the namespaces: {e}"));
+            Err(anyhow::anyhow!(e))
+        }
+        Ok(()) => {
+            let exe = std::env::current_exe()?;
+            let mut cmd = std::process::Command::new("ip");
+            cmd.args(["netns", "exec", &plan.hub])
+                .arg(&exe)
+                .arg("--dir")
+                .arg(&dir)
+                .arg("chaos-inner")
+                .args(chaos_args_vec(&args, seed))
+                .arg("--tag")
+                .arg(&tag);
+            let mut child = cmd
+                .spawn()
+                .context("starting chaos-inner in the hub namespace")?;
+            let stop = interrupted();
+            tokio::pin!(stop);
+            let status = loop {
+                if let Some(st) = child.try_wait()? {
+                    break Some(st);
+                }
+                tokio::select! {
+                    _ = &mut stop => {
+                        progress("interrupted: stopping the chaos run and cleaning up");
+                        if let Ok(pid) = i32::try_from(child.id()) {
+                            let _ = nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(pid),
+                                nix::sys::signal::Signal::SIGTERM,
+                            );
+                        }
+                        // Give it a bounded time to stop its cluster.
+                        let deadline = std::time::Instant::now() + Duration::from_secs(40);
+                        let mut st = None;
+                        while std::time::Instant::now() < deadline {
+                            if let Some(s) = child.try_wait()? {
+                                st = Some(s);
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        if st.is_none() {
+                            let _ = child.kill();
+                            let _ = child.wait();
+                        }
+                        break None;
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            };
+            match status {
+                Some(st) if st.success() => Ok(ExitCode::SUCCESS),
+                Some(st) => Ok(ExitCode::from(st.code().unwrap_or(1).clamp(1, 255) as u8)),
+                None => Ok(ExitCode::from(130)),
+            }
+        }
+    };
+    progress("removing the network namespaces (veths, bridge and iptables rules go with them)");
+    let _ = up::down(&dir);
+    let failures = plan.destroy();
+    for f in &failures {
+        progress(&format!("cleanup failure: {f}"));
+    }
+    if failures.is_empty() {
+        let _ = std::fs::remove_file(dir.join(testnet::netns::NETNS_FILE));
+    }
+    code
+}
+
+/// `chaos-inner`: runs in the hub namespace; stops its cluster on SIGINT/SIGTERM.
+async fn chaos_inner(dir: PathBuf, args: ChaosArgs, tag: String) -> Result<ExitCode> {
+    let plan = testnet::netns::NetPlan::new(&tag, args.powers.len());
+    let seed = args.seed.unwrap_or_else(rand::random::<u64>);
+    let opts = testnet::chaos::ChaosOptions {
+        dir: dir.clone(),
+        scenario: args.scenario,
+        duration: Duration::from_secs(args.duration),
+        seed,
+        powers: args.powers.clone(),
+        rate: args.rate,
+        tx_size: args.tx_size,
+        loss: args.loss,
+        node_log: args.node_log.clone(),
+        plan,
+    };
+    let report = tokio::select! {
+        r = testnet::chaos::run(opts) => r,
+        _ = interrupted() => {
+            progress("interrupted; stopping the chaos cluster");
+            let _ = up::down(&dir);
+            return Ok(ExitCode::from(130));
+        }
+    };
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = up::down(&dir);
+            anyhow::bail!("chaos run (seed {seed}) failed: {e}");
+        }
+    };
+    println!("{}", testnet::chaos::summary(&report, &dir));
+    if report.pass {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "testnet chaos: {} violation(s); seed {seed}",
+            report.violations.len()
+        );
+        Ok(ExitCode::from(1))
     }
 }

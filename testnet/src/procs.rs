@@ -46,6 +46,9 @@ pub struct Spawn<'a> {
     pub clear_env_prefixes: &'a [&'a str],
     /// The log file (appended).
     pub log: PathBuf,
+    /// The network namespace to run it in (`ip netns exec <ns> <program> ...`; `ip` execs the
+    /// program, so the recorded pid is the program's own).
+    pub netns: Option<&'a str>,
 }
 
 /// Starts a process in its own process group with stdin closed and output to its log.
@@ -58,7 +61,14 @@ pub fn spawn(s: Spawn<'_>) -> Result<(Child, Proc), Error> {
     let log2 = log
         .try_clone()
         .map_err(io(format!("opening log {}", s.log.display())))?;
-    let mut cmd = Command::new(s.program);
+    let mut cmd = match s.netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(s.program);
+            c
+        }
+        None => Command::new(s.program),
+    };
     cmd.args(&s.args)
         .stdin(Stdio::null())
         .stdout(Stdio::from(log))
@@ -204,6 +214,7 @@ mod tests {
             env: vec![],
             clear_env_prefixes: &[],
             log: dir.path().join("sleep.log"),
+            netns: None,
         })
         .expect("spawn");
         assert!(p.start_time > 0);

@@ -88,6 +88,12 @@ pub struct NodeEntry {
     pub simulator: Option<Proc>,
     /// The `dstack-node` process.
     pub process: Option<Proc>,
+    /// The network namespace it runs in (chaos runs), `None` on the host's.
+    #[serde(default)]
+    pub netns: Option<String>,
+    /// The node program it runs (a test-only one for a chaos run's byzantine node).
+    #[serde(default)]
+    pub program: Option<PathBuf>,
 }
 
 /// The whole state file.

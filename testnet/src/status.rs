@@ -29,6 +29,24 @@ pub struct NodeStatus {
     pub node_address: String,
 }
 
+/// The fields of a committed block (`GET /blocks/{height}`) the checks use.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct BlockInfo {
+    /// Committed height.
+    pub height: u64,
+    /// Block id (0x hex).
+    pub id: String,
+    /// Parent block id (0x hex).
+    pub parent: String,
+    /// Its round.
+    pub round: u64,
+    /// Its epoch.
+    pub epoch: u64,
+    /// Transaction hashes committed at this height (0x hex).
+    pub transactions: Vec<String>,
+}
+
 /// A short-timeout HTTP client for the nodes' APIs.
 #[derive(Clone, Debug)]
 pub struct Client {
@@ -59,6 +77,76 @@ impl Client {
     pub async fn status(&self, http_url: &str) -> Result<NodeStatus, String> {
         let v = self.get_json(&format!("{http_url}/status")).await?;
         serde_json::from_value(v).map_err(|e| format!("{http_url}/status: {e}"))
+    }
+
+    /// `POST <http_url>/txs` with `body`: the HTTP status and the JSON answer (`{"hash"}` when
+    /// accepted, `{"error"}` otherwise).
+    pub async fn post_tx(
+        &self,
+        http_url: &str,
+        body: Vec<u8>,
+    ) -> Result<(u16, serde_json::Value), String> {
+        let resp = self
+            .http
+            .post(format!("{http_url}/txs"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let code = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
+        let v = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        Ok((code, v))
+    }
+
+    /// `GET <http_url>/txs/<hash>`: the committed height, `None` while pending or unknown.
+    pub async fn tx_height(&self, http_url: &str, hash: &str) -> Result<Option<u64>, String> {
+        let resp = self
+            .http
+            .get(format!("{http_url}/txs/{hash}"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
+        let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+        if v.get("status").and_then(|s| s.as_str()) == Some("committed") {
+            return Ok(v.get("height").and_then(|h| h.as_u64()));
+        }
+        Ok(None)
+    }
+
+    /// The committed block at `height`: its id, parent and transaction hashes (`None` when
+    /// the node has not committed that height).
+    pub async fn block(&self, http_url: &str, height: u64) -> Result<Option<BlockInfo>, String> {
+        let resp = self
+            .http
+            .get(format!("{http_url}/blocks/{height}"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if resp.status().as_u16() == 404 {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            return Err(format!(
+                "{http_url}/blocks/{height}: HTTP {}",
+                resp.status()
+            ));
+        }
+        let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
+        let b: BlockInfo = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("{http_url}/blocks/{height}: {e}"))?;
+        Ok(Some(b))
+    }
+
+    /// The text of a URL (Prometheus metrics).
+    pub async fn text(&self, url: &str) -> Result<String, String> {
+        let resp = self.http.get(url).send().await.map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("{url}: HTTP {}", resp.status()));
+        }
+        resp.text().await.map_err(|e| e.to_string())
     }
 
     /// The number of transactions in the committed block at `height`.

@@ -40,6 +40,55 @@ pub struct UpOptions {
     pub commit_wait: Duration,
     /// The nodes' tracing filter.
     pub node_log_level: String,
+    /// Where the processes live on the network (`None`: everything on 127.0.0.1 with free
+    /// ports, in the current network namespace).
+    pub net: Option<NetLayout>,
+    /// Nodes that run another program than `dstack-node` (by index; the chaos suite's
+    /// test-only equivocator). `dstack-node init` still prepares their home.
+    pub node_programs: Vec<(usize, PathBuf)>,
+}
+
+/// A chaos run's network: anvil on an address of the current namespace, every node in its own
+/// network namespace with its own address (fixed ports, since addresses differ).
+#[derive(Clone, Debug)]
+pub struct NetLayout {
+    /// The address anvil listens on (reachable from the node namespaces).
+    pub anvil_ip: String,
+    /// Per node, in order: its namespace and address.
+    pub nodes: Vec<NodeNet>,
+}
+
+/// One node's network namespace and address.
+#[derive(Clone, Debug)]
+pub struct NodeNet {
+    /// The namespace name (`ip netns`).
+    pub netns: String,
+    /// The node's IPv4 address in it.
+    pub ip: String,
+}
+
+/// The libp2p port of a node in its own namespace.
+pub const NETNS_P2P_PORT: u16 = 26656;
+/// The HTTP API port of a node in its own namespace.
+pub const NETNS_API_PORT: u16 = 26657;
+/// The metrics port of a node in its own namespace.
+pub const NETNS_METRICS_PORT: u16 = 26660;
+
+impl UpOptions {
+    /// Defaults for everything but the directory and powers (1 s chain blocks, free ports,
+    /// 60 s commit wait, `info` logs, loopback).
+    pub fn new(dir: PathBuf, powers: Vec<u64>) -> Self {
+        Self {
+            dir,
+            powers,
+            block_time: 1,
+            anvil_port: None,
+            commit_wait: Duration::from_secs(60),
+            node_log_level: "info".into(),
+            net: None,
+            node_programs: Vec::new(),
+        }
+    }
 }
 
 impl UpOptions {
@@ -96,6 +145,44 @@ pub struct Testnet {
 }
 
 impl Testnet {
+    /// Starts (or restarts) node `i` from its home with the program and namespace recorded in
+    /// the state; its log is appended. The caller saves the state.
+    pub fn start_node(&mut self, i: usize, log_level: &str) -> Result<(), Error> {
+        self.reap();
+        let node = self
+            .state
+            .nodes
+            .get(i)
+            .cloned()
+            .ok_or_else(|| Error::Invalid(format!("no node {i}")))?;
+        let program = match &node.program {
+            Some(p) => p.clone(),
+            None => paths::node_bin()?,
+        };
+        let (child, proc) = procs::spawn(Spawn {
+            name: &node.name,
+            program: &program,
+            args: vec![
+                "start".into(),
+                "--home".into(),
+                node.home.display().to_string(),
+            ],
+            env: vec![("RUST_LOG".into(), log_level.to_string())],
+            clear_env_prefixes: &["DSTACK_NODE_", "DSTACK_SIMULATOR_ENDPOINT"],
+            log: node.home.join("node.log"),
+            netns: node.netns.as_deref(),
+        })?;
+        self.children.push(child);
+        self.state.nodes[i].process = Some(proc);
+        Ok(())
+    }
+
+    /// Reaps exited children (so killed nodes do not linger as zombies).
+    pub fn reap(&mut self) {
+        self.children
+            .retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
+    }
+
     /// Stops every process (nodes, TEEs, anvil) and removes `state.json`.
     pub fn stop(mut self) -> Result<Vec<String>, Error> {
         let r = down_state(&self.state);
@@ -213,7 +300,19 @@ async fn bring_up(
         anvil_bin.display(),
         opts.block_time
     ));
-    let anvil = chain::start_anvil(anvil_bin, &dir, opts.anvil_port, opts.block_time).await?;
+    let anvil_host = opts
+        .net
+        .as_ref()
+        .map(|l| l.anvil_ip.clone())
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let anvil = chain::start_anvil(
+        anvil_bin,
+        &dir,
+        &anvil_host,
+        opts.anvil_port,
+        opts.block_time,
+    )
+    .await?;
     let url = anvil.url.clone();
     tn.state.anvil = Some(anvil.proc.clone());
     tn.children.push(anvil.child);
@@ -274,9 +373,35 @@ async fn bring_up(
             env: vec![],
             clear_env_prefixes: &["DSTACK_SIM_"],
             log: home.join("simulator.log"),
+            netns: None,
         })?;
         tn.children.push(child);
-        let (p2p, api, metrics) = (ports[3 * i], ports[3 * i + 1], ports[3 * i + 2]);
+        let (ip, netns, p2p, api, metrics) = match &opts.net {
+            Some(l) => {
+                let nn = l.nodes.get(i).ok_or_else(|| {
+                    Error::Invalid(format!("the network layout has no entry for node {i}"))
+                })?;
+                (
+                    nn.ip.clone(),
+                    Some(nn.netns.clone()),
+                    NETNS_P2P_PORT,
+                    NETNS_API_PORT,
+                    NETNS_METRICS_PORT,
+                )
+            }
+            None => (
+                "127.0.0.1".to_string(),
+                None,
+                ports[3 * i],
+                ports[3 * i + 1],
+                ports[3 * i + 2],
+            ),
+        };
+        let program = opts
+            .node_programs
+            .iter()
+            .find(|(j, _)| *j == i)
+            .map(|(_, p)| p.clone());
         tn.state.nodes.push(NodeEntry {
             name,
             power,
@@ -288,11 +413,13 @@ async fn bring_up(
             registered_in_blocks: Vec::new(),
             home,
             socket,
-            p2p_url: format!("/ip4/127.0.0.1/tcp/{p2p}"),
-            http_url: format!("http://127.0.0.1:{api}"),
-            metrics_url: format!("http://127.0.0.1:{metrics}/metrics"),
+            p2p_url: format!("/ip4/{ip}/tcp/{p2p}"),
+            http_url: format!("http://{ip}:{api}"),
+            metrics_url: format!("http://{ip}:{metrics}/metrics"),
             simulator: Some(proc),
             process: None,
+            netns,
+            program,
         });
         tn.state.save()?;
     }
@@ -442,20 +569,10 @@ async fn bring_up(
                 metrics: &metrics,
             },
         )?;
-        let (child, proc) = procs::spawn(Spawn {
-            name: &node.name,
-            program: &node_bin,
-            args: vec![
-                "start".into(),
-                "--home".into(),
-                node.home.display().to_string(),
-            ],
-            env: vec![("RUST_LOG".into(), opts.node_log_level.clone())],
-            clear_env_prefixes: &["DSTACK_NODE_", "DSTACK_SIMULATOR_ENDPOINT"],
-            log: node.home.join("node.log"),
-        })?;
-        tn.children.push(child);
-        tn.state.nodes[i].process = Some(proc);
+        if tn.state.nodes[i].program.is_none() {
+            tn.state.nodes[i].program = Some(node_bin.clone());
+        }
+        tn.start_node(i, &opts.node_log_level)?;
         tn.state.save()?;
     }
     progress(&format!(
