@@ -107,7 +107,10 @@ pub async fn start_anvil(
             log: log.clone(),
             netns: None,
         })?;
-        let url = format!("http://{host}:{chosen}");
+        // Listening on every address of the namespace, the run itself uses loopback (alloy
+        // polls a loopback URL every 250 ms, any other every 7 s).
+        let url_host = if host == "0.0.0.0" { "127.0.0.1" } else { host };
+        let url = format!("http://{url_host}:{chosen}");
         let provider = reader(&url)?;
         let deadline = Instant::now() + ANVIL_START;
         loop {

@@ -450,7 +450,16 @@ async fn scenario_kill(ctx: &Ctx, budget: f64) -> Result<(), Error> {
     let mut leader_kills = 0usize;
     while leader_kills < MIN_LEADER_KILLS || ctx.now() + 10.0 < end {
         sleep_s(1.5).await;
-        let leader = ctx.current_leader().await;
+        // The current leader, preferring an honest one (a byzantine leader's rounds often time
+        // out, so it is seen as leader more often than its share).
+        let mut leader = None;
+        for _ in 0..8 {
+            leader = ctx.current_leader().await;
+            if leader.is_some() && leader != ctx.byz {
+                break;
+            }
+            sleep_s(0.15).await;
+        }
         let (target, is_leader) = match leader {
             Some(l) => (l, true),
             None => {

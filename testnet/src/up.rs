@@ -300,11 +300,13 @@ async fn bring_up(
         anvil_bin.display(),
         opts.block_time
     ));
-    let anvil_host = opts
-        .net
-        .as_ref()
-        .map(|l| l.anvil_ip.clone())
-        .unwrap_or_else(|| "127.0.0.1".into());
+    // In a chaos run anvil listens on the hub namespace's every address: loopback for this
+    // process, the bridge address for the nodes in their namespaces.
+    let anvil_host = if opts.net.is_some() {
+        "0.0.0.0".to_string()
+    } else {
+        "127.0.0.1".to_string()
+    };
     let anvil = chain::start_anvil(
         anvil_bin,
         &dir,
@@ -314,6 +316,13 @@ async fn bring_up(
     )
     .await?;
     let url = anvil.url.clone();
+    let node_rpc_url = match &opts.net {
+        Some(l) => {
+            let port = url.rsplit(':').next().unwrap_or_default();
+            format!("http://{}:{port}", l.anvil_ip)
+        }
+        None => url.clone(),
+    };
     tn.state.anvil = Some(anvil.proc.clone());
     tn.children.push(anvil.child);
     tn.state.save()?;
@@ -560,7 +569,7 @@ async fn bring_up(
         nodecfg::configure(
             &node.home,
             &nodecfg::NodeSettings {
-                rpc_url: &url,
+                rpc_url: &node_rpc_url,
                 dstack_socket: &node.socket,
                 kms_root: &kms_root.to_string(),
                 owner_address: &node.owner.to_string(),

@@ -1,6 +1,6 @@
 //! A real `testnet up --detach` with 4 validators (powers 1,1,2,3) against real anvil and real
-//! `dstack-simulator` processes, then `status --json` and `down`. Bounded: the whole test fails
-//! after 90 s. Needs the npm toolchain (`make deps-npm`) and the workspace binaries built
+//! `dstack-simulator` processes, then `status --json`, `load` and `down`. Bounded: the whole test fails
+//! after 120 s. Needs the npm toolchain (`make deps-npm`) and the workspace binaries built
 //! (`cargo build --release -p membership --bin dstack-simulator -p node`); it fails, naming the
 //! fix, when one is missing.
 
@@ -18,7 +18,7 @@ use membership::genesis::Genesis;
 use membership::sdk::Cluster;
 
 const TESTNET: &str = env!("CARGO_BIN_EXE_testnet");
-const BUDGET: Duration = Duration::from_secs(90);
+const BUDGET: Duration = Duration::from_secs(120);
 
 /// Runs `testnet <args> --dir <dir>` with a deadline; panics with its output on a timeout.
 fn testnet(dir: &Path, args: &[&str], deadline: Instant) -> Output {
@@ -301,6 +301,39 @@ async fn up_detach_registers_four_nodes_writes_genesis_and_down_stops_everything
             "no node runs, so no entries:\n{}",
             show(&st)
         );
+    }
+
+    // load: an open-loop run whose accepted transactions all commit
+    if nodes_started {
+        let load = testnet(
+            &dir,
+            &[
+                "load",
+                "--rate",
+                "40",
+                "--tx-size",
+                "200",
+                "--duration",
+                "3",
+                "--json",
+            ],
+            deadline,
+        );
+        assert!(
+            load.status.success(),
+            "testnet load failed:\n{}",
+            show(&load)
+        );
+        let r: serde_json::Value = serde_json::from_slice(&load.stdout)
+            .unwrap_or_else(|e| panic!("load --json is not JSON ({e}):\n{}", show(&load)));
+        let submitted = r["submitted"].as_u64().unwrap();
+        assert!(
+            (100..=125).contains(&submitted),
+            "40 tx/s for 3 s is 120 submissions: {r}"
+        );
+        assert_eq!(r["accepted"].as_u64(), Some(submitted), "{r}");
+        assert_eq!(r["committed"], r["accepted"], "{r}");
+        assert!(r["rejected"].as_object().unwrap().is_empty(), "{r}");
     }
 
     // down stops every recorded process, is idempotent, and leaves nothing running
