@@ -520,7 +520,7 @@ async fn scenario_pause(ctx: &Ctx, budget: f64) -> Result<(), Error> {
     let mut n = 0usize;
     while n < 2 || ctx.now() + 8.0 < end {
         sleep_s(1.0).await;
-        let target = if n % 2 == 0 {
+        let target = if n.is_multiple_of(2) {
             ctx.current_leader()
                 .await
                 .unwrap_or_else(|| ctx.honest()[0])
