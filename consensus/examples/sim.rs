@@ -3,12 +3,16 @@
 //! ```text
 //! cargo run --release -p consensus --example sim -- --seeds <from>..<to> --nodes <n>
 //!     [--powers 1,1,2,3] --scenario <honest|partition|crash|twins|byzantine|reconfig|mixed>
-//!     [--rounds <r>] [--crypto real|fast]
+//!     [--rounds <r>] [--crypto real|fast] [--stop-on-failure] [--report-memory]
 //! ```
 //!
 //! Seeds run from `from` (inclusive) to `to` (exclusive). The last line is
 //! `runs=<k> safety_violations=<v> liveness_failures=<l> commits=<c>`; the exit code is 0 only
-//! when both counts are 0. Each failure prints its seed and the command that replays it.
+//! when both counts are 0. Each failure prints its seed and the command that replays it;
+//! `--stop-on-failure` ends the range at the first failing seed (the mutant tests use it). The
+//! epoch scenarios print `epoch_changes=<e> ancestor_commits_seen=<a>` before the last lines;
+//! `--report-memory` prints `peak_rss_kib=<k>` (the process's peak resident set) just before the
+//! last line.
 
 use consensus::crypto::Scheme;
 use consensus::sim::{self, Scenario, SimConfig};
@@ -22,12 +26,14 @@ struct Args {
     scenario: String,
     rounds: u64,
     crypto: String,
+    stop_on_failure: bool,
+    report_memory: bool,
 }
 
 fn usage() -> &'static str {
     "usage: sim --seeds <from>..<to> --nodes <n> [--powers 1,1,2,3] \
      --scenario <honest|partition|crash|twins|byzantine|reconfig|mixed> [--rounds <r>] \
-     [--crypto real|fast]"
+     [--crypto real|fast] [--stop-on-failure] [--report-memory]"
 }
 
 fn parse() -> Result<Args, String> {
@@ -38,6 +44,8 @@ fn parse() -> Result<Args, String> {
     let mut scenario = None;
     let mut rounds = 60;
     let mut crypto = "fast".to_string();
+    let mut stop_on_failure = false;
+    let mut report_memory = false;
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
@@ -68,6 +76,8 @@ fn parse() -> Result<Args, String> {
                 rounds = v.parse().map_err(|_| format!("bad --rounds {v}"))?;
             }
             "--crypto" => crypto = value()?,
+            "--stop-on-failure" => stop_on_failure = true,
+            "--report-memory" => report_memory = true,
             "-h" | "--help" => return Err(usage().into()),
             other => return Err(format!("unknown argument {other}\n{}", usage())),
         }
@@ -90,6 +100,8 @@ fn parse() -> Result<Args, String> {
         scenario: scenario.ok_or(format!("--scenario is required\n{}", usage()))?,
         rounds,
         crypto,
+        stop_on_failure,
+        report_memory,
     })
 }
 
@@ -107,13 +119,8 @@ fn main() -> ExitCode {
         "crash" => Scenario::Crash,
         "byzantine" => Scenario::Byzantine,
         "twins" => Scenario::Twins,
-        "reconfig" | "mixed" => {
-            eprintln!(
-                "scenario {} is not built yet (companion issue: Byzantine, twins, epochs)",
-                args.scenario
-            );
-            return ExitCode::from(3);
-        }
+        "reconfig" => Scenario::Reconfig,
+        "mixed" => Scenario::Mixed,
         other => {
             eprintln!("unknown scenario {other}\n{}", usage());
             return ExitCode::from(2);
@@ -137,6 +144,7 @@ fn main() -> ExitCode {
         .unwrap_or_default();
     let (mut runs, mut safety, mut liveness, mut commits) = (0u64, 0u64, 0u64, 0u64);
     let mut evidence = 0u64;
+    let (mut epochs, mut ancestor) = (0u64, 0u64);
     for seed in args.from..args.to {
         let cfg = SimConfig {
             seed,
@@ -150,6 +158,8 @@ fn main() -> ExitCode {
         runs += 1;
         commits += out.commits;
         evidence += out.evidence;
+        epochs += out.epochs.saturating_sub(1);
+        ancestor += out.ancestor_epoch_changes;
         if !out.safety.is_empty() || !out.liveness.is_empty() {
             println!(
                 "FAILED seed={seed} scenario={} nodes={} powers={:?}",
@@ -179,9 +189,32 @@ fn main() -> ExitCode {
         if !out.liveness.is_empty() {
             liveness += 1;
         }
+        if args.stop_on_failure && (safety > 0 || liveness > 0) {
+            break;
+        }
     }
-    if matches!(scenario, Scenario::Byzantine | Scenario::Twins) {
+    if scenario.has_epochs() {
+        println!("epoch_changes={epochs} ancestor_commits_seen={ancestor}");
+    }
+    if matches!(
+        scenario,
+        Scenario::Byzantine | Scenario::Twins | Scenario::Reconfig | Scenario::Mixed
+    ) {
         println!("evidence_records={evidence}");
+    }
+    if args.report_memory {
+        // Linux only: the process's peak resident set (VmHWM), for the memory bound test.
+        let peak = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|st| {
+                st.lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            });
+        match peak {
+            Some(kib) => println!("peak_rss_kib={kib}"),
+            None => eprintln!("--report-memory: /proc/self/status has no VmHWM"),
+        }
     }
     println!(
         "runs={runs} safety_violations={safety} liveness_failures={liveness} commits={commits}"

@@ -11,15 +11,16 @@
 
 use crate::block_tree::{BlockTree, Commit, Root};
 use crate::crypto::Signer;
+use crate::epoch::EpochChangeRecord;
 use crate::evidence::{EquivocationKind, Evidence};
 use crate::pacemaker::{Entry, Pacemaker};
 use crate::safety::{SafetyRules, SafetyState};
 use crate::types::{
-    Address, BatchDigest, Block, BlockId, MAX_BATCHES_PER_BLOCK, Message, Proposal, QuorumCert,
-    Signature, SignerBitmap, Timeout, TimeoutCert, Vote,
+    Address, BatchDigest, Block, BlockId, MAX_BATCHES_PER_BLOCK, MemberInfo, Message, Proposal,
+    QuorumCert, Reconfigure, Signature, SignerBitmap, Timeout, TimeoutCert, Vote,
 };
 use crate::verify::EpochContext;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use thiserror::Error;
 
 /// Tunables of the core. Every buffer has a bound here.
@@ -43,6 +44,15 @@ pub struct Config {
     pub max_wanted: usize,
     /// Most fetched blocks held while their ancestors are fetched.
     pub max_orphans: usize,
+    /// W (genesis `reconfig_max_lag_blocks`): a `Reconfigure`'s chain block must be at most this
+    /// many blocks below the voter's pinned head.
+    pub reconfig_max_lag_blocks: u64,
+    /// Genesis `reconfig_wait` (ms): how long a voter waits for its pinned head to reach a
+    /// `Reconfigure`'s chain block before refusing it (shorter than the base timeout).
+    pub reconfig_wait_ms: u64,
+    /// Genesis `epoch_min_rounds`: a `Reconfigure` is proposed and voted for only in rounds at
+    /// least this high, so every epoch lasts a while.
+    pub epoch_min_rounds: u64,
 }
 
 impl Default for Config {
@@ -57,6 +67,9 @@ impl Default for Config {
             max_fetch_blocks: 1_024,
             max_wanted: 64,
             max_orphans: 2_048,
+            reconfig_max_lag_blocks: 256,
+            reconfig_wait_ms: 500,
+            epoch_min_rounds: 10,
         }
     }
 }
@@ -117,6 +130,37 @@ pub enum Event {
         from: Option<Address>,
         /// Blocks, newest first.
         blocks: Vec<Block>,
+    },
+    /// The oracle's view (DESIGN section 4), sent whenever it polled: its pinned head and the
+    /// validator set it read there by block hash. A leader proposes a `Reconfigure` from it when
+    /// it differs from the current set; a voter checks a `Reconfigure` against it.
+    PinnedHead {
+        /// Pinned chain block number.
+        number: u64,
+        /// Its hash.
+        hash: [u8; 32],
+        /// The set read at that hash (any order; the core sorts by address).
+        members: Vec<MemberInfo>,
+        /// Host time (ms).
+        now_ms: u64,
+    },
+    /// The answer to `Action::ReadChainSet`.
+    ChainSet {
+        /// Chain block number asked.
+        number: u64,
+        /// Block hash asked.
+        hash: [u8; 32],
+        /// The set read at `hash`; `None` if `hash` is not the chain's block at `number` (a
+        /// rolled-back or invented block) or the read failed.
+        members: Option<Vec<MemberInfo>>,
+    },
+    /// Epoch-change records received (broadcast by a committer, or the answer to
+    /// `Action::FetchEpochChanges` / a peer's `Action::SendEpochChanges`), oldest first.
+    EpochChanges {
+        /// Peer that sent them.
+        from: Option<Address>,
+        /// Records, oldest first.
+        records: Vec<EpochChangeRecord>,
     },
 }
 
@@ -197,6 +241,39 @@ pub enum Action {
     Evidence(Evidence),
     /// A message was not used (metrics and peer scoring only).
     Discarded(Discard),
+    /// Read the validator set at chain block `hash` (by hash, EIP-1898) after checking that
+    /// `hash` is the chain's block at `number`; answer with `Event::ChainSet`. The core votes for
+    /// the `Reconfigure` naming this block only after the answer.
+    ReadChainSet {
+        /// Chain block number.
+        number: u64,
+        /// Chain block hash.
+        hash: [u8; 32],
+    },
+    /// The epoch ended: make the record durable (like the other `Persist*` actions, before any
+    /// later action of the list). The core is now in epoch `record.epoch + 1` with the set
+    /// `record.members()`; after a restart, build the core's `EpochContext` with
+    /// `record.next_context(&previous)` and `DurableState::root` = `Root { id: new genesis block,
+    /// round: 0, height: B0's height }` until the new epoch commits.
+    PersistEpochChange(EpochChangeRecord),
+    /// Broadcast the record on the cluster topic (old and new members, observers).
+    BroadcastEpochChange(EpochChangeRecord),
+    /// A member of an earlier epoch sent a message of epoch `since_epoch`: send it the stored
+    /// records of epochs `since_epoch..` (rate-limited by the core: once per peer and timer).
+    SendEpochChanges {
+        /// The lagging peer.
+        to: Address,
+        /// First epoch whose record it needs.
+        since_epoch: u64,
+    },
+    /// A message of a later epoch arrived: fetch the records of epochs `since_epoch..` from
+    /// `from` (or any peer) and answer with `Event::EpochChanges` (rate-limited by the core).
+    FetchEpochChanges {
+        /// First epoch whose record this node needs (its current epoch).
+        since_epoch: u64,
+        /// A peer that has them.
+        from: Option<Address>,
+    },
 }
 
 /// Sizes of the core's buffers (all bounded by `Config`), for metrics and tests.
@@ -245,7 +322,22 @@ struct Want {
     qc: Option<QuorumCert>,
 }
 
-/// The state machine of one validator (or observer) in one epoch.
+/// What the epoch rules say about voting for a proposal.
+enum Verdict {
+    Ok,
+    Wait,
+    Refuse(&'static str),
+}
+
+/// The oracle's last view: pinned head number, hash, set (sorted by address).
+type HeadView = (u64, [u8; 32], Vec<MemberInfo>);
+
+/// Most chain-set answers remembered.
+const MAX_CHAIN_SETS: usize = 32;
+/// Most records of future epochs held until their epoch is reached.
+const MAX_FUTURE_RECORDS: usize = 8;
+
+/// The state machine of one validator (or observer), epoch after epoch.
 pub struct Core {
     config: Config,
     ctx: EpochContext,
@@ -264,6 +356,14 @@ pub struct Core {
     now_ms: u64,
     out: Vec<Action>,
     startup: Vec<Action>,
+    head: Option<HeadView>,
+    chain_sets: BTreeMap<(u64, [u8; 32]), Option<Vec<MemberInfo>>>,
+    awaiting_reconfig: Option<Proposal>,
+    reconfig_deadline: Option<(BlockId, u64, bool)>,
+    future_records: BTreeMap<u64, EpochChangeRecord>,
+    prev_members: HashSet<Address>,
+    answered: HashSet<Address>,
+    records_fetch_armed: bool,
 }
 
 impl std::fmt::Debug for Core {
@@ -345,6 +445,14 @@ impl Core {
             now_ms: 0,
             out: Vec::new(),
             startup: Vec::new(),
+            head: None,
+            chain_sets: BTreeMap::new(),
+            awaiting_reconfig: None,
+            reconfig_deadline: None,
+            future_records: BTreeMap::new(),
+            prev_members: HashSet::new(),
+            answered: HashSet::new(),
+            records_fetch_armed: true,
         };
         // Rebuild the tree from the persisted blocks, oldest first; their QCs may commit more
         // (the commits are emitted at Start) and raise the high QC.
@@ -356,9 +464,7 @@ impl Core {
             }
             if matches!(core.tree.insert(b.clone()), Ok(true)) {
                 core.pm.observe_qc(b.qc());
-                if let Some(c) = core.tree.on_qc(b.qc()) {
-                    core.out.push(Action::Commit(c));
-                }
+                core.try_commit(&b.qc().clone());
             }
         }
         // The pacemaker starts after the highest certificate it knows.
@@ -388,6 +494,10 @@ impl Core {
     /// The highest QC known.
     pub fn high_qc(&self) -> &QuorumCert {
         self.pm.high_qc()
+    }
+    /// The current epoch.
+    pub fn epoch(&self) -> u64 {
+        self.ctx.epoch()
     }
     /// The epoch context.
     pub fn context(&self) -> &EpochContext {
@@ -428,11 +538,42 @@ impl Core {
             },
             Event::TimerFired { round, now_ms } => {
                 self.now_ms = now_ms;
+                self.records_fetch_armed = true;
+                self.answered.clear();
                 self.on_timer(round);
             }
             Event::PayloadReady { round, batches } => self.on_payload(round, batches),
             Event::BatchesAvailable { block_id } => self.on_batches(block_id),
             Event::BlocksFetched { from, blocks } => self.on_fetched(from, blocks),
+            Event::PinnedHead {
+                number,
+                hash,
+                mut members,
+                now_ms,
+            } => {
+                self.now_ms = self.now_ms.max(now_ms);
+                members.sort_by_key(|m| m.address);
+                self.head = Some((number, hash, members));
+                self.recheck_reconfig();
+            }
+            Event::ChainSet {
+                number,
+                hash,
+                members,
+            } => {
+                let members = members.map(|mut m| {
+                    m.sort_by_key(|x| x.address);
+                    m
+                });
+                if self.chain_sets.len() >= MAX_CHAIN_SETS
+                    && let Some(first) = self.chain_sets.keys().next().copied()
+                {
+                    self.chain_sets.remove(&first);
+                }
+                self.chain_sets.insert((number, hash), members);
+                self.recheck_reconfig();
+            }
+            Event::EpochChanges { from, records } => self.on_records(from, records),
         }
         self.drain_pending();
         std::mem::take(&mut self.out)
@@ -521,15 +662,33 @@ impl Core {
         {
             self.awaiting_batches = None;
         }
+        if self
+            .awaiting_reconfig
+            .as_ref()
+            .is_some_and(|p| p.round() < round)
+        {
+            self.awaiting_reconfig = None;
+        }
         self.on_round_entered();
     }
 
     /// Uses a verified QC: high QC, commit rule, fetch of its block, round entry.
     fn process_qc(&mut self, qc: &QuorumCert, hint: Option<Address>) {
+        #[cfg(not(feature = "mutant-accept-old-epoch-qc"))]
+        let other_epoch = qc.epoch != self.ctx.epoch();
+        // Mutant: a QC of an earlier epoch is used like one of the current epoch.
+        #[cfg(feature = "mutant-accept-old-epoch-qc")]
+        let other_epoch = qc.epoch > self.ctx.epoch();
+        if other_epoch {
+            return; // of another epoch (the epoch ended while this message was being handled)
+        }
         self.pm.observe_qc(qc);
         if qc.round > self.tree.root().round {
             if self.tree.contains(&qc.block_id) {
                 self.try_commit(qc);
+                if qc.epoch != self.ctx.epoch() {
+                    return;
+                }
             } else {
                 self.want(qc.block_id, hint, Some(qc.clone()));
             }
@@ -540,7 +699,31 @@ impl Core {
     }
 
     fn try_commit(&mut self, qc: &QuorumCert) {
-        if let Some(c) = self.tree.on_qc(qc) {
+        if let Some(mut c) = self.tree.on_qc(qc) {
+            // Epoch e ends at the first Reconfigure block that commits: nothing after it in
+            // epoch e is committed; the record carries the path to the certified block.
+            if let Some(pos) = c
+                .blocks
+                .iter()
+                .position(|cb| cb.block.header().reconfigure.is_some())
+            {
+                let mut path: Vec<Block> =
+                    c.blocks[pos..].iter().map(|cb| cb.block.clone()).collect();
+                path.push(c.proof.certified.clone());
+                c.blocks.truncate(pos + 1);
+                let record = EpochChangeRecord {
+                    epoch: self.ctx.epoch(),
+                    path,
+                    qc: c.proof.qc.clone(),
+                };
+                let height = c
+                    .blocks
+                    .last()
+                    .map_or(self.tree.root().height, |b| b.height);
+                self.out.push(Action::Commit(c));
+                self.end_epoch(record, height);
+                return;
+            }
             let root_round = self.tree.root().round;
             self.out.push(Action::Commit(c));
             self.orphans.retain(|_, b| b.round() > root_round);
@@ -550,6 +733,9 @@ impl Core {
     /// Uses a verified TC: its high QC, high TC, round entry.
     fn process_tc(&mut self, tc: &TimeoutCert, hint: Option<Address>) {
         self.process_qc(&tc.high_qc, hint);
+        if tc.epoch != self.ctx.epoch() {
+            return;
+        }
         self.pm.observe_tc(tc);
         if tc.round + 1 > self.pm.round() {
             self.enter_round(tc.round + 1, Entry::Tc);
@@ -584,7 +770,7 @@ impl Core {
     fn on_proposal(&mut self, p: Proposal, from: Address) {
         let b = &p.block;
         if b.epoch() != self.ctx.epoch() {
-            return self.discard(false, "proposal of another epoch");
+            return self.other_epoch(b.epoch(), b.proposer(), from);
         }
         if b.payload().len() > self.config.max_payload_batches {
             return self.discard(true, "proposal payload too large");
@@ -614,6 +800,9 @@ impl Core {
         self.process_qc(&p.block.qc().clone(), Some(from));
         if let Some(tc) = p.tc.clone() {
             self.process_tc(&tc, Some(from));
+        }
+        if p.block.epoch() != self.ctx.epoch() {
+            return; // its certificates ended the epoch
         }
         if p.round() < self.pm.round() {
             // Its block may still become an ancestor: keep it if it attaches.
@@ -700,6 +889,14 @@ impl Core {
         if replay {
             return; // already sent for this round; re-sent only at restart
         }
+        match self.epoch_rules(&p) {
+            Verdict::Ok => {}
+            Verdict::Wait => {
+                self.awaiting_reconfig = Some(p);
+                return;
+            }
+            Verdict::Refuse(reason) => return self.discard(false, reason),
+        }
         if !p.block.payload().is_empty() && p.block.proposer() != self.me {
             self.out.push(Action::FetchBatches {
                 block_id: p.block.id(),
@@ -713,6 +910,9 @@ impl Core {
     }
 
     fn vote(&mut self, p: &Proposal) {
+        if self.ctx.set().index_of(&self.me).is_none() {
+            return; // an observer (or a removed member) does not vote
+        }
         if let Ok(v) = self.safety.make_vote(&self.ctx, p) {
             self.send_vote_signed(v);
         }
@@ -759,7 +959,7 @@ impl Core {
 
     fn on_vote(&mut self, v: Vote) {
         if v.epoch != self.ctx.epoch() {
-            return self.discard(false, "vote of another epoch");
+            return self.other_epoch(v.epoch, v.signer, v.signer);
         }
         let r = self.pm.round();
         if v.round + 1 < r || v.round > r.saturating_add(self.config.round_window) {
@@ -833,7 +1033,7 @@ impl Core {
 
     fn on_timeout(&mut self, t: Timeout, from: Address) {
         if t.epoch != self.ctx.epoch() {
-            return self.discard(false, "timeout of another epoch");
+            return self.other_epoch(t.epoch, t.signer, from);
         }
         let Some(i) = self.ctx.set().index_of(&t.signer) else {
             return self.discard(true, "timeout from a non-member");
@@ -856,6 +1056,9 @@ impl Core {
         self.process_qc(&t.high_qc.clone(), Some(from));
         if let Some(tc) = t.high_tc.clone() {
             self.process_tc(&tc, Some(from));
+        }
+        if t.epoch != self.ctx.epoch() {
+            return; // its certificates ended the epoch
         }
         if !self.pm.in_window(t.round) {
             return self.discard(false, "timeout outside the round window");
@@ -881,7 +1084,7 @@ impl Core {
 
     fn on_tc(&mut self, tc: TimeoutCert, from: Address) {
         if tc.epoch != self.ctx.epoch() {
-            return self.discard(false, "TC of another epoch");
+            return self.other_epoch(tc.epoch, from, from);
         }
         if tc.round + 1 < self.pm.round() && tc.high_qc.round <= self.pm.high_qc().round {
             return self.discard(false, "stale TC");
@@ -919,6 +1122,9 @@ impl Core {
 
     /// Signs (or re-signs) the timeout of the current round and broadcasts it.
     fn local_timeout(&mut self) {
+        if self.ctx.set().index_of(&self.me).is_none() {
+            return;
+        }
         let r = self.pm.round();
         let high_qc = self.pm.high_qc().clone();
         let high_tc = if high_qc.round + 1 == r {
@@ -960,7 +1166,17 @@ impl Core {
                 None => return, // cannot justify the round (never expected)
             }
         };
-        let block = Block::new(self.ctx.epoch(), round, qc, self.me, batches, None);
+        // Blocks descending from an uncommitted Reconfigure carry empty payloads and no second
+        // Reconfigure; otherwise the leader proposes its oracle's set when it differs.
+        let limbo = self.branch_in_limbo(&qc.block_id);
+        let mut reconfigure = None;
+        if limbo {
+            #[cfg(not(feature = "mutant-payload-in-limbo-epoch"))]
+            batches.clear();
+        } else {
+            reconfigure = self.reconfigure_to_propose(round);
+        }
+        let block = Block::new(self.ctx.epoch(), round, qc, self.me, batches, reconfigure);
         let Ok(p) = self.safety.make_proposal(&self.ctx, block.clone(), tc) else {
             return;
         };
@@ -990,7 +1206,10 @@ impl Core {
             if b.parent_id() != b.qc().block_id
                 || b.round() <= b.qc().round
                 || b.payload().len() > self.config.max_payload_batches
-                || b.header().reconfigure.is_some()
+                || b.header()
+                    .reconfigure
+                    .as_ref()
+                    .is_some_and(|rc| crate::epoch::check_reconfigure_shape(rc).is_err())
                 || self.ctx.set().leader(b.round()) != b.proposer()
                 || self.ctx.verify_qc(b.qc()).is_err()
             {
@@ -1026,7 +1245,11 @@ impl Core {
                 break;
             }
             ready.sort_by_key(|b| (b.round(), b.id()));
+            let epoch = self.ctx.epoch();
             for b in ready {
+                if self.ctx.epoch() != epoch {
+                    return; // the epoch ended: its orphans are gone
+                }
                 self.orphans.remove(&b.id());
                 if !matches!(self.tree.insert(b.clone()), Ok(true)) {
                     continue;
@@ -1069,6 +1292,261 @@ impl Core {
             if let Some((p, from)) = self.pending.remove(&r) {
                 self.accept_current_proposal(p, from);
             }
+        }
+    }
+}
+
+impl Core {
+    /// Whether the branch ending at `id` (inclusive) holds an uncommitted Reconfigure. A block the
+    /// tree does not hold (other than the root) counts as in limbo, conservatively.
+    fn branch_in_limbo(&self, id: &BlockId) -> bool {
+        let mut cur = *id;
+        loop {
+            if cur == self.tree.root().id {
+                return false;
+            }
+            match self.tree.get(&cur) {
+                Some(b) if b.header().reconfigure.is_some() => return true,
+                Some(b) => cur = b.parent_id(),
+                None => return true,
+            }
+        }
+    }
+
+    /// The Reconfigure a leader proposes at `round`, if its oracle's set differs from the current
+    /// one and may be proposed now.
+    fn reconfigure_to_propose(&self, round: u64) -> Option<Reconfigure> {
+        let (number, hash, members) = self.head.as_ref()?;
+        if round < self.config.epoch_min_rounds
+            || *number <= self.ctx.chain_block()
+            || *members == self.ctx.set().member_infos()
+        {
+            return None;
+        }
+        let rc = Reconfigure {
+            chain_block_number: *number,
+            chain_block_hash: *hash,
+            validator_set_hash: crate::domain::validator_set_hash(members),
+            members: members.clone(),
+        };
+        crate::epoch::check_reconfigure_shape(&rc).ok()?;
+        Some(rc)
+    }
+
+    /// The vote-time epoch rules (DESIGN section 4) for a proposal of the current round whose
+    /// block is in the tree.
+    fn epoch_rules(&mut self, p: &Proposal) -> Verdict {
+        let b = &p.block;
+        if self.branch_in_limbo(&b.parent_id()) {
+            #[cfg(not(feature = "mutant-payload-in-limbo-epoch"))]
+            if !b.payload().is_empty() {
+                return Verdict::Refuse("payload in a block descending from a reconfigure");
+            }
+            if b.header().reconfigure.is_some() {
+                return Verdict::Refuse("second reconfigure in flight on the branch");
+            }
+            return Verdict::Ok;
+        }
+        let Some(rc) = b.header().reconfigure.clone() else {
+            return Verdict::Ok;
+        };
+        if rc.members == self.ctx.set().member_infos() {
+            return Verdict::Refuse("reconfigure does not change the set");
+        }
+        if rc.chain_block_number <= self.ctx.chain_block() {
+            return Verdict::Refuse("reconfigure not above the epoch's chain block");
+        }
+        if b.round() < self.config.epoch_min_rounds {
+            return Verdict::Refuse("reconfigure before epoch_min_rounds");
+        }
+        // Wait (at most reconfig_wait) for the pinned head to reach the block.
+        let (deadline, waited) = match self.reconfig_deadline {
+            Some((id, d, w)) if id == b.id() => (d, w),
+            _ => {
+                let d = self.now_ms.saturating_add(self.config.reconfig_wait_ms);
+                self.reconfig_deadline = Some((b.id(), d, false));
+                (d, false)
+            }
+        };
+        let head = self.head.as_ref().map(|h| (h.0, h.1));
+        match head {
+            Some(_) if waited && self.now_ms > deadline => {
+                return Verdict::Refuse("pinned head did not reach the reconfigure's block");
+            }
+            Some((number, _)) if number >= rc.chain_block_number => {
+                #[cfg(not(feature = "mutant-accept-stale-reconfigure"))]
+                if rc
+                    .chain_block_number
+                    .saturating_add(self.config.reconfig_max_lag_blocks)
+                    < number
+                {
+                    return Verdict::Refuse("stale reconfigure: chain block older than head - W");
+                }
+            }
+            _ if self.now_ms > deadline => {
+                return Verdict::Refuse("pinned head did not reach the reconfigure's block");
+            }
+            _ => {
+                self.reconfig_deadline = Some((b.id(), deadline, true));
+                return Verdict::Wait;
+            }
+        }
+        // The set at that hash, read by the host (the pinned head's own set needs no read).
+        let key = (rc.chain_block_number, rc.chain_block_hash);
+        let known = match &self.head {
+            Some((n, h, m)) if (*n, *h) == key => Some(Some(m.clone())),
+            _ => self.chain_sets.get(&key).cloned(),
+        };
+        match known {
+            None => {
+                self.out.push(Action::ReadChainSet {
+                    number: key.0,
+                    hash: key.1,
+                });
+                Verdict::Wait
+            }
+            Some(None) => Verdict::Refuse("reconfigure names a block that is not the chain's"),
+            Some(Some(m)) if m != rc.members => {
+                Verdict::Refuse("reconfigure members differ from the chain's set")
+            }
+            Some(Some(_)) => Verdict::Ok,
+        }
+    }
+
+    /// A pinned head or chain-set answer arrived: re-evaluate the proposal waiting on it.
+    fn recheck_reconfig(&mut self) {
+        if let Some(p) = self.awaiting_reconfig.take()
+            && p.round() == self.pm.round()
+        {
+            self.try_vote(p);
+        }
+    }
+
+    /// A message of another epoch: answer a lagging member with records, or fetch the records
+    /// of a later epoch. Rate-limited: once per peer (answers) or once (fetches) per timer.
+    fn other_epoch(&mut self, epoch: u64, signer: Address, from: Address) {
+        let cur = self.ctx.epoch();
+        if epoch > cur {
+            if self.records_fetch_armed {
+                self.records_fetch_armed = false;
+                self.out.push(Action::FetchEpochChanges {
+                    since_epoch: cur,
+                    from: Some(from),
+                });
+            }
+            return self.discard(false, "message of a later epoch");
+        }
+        let known =
+            self.prev_members.contains(&signer) || self.ctx.set().index_of(&signer).is_some();
+        if known && signer != self.me && self.answered.insert(signer) {
+            self.out.push(Action::SendEpochChanges {
+                to: signer,
+                since_epoch: epoch,
+            });
+        }
+        self.discard(false, "message of an earlier epoch")
+    }
+
+    /// Records received: the one of the current epoch is used (its path and QC commit B0, which
+    /// ends the epoch); later ones wait for their epoch.
+    fn on_records(&mut self, from: Option<Address>, records: Vec<EpochChangeRecord>) {
+        for r in records.into_iter().take(MAX_FUTURE_RECORDS * 4) {
+            let cur = self.ctx.epoch();
+            if r.epoch > cur {
+                if self.future_records.len() < MAX_FUTURE_RECORDS
+                    || self.future_records.contains_key(&r.epoch)
+                {
+                    self.future_records.insert(r.epoch, r);
+                }
+                continue;
+            }
+            if r.epoch == cur {
+                self.apply_record(from, r);
+            }
+        }
+        if let Some((&e, _)) = self.future_records.iter().next()
+            && e > self.ctx.epoch()
+            && self.records_fetch_armed
+        {
+            self.records_fetch_armed = false;
+            self.out.push(Action::FetchEpochChanges {
+                since_epoch: self.ctx.epoch(),
+                from,
+            });
+        }
+    }
+
+    fn apply_record(&mut self, from: Option<Address>, r: EpochChangeRecord) {
+        if r.verify(&self.ctx).is_err() {
+            return self.discard(true, "invalid epoch-change record");
+        }
+        let Some(b0) = r.b0().cloned() else {
+            return;
+        };
+        if b0.id() == self.tree.root().id {
+            // B0 is committed here already (the record was lost before it was durable).
+            let height = self.tree.root().height;
+            return self.end_epoch(r, height);
+        }
+        if b0.round() <= self.tree.root().round {
+            return self.discard(false, "record below the committed root");
+        }
+        // Its blocks join the tree (fetching any missing ancestors); its QC commits B0.
+        for b in &r.path {
+            if !self.tree.contains(&b.id()) && self.orphans.len() < self.config.max_orphans {
+                self.orphans.insert(b.id(), b.clone());
+            }
+        }
+        let epoch = self.ctx.epoch();
+        self.attach_orphans(from);
+        if self.ctx.epoch() == epoch {
+            self.process_qc(&r.qc, from);
+        }
+    }
+
+    /// Ends the current epoch at the committed B0 of `record` (at height `height`) and starts
+    /// the next one from its genesis block and genesis QC, with a fresh safety state.
+    fn end_epoch(&mut self, record: EpochChangeRecord, height: u64) {
+        let next = match record.next_context(&self.ctx) {
+            Ok(c) => c,
+            Err(_) => return self.discard(true, "epoch-change record does not verify"),
+        };
+        self.out.push(Action::PersistEpochChange(record.clone()));
+        self.prev_members = self.ctx.set().members().iter().map(|v| v.address).collect();
+        let root = Root {
+            id: next.genesis_block(),
+            round: 0,
+            height,
+        };
+        let genesis_qc = next.genesis_qc();
+        self.ctx = next;
+        self.safety.enter_epoch(self.ctx.epoch());
+        self.tree = BlockTree::new(root, self.config.max_pending_blocks);
+        self.pm = Pacemaker::new(
+            self.config.base_timeout_ms,
+            self.config.max_timeout_ms,
+            self.config.round_window,
+            genesis_qc,
+            None,
+        );
+        self.votes.clear();
+        self.pending.clear();
+        self.proposals_seen.clear();
+        self.awaiting_batches = None;
+        self.awaiting_reconfig = None;
+        self.reconfig_deadline = None;
+        self.wanted.clear();
+        self.orphans.clear();
+        self.proposed_round = 0;
+        self.persisted_certs = (0, 0);
+        self.answered.clear();
+        self.records_fetch_armed = true;
+        self.out.push(Action::BroadcastEpochChange(record));
+        self.on_round_entered();
+        let e = self.ctx.epoch();
+        self.future_records = self.future_records.split_off(&e);
+        if let Some(r) = self.future_records.remove(&e) {
+            self.apply_record(None, r);
         }
     }
 }

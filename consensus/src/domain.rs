@@ -78,6 +78,12 @@ impl Domain {
         h.update(word_u64(self.chain_id));
         h.update(word_address(&self.contract));
         h.update(self.genesis_id);
+        #[cfg(feature = "mutant-no-epoch-in-digest")]
+        let epoch = {
+            // Mutant: signatures do not bind the epoch (replayable across epochs).
+            let _ = epoch;
+            0
+        };
         h.update(word_u64(epoch));
         h.update(word_u64(round));
         h.update(x);

@@ -7,7 +7,7 @@
 //! verifiers), [`validators`] (weighted set, thresholds, leader schedule), [`verify`]
 //! (certificate and message checks against an epoch), [`safety`] (the persisted safety rules),
 //! [`block_tree`] (blocks, QCs, the commit rule), [`pacemaker`] (rounds, timers, timeout
-//! certificates), [`core`] (the state machine), [`evidence`] (equivocation records),
+//! certificates), [`core`] (the state machine), [`evidence`] (equivocation records), [`epoch`] (epoch-change records),
 //! [`sim`] (the deterministic simulator) and [`testkit`] (signed test objects).
 #![forbid(unsafe_code)]
 
@@ -16,6 +16,7 @@ pub mod codec;
 pub mod core;
 pub mod crypto;
 pub mod domain;
+pub mod epoch;
 pub mod evidence;
 pub mod pacemaker;
 pub mod safety;

@@ -122,6 +122,21 @@ pub enum SafetyError {
     NotOwnBlock,
 }
 
+/// The vote rule's TC condition: the block extends a QC at least as high as the highest QC the
+/// TC's signers reported.
+fn tc_allows(qc_round: u64, tc: &TimeoutCert) -> bool {
+    #[cfg(feature = "mutant-tc-ignores-high-qc")]
+    {
+        // Mutant: any TC of the previous round justifies the block, whatever QC it extends.
+        let _ = (qc_round, tc);
+        return true;
+    }
+    #[allow(unreachable_code)]
+    {
+        qc_round >= tc.max_high_qc_round()
+    }
+}
+
 /// The safety rules of one node: the persisted state and the key.
 pub struct SafetyRules {
     state: SafetyState,
@@ -213,7 +228,7 @@ impl SafetyRules {
         let justified = qc_round + 1 == r
             || p.tc
                 .as_ref()
-                .is_some_and(|tc| tc.round + 1 == r && qc_round >= tc.max_high_qc_round());
+                .is_some_and(|tc| tc.round + 1 == r && tc_allows(qc_round, tc));
         if !justified {
             return Err(SafetyError::NotJustified(r));
         }

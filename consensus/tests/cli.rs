@@ -1,5 +1,5 @@
-//! The simulator CLI's contract: the exact last line, exit codes, replay lines, and the scenarios
-//! that are not built yet.
+//! The simulator CLI's contract: the exact last line, exit codes, replay lines, and the epoch
+//! scenarios' extra line.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -65,12 +65,28 @@ fn passing_run_prints_the_summary_line_and_exits_zero() {
 }
 
 #[test]
-fn unbuilt_scenarios_and_bad_arguments_exit_non_zero() {
+fn epoch_scenarios_run_and_bad_arguments_exit_non_zero() {
     for s in ["reconfig", "mixed"] {
-        let out = sim(&["--seeds", "0..1", "--nodes", "4", "--scenario", s]);
-        assert!(!out.status.success());
-        assert!(String::from_utf8_lossy(&out.stderr).contains("not built yet"));
+        let out = sim(&["--seeds", "0..2", "--nodes", "4", "--scenario", s]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{s}: {stdout}");
+        let changes: u64 = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("epoch_changes="))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("epoch_changes line");
+        assert!(changes > 0, "{s}: no epoch change: {stdout}");
+        assert!(
+            stdout
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .starts_with("runs=2 ")
+        );
     }
+    let out = sim(&["--seeds", "0..1", "--nodes", "4", "--scenario", "nonsense"]);
+    assert_eq!(out.status.code(), Some(2));
     let out = sim(&["--seeds", "5..5", "--nodes", "4", "--scenario", "honest"]);
     assert!(!out.status.success());
     let out = sim(&[
@@ -84,4 +100,29 @@ fn unbuilt_scenarios_and_bad_arguments_exit_non_zero() {
         "honest",
     ]);
     assert!(!out.status.success());
+}
+
+/// The flood behaviours (far-future rounds and epochs, non-member messages, replays) run in the
+/// `byzantine` scenario; over 300 seeds for n = 4 the simulator's peak resident memory must stay
+/// under 512 MiB (it is a few MiB).
+#[test]
+fn flood_peak_memory_stays_under_512_mib() {
+    let out = sim(&[
+        "--seeds",
+        "0..300",
+        "--nodes",
+        "4",
+        "--scenario",
+        "byzantine",
+        "--report-memory",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let kib: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("peak_rss_kib="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no peak_rss_kib line (needs Linux /proc): {stdout}"));
+    eprintln!("byzantine (flood) n = 4, 300 seeds: peak RSS {kib} KiB");
+    assert!(kib > 0 && kib < 512 * 1024, "peak RSS {kib} KiB");
 }

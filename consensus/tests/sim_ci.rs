@@ -1,5 +1,5 @@
-//! The CI share of the seeded simulations: 2,000+ runs across the honest, partition and crash
-//! scenarios (some with real secp256k1 signatures), bounded by count and by time. Every failure
+//! The CI share of the seeded simulations: 3,000+ runs across the honest, partition, crash,
+//! byzantine, twins, reconfig and mixed scenarios (some with real secp256k1 signatures), bounded by count and by time. Every failure
 //! prints its seed and the command that replays it. `consensus/README.md` documents the 100,000+
 //! seed local run.
 
@@ -122,13 +122,46 @@ fn twins_fast() {
 }
 
 #[test]
+fn reconfig_fast() {
+    assert_eq!(
+        run_group(Scenario::Reconfig, Scheme::Fast, &[4, 5], 100),
+        200
+    );
+}
+
+#[test]
+fn mixed_fast() {
+    assert_eq!(run_group(Scenario::Mixed, Scheme::Fast, &[4, 5], 100), 200);
+    // The epoch scenarios really change epochs, some B0s commit only as ancestors, and the
+    // Byzantine nodes' equivocations are reported.
+    let outs: Vec<_> = (0..20)
+        .map(|seed| {
+            sim::run(&SimConfig {
+                seed,
+                nodes: 4,
+                powers: None,
+                scenario: Scenario::Mixed,
+                rounds: 60,
+                scheme: Scheme::Fast,
+            })
+        })
+        .collect();
+    let epochs: u64 = outs.iter().map(|o| o.epochs - 1).sum();
+    let ancestor: u64 = outs.iter().map(|o| o.ancestor_epoch_changes).sum();
+    assert!(epochs >= 20, "only {epochs} epoch changes in 20 runs");
+    assert!(ancestor > 0, "no Reconfigure committed only as an ancestor");
+}
+
+#[test]
 fn all_scenarios_real_crypto() {
     let runs = run_group(Scenario::Honest, Scheme::Secp256k1, &[4], 10)
         + run_group(Scenario::Partition, Scheme::Secp256k1, &[4], 10)
         + run_group(Scenario::Crash, Scheme::Secp256k1, &[4], 10)
         + run_group(Scenario::Byzantine, Scheme::Secp256k1, &[4], 5)
-        + run_group(Scenario::Twins, Scheme::Secp256k1, &[4], 5);
-    assert_eq!(runs, 40);
+        + run_group(Scenario::Twins, Scheme::Secp256k1, &[4], 5)
+        + run_group(Scenario::Reconfig, Scheme::Secp256k1, &[4], 3)
+        + run_group(Scenario::Mixed, Scheme::Secp256k1, &[4], 2);
+    assert_eq!(runs, 45);
 }
 
 #[test]

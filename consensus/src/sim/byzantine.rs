@@ -2,16 +2,21 @@
 //! core, and its host tampers with what the core sends and adds attacks of its own:
 //! equivocating proposals (a second block to half the cluster), double votes, withheld votes,
 //! badly signed copies, replays of old messages, messages signed by non-members, and floods of
-//! far-future rounds and unknown epochs. Total Byzantine power stays at most P − Q.
+//! far-future rounds and unknown epochs, fork proposals with a TC, TCs built from a
+//! cherry-picked quorum that under-reports the signers' high-QC rounds, and, with epochs, stale
+//! or rolled-back Reconfigures and timeouts carrying QCs of an earlier epoch. Total Byzantine
+//! power stays at most P − Q.
 
 use crate::crypto::Signer;
 use crate::domain::Domain;
 use crate::types::{
-    Address, BatchDigest, Block, BlockId, Message, Proposal, QuorumCert, Timeout, Vote,
+    Address, BatchDigest, Block, BlockId, Message, Proposal, QuorumCert, Reconfigure, Signature,
+    SignerBitmap, Timeout, TimeoutCert, Vote,
 };
+use crate::validators::ValidatorSet;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 /// What one Byzantine node does.
 pub struct Byzantine {
@@ -38,6 +43,22 @@ pub struct Byzantine {
     pub outsider: Box<dyn Signer>,
     /// Messages received, for replays (bounded).
     pub seen: VecDeque<Message>,
+    /// Builds TCs from the quorum of timeouts with the lowest high-QC rounds (its own claiming
+    /// round 0) and broadcasts them.
+    pub tc_underreport: bool,
+    /// Timeouts received, by (epoch, round) (bounded), for the TC builder.
+    pub timeouts: BTreeMap<(u64, u64), Vec<Timeout>>,
+    /// As a leader, proposes a stale or rolled-back Reconfigure (`bad_reconfigure`, set by the
+    /// simulator) instead of its core's block.
+    pub stale_reconfigure: bool,
+    /// The Reconfigure to propose when `stale_reconfigure`.
+    pub bad_reconfigure: Option<Reconfigure>,
+    /// Sends timeouts of its current epoch carrying QCs of an earlier epoch.
+    pub old_epoch_qc: bool,
+    /// QCs seen, by epoch (bounded), for `old_epoch_qc`.
+    pub old_qcs: VecDeque<QuorumCert>,
+    /// Its core's current set (set by the simulator).
+    pub set: Option<ValidatorSet>,
 }
 
 impl Byzantine {
@@ -55,6 +76,13 @@ impl Byzantine {
             signer,
             outsider,
             seen: VecDeque::new(),
+            tc_underreport: rng.gen_bool(0.5),
+            timeouts: BTreeMap::new(),
+            stale_reconfigure: false,
+            bad_reconfigure: None,
+            old_epoch_qc: false,
+            old_qcs: VecDeque::new(),
+            set: None,
         };
         if !(b.equivocate
             || b.double_vote
@@ -71,6 +99,36 @@ impl Byzantine {
 
     /// Remembers a received message for later replay.
     pub fn observe(&mut self, m: &Message) {
+        if self.old_epoch_qc {
+            let qc = match m {
+                Message::Proposal(p) => Some(p.block.qc()),
+                Message::Timeout(t) => Some(&t.high_qc),
+                _ => None,
+            };
+            if let Some(qc) = qc
+                && qc.round > 0
+                && self
+                    .old_qcs
+                    .back()
+                    .is_none_or(|q| q.epoch != qc.epoch || q.round < qc.round)
+            {
+                if self.old_qcs.len() >= 16 {
+                    self.old_qcs.pop_front();
+                }
+                self.old_qcs.push_back(qc.clone());
+            }
+        }
+        if self.tc_underreport
+            && let Message::Timeout(t) = m
+        {
+            let v = self.timeouts.entry((t.epoch, t.round)).or_default();
+            if v.len() < 64 && !v.iter().any(|x| x.signer == t.signer) {
+                v.push(t.clone());
+            }
+            while self.timeouts.len() > 8 {
+                self.timeouts.pop_first();
+            }
+        }
         if self.fork {
             let qc = match m {
                 Message::Proposal(p) => Some(p.block.qc()),
@@ -152,6 +210,31 @@ impl Byzantine {
                     }
                 }
             }
+            Message::Proposal(p)
+                if p.block.proposer() == me
+                    && self.stale_reconfigure
+                    && self.bad_reconfigure.is_some()
+                    && p.block.header().reconfigure.is_none() =>
+            {
+                let b = &p.block;
+                let f = Block::new(
+                    b.epoch(),
+                    b.round(),
+                    b.qc().clone(),
+                    me,
+                    vec![],
+                    self.bad_reconfigure.clone(),
+                );
+                let d = domain.proposal_digest(f.epoch(), f.round(), &f.id());
+                let fp = Proposal {
+                    signature: self.signer.sign(&d),
+                    block: f,
+                    tc: p.tc.clone(),
+                };
+                for &t in targets {
+                    out.push((t, Message::Proposal(fp.clone())));
+                }
+            }
             Message::Proposal(p) if p.block.proposer() == me && self.equivocate => {
                 let b = &p.block;
                 let mut payload = b.payload().to_vec();
@@ -197,15 +280,92 @@ impl Byzantine {
         out
     }
 
-    /// Attacks of its own, made at `round` with the epoch's genesis QC at hand.
+    /// A TC for the latest round it holds a quorum of timeouts for, from the signers with the
+    /// lowest high-QC rounds, its own entry claiming round 0: valid, but as low as it can be.
+    fn underreported_tc(
+        &mut self,
+        domain: &Domain,
+        genesis_qc: &QuorumCert,
+    ) -> Option<TimeoutCert> {
+        let set = self.set.as_ref()?;
+        let me = self.signer.address();
+        let my_index = set.index_of(&me)?;
+        for ((epoch, round), ts) in self.timeouts.iter().rev() {
+            if *epoch != genesis_qc.epoch {
+                continue;
+            }
+            let mut entries: Vec<(u64, usize, Signature, QuorumCert)> = ts
+                .iter()
+                .filter(|t| t.signer != me)
+                .filter_map(|t| {
+                    set.index_of(&t.signer)
+                        .map(|i| (t.high_qc.round, i, t.signature, t.high_qc.clone()))
+                })
+                .collect();
+            entries.sort_by_key(|e| (e.0, e.1));
+            let own = self.signer.sign(&domain.timeout_digest(*epoch, *round, 0));
+            let mut chosen = vec![(0u64, my_index, own, genesis_qc.clone())];
+            let mut bits = SignerBitmap::new(set.len());
+            bits.set(my_index);
+            for e in entries {
+                if set.is_quorum(&bits) {
+                    break;
+                }
+                bits.set(e.1);
+                chosen.push(e);
+            }
+            if !set.is_quorum(&bits) {
+                continue;
+            }
+            chosen.sort_by_key(|e| e.1);
+            let high_qc = chosen
+                .iter()
+                .max_by_key(|e| e.0)
+                .map(|e| e.3.clone())
+                .unwrap_or_else(|| genesis_qc.clone());
+            return Some(TimeoutCert {
+                epoch: *epoch,
+                round: *round,
+                high_qc,
+                signers: bits,
+                high_qc_rounds: chosen.iter().map(|e| e.0).collect(),
+                signatures: chosen.iter().map(|e| e.2).collect(),
+            });
+        }
+        None
+    }
+
+    /// Attacks of its own, made in `epoch` at `round` with the epoch's genesis QC at hand.
     pub fn attack(
         &mut self,
         rng: &mut ChaCha8Rng,
         domain: &Domain,
+        epoch: u64,
         round: u64,
         genesis_qc: &QuorumCert,
     ) -> Vec<Message> {
         let mut out = Vec::new();
+        if self.tc_underreport
+            && let Some(tc) = self.underreported_tc(domain, genesis_qc)
+        {
+            out.push(Message::TimeoutCert(tc));
+        }
+        if self.old_epoch_qc
+            && let Some(old) = self.old_qcs.iter().rev().find(|q| q.epoch < epoch).cloned()
+        {
+            // A timeout of the current epoch carrying a QC of an earlier one (its round chosen
+            // so the QC looks like the previous round's): honest nodes must refuse it.
+            let r = old.round + 1;
+            let d = domain.timeout_digest(epoch, r, old.round);
+            out.push(Message::Timeout(Timeout {
+                epoch,
+                round: r,
+                high_qc: old,
+                high_tc: None,
+                signer: self.signer.address(),
+                signature: self.signer.sign(&d),
+            }));
+        }
         if self.replay && !self.seen.is_empty() {
             let i = rng.gen_range(0..self.seen.len());
             out.push(self.seen[i].clone());
@@ -213,9 +373,9 @@ impl Byzantine {
         if self.flood {
             let far = round + 1_000_000 + rng.gen_range(0..1_000);
             // A far-future timeout without a certificate of the previous round (invalid).
-            let d = domain.timeout_digest(0, far, 0);
+            let d = domain.timeout_digest(epoch, far, 0);
             out.push(Message::Timeout(Timeout {
-                epoch: 0,
+                epoch,
                 round: far,
                 high_qc: genesis_qc.clone(),
                 high_tc: None,
@@ -224,35 +384,35 @@ impl Byzantine {
             }));
             // A validly signed vote for a far-future round.
             let id = BlockId(rng.r#gen());
-            let d = domain.vote_digest(0, far, &id);
+            let d = domain.vote_digest(epoch, far, &id);
             out.push(Message::Vote(Vote {
-                epoch: 0,
+                epoch,
                 round: far,
                 block_id: id,
                 signer: self.signer.address(),
                 signature: self.signer.sign(&d),
             }));
             // A vote of an unknown epoch.
-            let d = domain.vote_digest(7, round, &id);
+            let d = domain.vote_digest(epoch + 7, round, &id);
             out.push(Message::Vote(Vote {
-                epoch: 7,
+                epoch: epoch + 7,
                 round,
                 block_id: id,
                 signer: self.signer.address(),
                 signature: self.signer.sign(&d),
             }));
             // Messages signed by a non-member.
-            let d = domain.vote_digest(0, round, &id);
+            let d = domain.vote_digest(epoch, round, &id);
             out.push(Message::Vote(Vote {
-                epoch: 0,
+                epoch,
                 round,
                 block_id: id,
                 signer: self.outsider.address(),
                 signature: self.outsider.sign(&d),
             }));
-            let d = domain.timeout_digest(0, 1, 0);
+            let d = domain.timeout_digest(epoch, 1, 0);
             out.push(Message::Timeout(Timeout {
-                epoch: 0,
+                epoch,
                 round: 1,
                 high_qc: genesis_qc.clone(),
                 high_tc: None,

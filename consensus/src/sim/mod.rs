@@ -5,6 +5,12 @@
 //! [`checker::Checker`] of safety. Liveness: every node commits within 10 + 2n rounds of the start
 //! and of each heal or restart, and keeps committing until the end (a liveness failure otherwise).
 //!
+//! `reconfig` and `mixed` add a chain: blocks every 250 ms, a pinned head 2 blocks below, polled
+//! by every node's "oracle" every 500 ms (`Event::PinnedHead`), and validator-set changes written
+//! to it (power changes, removals, additions of spare nodes that run as observers until they
+//! join, and short-lived "flicker" sets that leave stale sets behind on the chain). Each change
+//! must become an epoch on every honest node, after which commits must resume.
+//!
 //! Disturbances are scheduled adaptively: the next one starts only once every node has committed
 //! after the previous one, so each liveness window is measured on its own.
 
@@ -15,9 +21,12 @@ pub mod network;
 use crate::block_tree::Root;
 use crate::core::{Action, Config, Core, DurableState, Event};
 use crate::crypto::{PreparedKey, Scheme, Signer};
+use crate::epoch::EpochChangeRecord;
 use crate::safety::SafetyState;
 use crate::testkit;
-use crate::types::{Address, BatchDigest, Block, BlockId, Message, QuorumCert, TimeoutCert};
+use crate::types::{
+    Address, BatchDigest, Block, BlockId, MemberInfo, Message, QuorumCert, Reconfigure, TimeoutCert,
+};
 use crate::validators::ValidatorSet;
 use crate::verify::EpochContext;
 use byzantine::Byzantine;
@@ -42,6 +51,12 @@ pub enum Scenario {
     /// Twins: a second instance of one validator (power at most P − Q) with the same key and its
     /// own honest core and store, and partitions that put the twins on different sides.
     Twins,
+    /// Epoch changes: power changes, removals (some removed nodes go silent at the change),
+    /// additions, several epochs in a row, flicker sets, and Byzantine nodes (power ≤ P − Q in
+    /// every epoch) proposing stale or rolled-back Reconfigures and replaying old-epoch QCs.
+    Reconfig,
+    /// `reconfig` plus partitions, crash-restarts and drops.
+    Mixed,
 }
 
 impl Scenario {
@@ -53,7 +68,22 @@ impl Scenario {
             Scenario::Crash => "crash",
             Scenario::Byzantine => "byzantine",
             Scenario::Twins => "twins",
+            Scenario::Reconfig => "reconfig",
+            Scenario::Mixed => "mixed",
         }
+    }
+
+    /// Whether the scenario has a chain with validator-set changes.
+    pub fn has_epochs(self) -> bool {
+        matches!(self, Scenario::Reconfig | Scenario::Mixed)
+    }
+
+    /// Whether the scenario has Byzantine nodes.
+    pub fn has_byzantine(self) -> bool {
+        matches!(
+            self,
+            Scenario::Byzantine | Scenario::Reconfig | Scenario::Mixed
+        )
     }
 }
 
@@ -93,6 +123,10 @@ pub struct Outcome {
     pub evidence: u64,
     /// The powers used.
     pub powers: Vec<u64>,
+    /// Epochs reached (1 = no epoch change).
+    pub epochs: u64,
+    /// Epoch changes whose Reconfigure committed only as an ancestor (some node's view).
+    pub ancestor_epoch_changes: u64,
 }
 
 #[derive(Debug)]
@@ -127,6 +161,12 @@ enum Ev {
     Attack {
         node: usize,
     },
+    Poll,
+    Records {
+        to: usize,
+        from: usize,
+        records: Vec<EpochChangeRecord>,
+    },
 }
 
 struct Queued {
@@ -159,6 +199,7 @@ struct Store {
     high_tc: Option<TimeoutCert>,
     ledger: Vec<(BlockId, u64)>,
     view: DurableView,
+    records: Vec<EpochChangeRecord>,
 }
 
 struct Host {
@@ -172,20 +213,77 @@ struct Host {
     up: bool,
     byz: Option<Byzantine>,
     twin: bool,
+    /// Rounds of the epochs it left, so progress is monotone across epochs.
+    round_base: u64,
+    seen_epoch: u64,
+    last_round: u64,
+    /// Goes silent for good when an epoch change removes it.
+    silent_on_removal: bool,
+    kill_now: bool,
+    dead: bool,
 }
+
+/// The simulated chain: block numbers from time, a pinned head, and the validator set by block.
+struct ChainModel {
+    block_ms: u64,
+    pin_depth: u64,
+    salt: u64,
+    /// (first block number, set from there on), ascending.
+    changes: Vec<(u64, Vec<MemberInfo>)>,
+}
+
+impl ChainModel {
+    fn head(&self, now: u64) -> u64 {
+        now / self.block_ms
+    }
+    fn pinned(&self, now: u64) -> u64 {
+        self.head(now).saturating_sub(self.pin_depth)
+    }
+    fn hash(&self, number: u64) -> [u8; 32] {
+        let mut b = self.salt.to_be_bytes().to_vec();
+        b.extend_from_slice(&number.to_be_bytes());
+        crate::domain::keccak256(&b)
+    }
+    fn set_at(&self, number: u64) -> &[MemberInfo] {
+        self.changes
+            .iter()
+            .rev()
+            .find(|(n, _)| *n <= number)
+            .map_or(&[], |(_, m)| m.as_slice())
+    }
+}
+
+/// Chain parameters of the epoch scenarios.
+const BLOCK_MS: u64 = 250;
+const PIN_DEPTH: u64 = 2;
+const POLL_MS: u64 = 500;
+const LAG_W: u64 = 16;
+const EPOCH_MIN_ROUNDS: u64 = 8;
 
 #[derive(Clone, Debug)]
 enum Disturbance {
-    Partition { groups: Vec<usize>, duration: u64 },
-    Crash { node: usize, down_for: u64 },
+    Partition {
+        groups: Vec<usize>,
+        duration: u64,
+    },
+    Crash {
+        node: usize,
+        down_for: u64,
+    },
+    /// Write a new set to the chain; a flicker reverts it after `revert_after` blocks.
+    SetChange {
+        members: Vec<MemberInfo>,
+        revert_after: Option<u64>,
+    },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Phase {
     Idle,
     Scheduled,
     Partitioned,
     CrashedWaiting { node: usize, down_for: u64 },
+    AwaitEpoch { target: Vec<MemberInfo>, since: u64 },
 }
 
 struct Window {
@@ -221,6 +319,8 @@ struct Sim {
     evidence_seen: HashMap<(usize, u8, Address, u64), BlockId>,
     evidence_expected: std::collections::BTreeSet<(usize, u8, Address, u64)>,
     evidence_made: std::collections::BTreeSet<(usize, u8, Address, u64)>,
+    chain: Option<ChainModel>,
+    members0: usize,
 }
 
 const MAX_EVENTS: u64 = 3_000_000;
@@ -260,10 +360,22 @@ impl Sim {
         genesis_id[..8].copy_from_slice(&cfg.seed.to_be_bytes());
         let domain = crate::domain::Domain::new(31337, Address([0x42; 20]), genesis_id);
         let genesis = domain.genesis_block_id(0, &[0x01; 32], &set.hash());
+        // Random drops only without Byzantine nodes: with Byzantine power at P − Q every honest
+        // vote counts, and a lost one only costs a timeout (no retransmission in the simulator).
         let lossy = matches!(cfg.scenario, Scenario::Partition | Scenario::Crash);
-        let hosts_n = n + usize::from(cfg.scenario == Scenario::Twins);
+        let spares = if cfg.scenario.has_epochs() {
+            rng.gen_range(1..=2usize)
+        } else {
+            0
+        };
+        let hosts_n = n + usize::from(cfg.scenario == Scenario::Twins) + spares;
         let net = Network::new(hosts_n, NetParams::draw(&mut rng, lossy));
-        let config = Config::default();
+        let mut config = Config::default();
+        if cfg.scenario.has_epochs() {
+            config.reconfig_max_lag_blocks = LAG_W;
+            config.reconfig_wait_ms = 400;
+            config.epoch_min_rounds = EPOCH_MIN_ROUNDS;
+        }
         let members = set
             .members()
             .iter()
@@ -284,7 +396,22 @@ impl Sim {
                 twin_of = Some(k);
             }
         }
-        let checker = Checker::new(cfg.scheme, domain.clone(), 0, genesis, members, seeds.len());
+        // Spare nodes: observers until a set change adds them.
+        for k in 0..spares {
+            let seed = cfg.seed.wrapping_mul(1000) + (n + 10 + k) as u64;
+            seeds.push(seed);
+            signers.push(testkit::signer(cfg.scheme, seed));
+        }
+        let mut checker = Checker::new(cfg.scheme, domain.clone(), genesis, members, seeds.len());
+        let chain = cfg.scenario.has_epochs().then(|| ChainModel {
+            block_ms: BLOCK_MS,
+            pin_depth: PIN_DEPTH,
+            salt: cfg.seed,
+            changes: vec![(0, set.member_infos())],
+        });
+        if chain.is_some() {
+            checker.set_head(0, LAG_W);
+        }
         let hosts: Vec<Host> = seeds
             .iter()
             .zip(&signers)
@@ -300,6 +427,12 @@ impl Sim {
                 crash_pending: false,
                 up: true,
                 byz: None,
+                round_base: 0,
+                seen_epoch: 0,
+                last_round: 0,
+                silent_on_removal: false,
+                kill_now: false,
+                dead: false,
             })
             .collect();
         let mut by_address: HashMap<Address, Vec<usize>> = HashMap::new();
@@ -336,10 +469,15 @@ impl Sim {
             evidence_seen: HashMap::new(),
             evidence_expected: std::collections::BTreeSet::new(),
             evidence_made: std::collections::BTreeSet::new(),
+            chain,
+            members0: n,
         };
-        sim.plan = sim.make_plan(&powers);
-        if sim.cfg.scenario == Scenario::Byzantine {
+        if sim.cfg.scenario.has_byzantine() {
             sim.make_byzantine(&powers);
+        }
+        sim.plan = sim.make_plan(&powers);
+        if sim.chain.is_some() {
+            sim.push(POLL_MS, Ev::Poll);
         }
         sim
     }
@@ -348,8 +486,11 @@ impl Sim {
         let n = powers.len();
         let mut plan = VecDeque::new();
         let k = self.rng.gen_range(1..=3);
+        if self.cfg.scenario.has_epochs() {
+            return self.make_epoch_plan(powers);
+        }
         match self.cfg.scenario {
-            Scenario::Honest | Scenario::Byzantine => {}
+            Scenario::Honest | Scenario::Byzantine | Scenario::Reconfig | Scenario::Mixed => {}
             Scenario::Twins => {
                 // Partitions that put the twins on different sides (set after the hosts exist).
                 for _ in 0..k + 1 {
@@ -388,6 +529,148 @@ impl Sim {
         plan
     }
 
+    /// Set changes (and, in `mixed`, partitions and crashes between them), each keeping the
+    /// Byzantine power at most P − Q of its set.
+    fn make_epoch_plan(&mut self, powers: &[u64]) -> VecDeque<Disturbance> {
+        let n = powers.len();
+        let mut plan = VecDeque::new();
+        let mut cur = self.set.member_infos();
+        let infos: Vec<MemberInfo> = self
+            .hosts
+            .iter()
+            .enumerate()
+            .filter(|(i, h)| *i >= n && !h.twin)
+            .map(|(_, h)| {
+                let s = testkit::signer(self.cfg.scheme, h.seed);
+                MemberInfo {
+                    address: s.address(),
+                    public_key: s.public_key(),
+                    power: 1,
+                }
+            })
+            .collect();
+        let byz: Vec<Address> = self
+            .hosts
+            .iter()
+            .filter(|h| h.byz.is_some())
+            .map(|h| h.address)
+            .collect();
+        let ok = |m: &[MemberInfo]| {
+            let p: u64 = m.iter().map(|x| x.power).sum();
+            let b: u64 = m
+                .iter()
+                .filter(|x| byz.contains(&x.address))
+                .map(|x| x.power)
+                .sum();
+            m.len() >= 2 && p > 0 && b <= p - (2 * p / 3 + 1)
+        };
+        let changes = self.rng.gen_range(2..=4);
+        for c in 0..changes {
+            let mut next = cur.clone();
+            let kind = if c == 0 { 3 } else { self.rng.gen_range(0..4) };
+            let mut removed = None;
+            match kind {
+                0 => {
+                    let i = self.rng.gen_range(0..next.len());
+                    next[i].power = next[i].power % 3 + 1;
+                }
+                1 if next.len() > 3 => {
+                    let i = self.rng.gen_range(0..next.len());
+                    removed = Some(next.remove(i).address);
+                }
+                2 | 1 => {
+                    if let Some(add) = infos
+                        .iter()
+                        .find(|x| !next.iter().any(|m| m.address == x.address))
+                    {
+                        let mut add = add.clone();
+                        add.power = self.rng.gen_range(1..=3);
+                        next.push(add);
+                        next.sort_by_key(|m| m.address);
+                    } else {
+                        let i = self.rng.gen_range(0..next.len());
+                        next[i].power = next[i].power % 3 + 1;
+                    }
+                }
+                _ => {
+                    // Flicker: a power change that the chain reverts after 1-4 blocks.
+                    let i = self.rng.gen_range(0..next.len());
+                    next[i].power = next[i].power % 3 + 1;
+                    if ok(&next) {
+                        let revert_after = Some(self.rng.gen_range(1..=4));
+                        plan.push_back(Disturbance::SetChange {
+                            members: next,
+                            revert_after,
+                        });
+                    }
+                    continue;
+                }
+            }
+            if next == cur || !ok(&next) {
+                continue;
+            }
+            if let Some(a) = removed
+                && let Some(j) = self.hosts.iter().position(|h| h.address == a)
+                && self.hosts[j].byz.is_none()
+                && self.rng.gen_bool(0.5)
+            {
+                // The removed node goes silent at the change, if the old epoch can do without
+                // it (its power plus the Byzantine power at most P − Q of the old set).
+                let p: u64 = cur.iter().map(|x| x.power).sum();
+                let b: u64 = cur
+                    .iter()
+                    .filter(|x| byz.contains(&x.address) || x.address == a)
+                    .map(|x| x.power)
+                    .sum();
+                if b <= p - (2 * p / 3 + 1) {
+                    self.hosts[j].silent_on_removal = true;
+                }
+            }
+            plan.push_back(Disturbance::SetChange {
+                members: next.clone(),
+                revert_after: None,
+            });
+            cur = next;
+            if self.cfg.scenario == Scenario::Mixed {
+                let k = self.rng.gen_range(0..=1);
+                for _ in 0..k {
+                    if self.rng.gen_bool(0.5) {
+                        let groups: Vec<usize> = (0..self.hosts.len())
+                            .map(|_| self.rng.gen_range(0..2))
+                            .collect();
+                        let duration = self.rng.gen_range(200..6_000);
+                        plan.push_back(Disturbance::Partition { groups, duration });
+                    } else {
+                        // Crash a node of power ≤ P − Q of the current set (or an observer).
+                        let p: u64 = cur.iter().map(|x| x.power).sum();
+                        let bp: u64 = cur
+                            .iter()
+                            .filter(|x| byz.contains(&x.address))
+                            .map(|x| x.power)
+                            .sum();
+                        let budget = (p - (2 * p / 3 + 1)).saturating_sub(bp);
+                        let cands: Vec<usize> = (0..self.hosts.len())
+                            .filter(|&j| {
+                                self.hosts[j].byz.is_none() && !self.hosts[j].silent_on_removal
+                            })
+                            .filter(|&j| {
+                                cur.iter()
+                                    .find(|m| m.address == self.hosts[j].address)
+                                    .is_none_or(|m| m.power <= budget)
+                            })
+                            .collect();
+                        if !cands.is_empty() {
+                            let node = cands[self.rng.gen_range(0..cands.len())];
+                            let down_for = self.rng.gen_range(0..6_000);
+                            plan.push_back(Disturbance::Crash { node, down_for });
+                        }
+                    }
+                }
+            }
+        }
+        plan
+    }
+
     /// Picks Byzantine nodes of total power at most P − Q.
     fn make_byzantine(&mut self, powers: &[u64]) {
         let p: u64 = powers.iter().sum();
@@ -403,7 +686,12 @@ impl Sim {
                 let signer = testkit::signer(self.cfg.scheme, self.hosts[i].seed);
                 let outsider =
                     testkit::signer(self.cfg.scheme, self.cfg.seed ^ 0xbad0_0000 ^ i as u64);
-                self.hosts[i].byz = Some(Byzantine::draw(&mut self.rng, signer, outsider));
+                let mut b = Byzantine::draw(&mut self.rng, signer, outsider);
+                if self.cfg.scenario.has_epochs() {
+                    b.stale_reconfigure = self.rng.gen_bool(0.7);
+                    b.old_epoch_qc = self.rng.gen_bool(0.5);
+                }
+                self.hosts[i].byz = Some(b);
                 let d = self.rng.gen_range(50..500);
                 self.push(d, Ev::Attack { node: i });
             }
@@ -414,6 +702,43 @@ impl Sim {
         self.hosts[i].byz.is_none() && !self.hosts[i].twin
     }
 
+    /// A Reconfigure a Byzantine leader can propose to test the voters: a stale one (a set the
+    /// chain held after the epoch's chain block but more than W blocks below the pinned head)
+    /// or, failing that, a rolled-back one (an invented block hash at the pinned head).
+    fn bad_reconfigure(&mut self, i: usize) -> Option<Reconfigure> {
+        let chain = self.chain.as_ref()?;
+        let core = self.hosts[i].core.as_ref()?;
+        let ctx = core.context();
+        let cur = ctx.set().member_infos();
+        let pinned = chain.pinned(self.now);
+        let limit = pinned.saturating_sub(LAG_W + 1);
+        let mut stale = None;
+        for (k, (start, m)) in chain.changes.iter().enumerate() {
+            let end = chain.changes.get(k + 1).map_or(u64::MAX, |c| c.0 - 1);
+            let top = end.min(limit);
+            if *m != cur && top >= *start && top > ctx.chain_block() {
+                stale = Some((top, m.clone()));
+            }
+        }
+        let (number, members, hash) = match stale {
+            Some((n, m)) => (n, m, chain.hash(n)),
+            None => {
+                let mut m = cur.clone();
+                let k = self.rng.gen_range(0..m.len());
+                m[k].power += 1;
+                let mut h = chain.hash(pinned);
+                h[0] ^= 0xff;
+                (pinned, m, h)
+            }
+        };
+        Some(Reconfigure {
+            chain_block_number: number,
+            chain_block_hash: hash,
+            validator_set_hash: crate::domain::validator_set_hash(&members),
+            members,
+        })
+    }
+
     /// Records what an honest node receives, to know which equivocations it saw (and so must
     /// report): both messages validly signed and within the window the core checks.
     fn observe_equivocation(&mut self, to: usize, m: &Message) {
@@ -421,24 +746,29 @@ impl Sim {
             return;
         };
         let r = core.round();
+        let ctx = core.context();
+        let e = ctx.epoch();
         let me = self.hosts[to].address;
         let key = match m {
             Message::Vote(v)
-                if v.epoch == 0
+                if v.epoch == e
                     && v.round + 1 >= r
                     && v.round <= r + self.config.round_window
-                    && self.set.leader(v.round + 1) == me
-                    && self.epoch_ctx.verify_vote(v).is_ok() =>
+                    && ctx.set().leader(v.round + 1) == me
+                    && ctx.verify_vote(v).is_ok() =>
             {
-                ((to, 1u8, v.signer, v.round), v.block_id)
+                ((to, 1u8, v.signer, (e << 40) | v.round), v.block_id)
             }
             Message::Proposal(p)
-                if p.block.epoch() == 0
+                if p.block.epoch() == e
                     && p.round() + 1 >= r
                     && p.round() <= r + self.config.round_window
-                    && self.epoch_ctx.verify_proposal(p).is_ok() =>
+                    && ctx.verify_proposal(p).is_ok() =>
             {
-                ((to, 2u8, p.block.proposer(), p.round()), p.block.id())
+                (
+                    (to, 2u8, p.block.proposer(), (e << 40) | p.round()),
+                    p.block.id(),
+                )
             }
             _ => return,
         };
@@ -463,12 +793,41 @@ impl Sim {
     }
 
     fn boot(&mut self, i: usize) {
+        if self.hosts[i].dead {
+            return;
+        }
+        let mut ctx = EpochContext::new(
+            0,
+            self.genesis,
+            self.set.clone(),
+            self.domain.clone(),
+            self.cfg.scheme,
+        );
+        for r in &self.hosts[i].store.records {
+            if r.epoch == ctx.epoch()
+                && let Ok(next) = r.next_context(&ctx)
+            {
+                ctx = next;
+            }
+        }
         let h = &mut self.hosts[i];
-        let root = h.store.ledger.last().map(|&(id, round)| Root {
-            id,
-            round,
-            height: h.store.ledger.len() as u64,
+        let new_epoch_root = h.store.records.last().is_some_and(|r| {
+            r.next_epoch() == ctx.epoch()
+                && r.b0().map(Block::id) == h.store.ledger.last().map(|x| x.0)
         });
+        let root = if new_epoch_root {
+            Some(Root {
+                id: ctx.genesis_block(),
+                round: 0,
+                height: h.store.ledger.len() as u64,
+            })
+        } else {
+            h.store.ledger.last().map(|&(id, round)| Root {
+                id,
+                round,
+                height: h.store.ledger.len() as u64,
+            })
+        };
         let root_round = root.map_or(0, |r| r.round);
         let mut blocks: Vec<Block> = h
             .store
@@ -485,13 +844,6 @@ impl Sim {
             high_qc: h.store.high_qc.clone(),
             high_tc: h.store.high_tc.clone(),
         };
-        let ctx = EpochContext::new(
-            0,
-            self.genesis,
-            self.set.clone(),
-            self.domain.clone(),
-            self.cfg.scheme,
-        );
         let signer = testkit::signer(self.cfg.scheme, h.seed);
         h.inc += 1;
         h.up = true;
@@ -518,6 +870,25 @@ impl Sim {
     }
 
     fn handle(&mut self, i: usize, event: Event) {
+        // No honest node accepts a message of its epoch signed by a member that an epoch change
+        // removed: such a message may only be discarded.
+        let removed_signer = match (&event, self.hosts[i].core.as_ref()) {
+            (Event::Message { message, .. }, Some(core)) if self.honest(i) => {
+                let signer = match message {
+                    Message::Proposal(p) => Some(p.block.proposer()),
+                    Message::Vote(v) => Some(v.signer),
+                    Message::Timeout(t) => Some(t.signer),
+                    Message::TimeoutCert(_) => None,
+                };
+                let e = core.epoch();
+                signer.filter(|s| {
+                    message.epoch_round().0 == e
+                        && core.context().set().index_of(s).is_none()
+                        && self.checker.was_member_before(s, e)
+                })
+            }
+            _ => None,
+        };
         let Some(core) = self.hosts[i].core.as_mut() else {
             return;
         };
@@ -535,6 +906,23 @@ impl Sim {
                 eprintln!("    -> {s}");
             }
         }
+        let (epoch, round) = (core.epoch(), core.round());
+        if let Some(s) = removed_signer
+            && let Some(a) = actions.iter().find(|a| !matches!(a, Action::Discarded(_)))
+        {
+            self.checker.violations.push(format!(
+                "node {i}: accepted a message of removed member {s} in epoch {epoch}: {:.200}",
+                format!("{a:?}")
+            ));
+        }
+        {
+            let h = &mut self.hosts[i];
+            if epoch > h.seen_epoch {
+                h.round_base += h.last_round;
+                h.seen_epoch = epoch;
+            }
+            h.last_round = round;
+        }
         let crash_after = if self.hosts[i].crash_pending {
             let k = self.rng.gen_range(0..=actions.len());
             actions.truncate(k);
@@ -544,6 +932,12 @@ impl Sim {
         };
         for a in actions {
             self.apply(i, a);
+            if self.hosts[i].kill_now {
+                // Silent for good: the rest of its actions never happen.
+                self.crash(i);
+                self.hosts[i].dead = true;
+                return;
+            }
         }
         if crash_after {
             self.crash(i);
@@ -665,18 +1059,139 @@ impl Sim {
                     crate::evidence::EquivocationKind::Vote => 1u8,
                     crate::evidence::EquivocationKind::Proposal => 2u8,
                 };
-                self.evidence_made.insert((i, kind, e.signer, e.round));
+                self.evidence_made
+                    .insert((i, kind, e.signer, (e.epoch << 40) | e.round));
                 self.checker.on_evidence(i, &e);
             }
             Action::Discarded(_) => {}
+            Action::ReadChainSet { number, hash } => {
+                let members = self.chain.as_ref().and_then(|c| {
+                    (number <= c.head(self.now) && c.hash(number) == hash)
+                        .then(|| c.set_at(number).to_vec())
+                });
+                let inc = self.hosts[i].inc;
+                let d = self.rng.gen_range(1..30);
+                self.push(
+                    d,
+                    Ev::Host {
+                        node: i,
+                        inc,
+                        event: Event::ChainSet {
+                            number,
+                            hash,
+                            members,
+                        },
+                    },
+                );
+            }
+            Action::PersistEpochChange(r) => {
+                let set = self.hosts[i]
+                    .core
+                    .as_ref()
+                    .filter(|c| c.epoch() == r.next_epoch())
+                    .map_or_else(
+                        || r.members().to_vec(),
+                        |c| c.context().set().member_infos(),
+                    );
+                if self.honest(i) {
+                    self.checker.on_epoch_change(i, &r, &set);
+                }
+                let h = &mut self.hosts[i];
+                if h.store.records.last().is_none_or(|x| x.epoch < r.epoch) {
+                    h.store.records.push(r.clone());
+                }
+                if h.silent_on_removal && !r.members().iter().any(|m| m.address == h.address) {
+                    h.kill_now = true;
+                }
+            }
+            Action::BroadcastEpochChange(r) => {
+                for j in 0..self.hosts.len() {
+                    if j != i {
+                        self.send_records(i, j, vec![r.clone()]);
+                    }
+                }
+            }
+            Action::SendEpochChanges { to, since_epoch } => {
+                let recs: Vec<EpochChangeRecord> = self.hosts[i]
+                    .store
+                    .records
+                    .iter()
+                    .filter(|r| r.epoch >= since_epoch)
+                    .cloned()
+                    .collect();
+                if !recs.is_empty()
+                    && let Some(js) = self.by_address.get(&to).cloned()
+                {
+                    for j in js {
+                        if j != i {
+                            self.send_records(i, j, recs.clone());
+                        }
+                    }
+                }
+            }
+            Action::FetchEpochChanges { since_epoch, from } => {
+                let hinted = from
+                    .and_then(|a| self.by_address.get(&a).and_then(|v| v.first().copied()))
+                    .filter(|&j| j != i && self.hosts[j].up && self.net.connected(i, j));
+                let peer = hinted.or_else(|| {
+                    let c: Vec<usize> = (0..self.hosts.len())
+                        .filter(|&j| j != i && self.hosts[j].up && self.net.connected(i, j))
+                        .collect();
+                    (!c.is_empty()).then(|| c[self.rng.gen_range(0..c.len())])
+                });
+                if let Some(j) = peer {
+                    let recs: Vec<EpochChangeRecord> = self.hosts[j]
+                        .store
+                        .records
+                        .iter()
+                        .filter(|r| r.epoch >= since_epoch)
+                        .cloned()
+                        .collect();
+                    if !recs.is_empty() {
+                        let d = self.net.delay(&mut self.rng) + self.net.delay(&mut self.rng);
+                        let inc = self.hosts[i].inc;
+                        let from = Some(self.hosts[j].address);
+                        self.push(
+                            d,
+                            Ev::Host {
+                                node: i,
+                                inc,
+                                event: Event::EpochChanges {
+                                    from,
+                                    records: recs,
+                                },
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn send_records(&mut self, from: usize, to: usize, records: Vec<EpochChangeRecord>) {
+        match self.net.fate(&mut self.rng, from, to) {
+            Fate::Deliver(d) => self.push(d, Ev::Records { to, from, records }),
+            Fate::Drop | Fate::Hold => {}
         }
     }
 
     fn send_out(&mut self, i: usize, targets: Vec<usize>, message: Message) {
-        if let Some(b) = self.hosts[i].byz.take() {
+        if let Message::Proposal(p) = &message {
+            self.checker.observe_proposal(p);
+        }
+        if let Some(mut b) = self.hosts[i].byz.take() {
+            if b.stale_reconfigure {
+                b.bad_reconfigure = self.bad_reconfigure(i);
+            }
+            if let Some(core) = self.hosts[i].core.as_ref() {
+                b.set = Some(core.context().set().clone());
+            }
             let pairs = b.tamper(&mut self.rng, &self.domain, &targets, message);
             self.hosts[i].byz = Some(b);
             for (j, m) in pairs {
+                if let Message::Proposal(p) = &m {
+                    self.checker.observe_proposal(p);
+                }
                 self.send(i, j, m);
             }
             return;
@@ -754,7 +1269,8 @@ impl Sim {
                 Some(c) => {
                     let st = c.safety_state();
                     out.push(format!(
-                        "node {i} round {} high_qc {} root {} lvr {} hto {} height {}",
+                        "node {i} epoch {} round {} high_qc {} root {} lvr {} hto {} height {}",
+                        c.epoch(),
                         c.round(),
                         c.high_qc().round,
                         c.root().round,
@@ -768,10 +1284,12 @@ impl Sim {
         out.join("; ")
     }
 
+    /// The highest round reached, counted across epochs (each node's rounds of the epochs it
+    /// left plus its current round), so it only grows.
     fn max_round(&self) -> u64 {
         self.hosts
             .iter()
-            .filter_map(|h| h.core.as_ref().map(Core::round))
+            .filter_map(|h| h.core.as_ref().map(|c| h.round_base + c.round()))
             .max()
             .unwrap_or(0)
     }
@@ -779,7 +1297,12 @@ impl Sim {
     fn open_window(&mut self, label: &'static str) {
         let start_round = self.max_round();
         let heights = (0..self.hosts.len())
-            .filter(|&i| self.hosts[i].up && !self.hosts[i].crash_pending && self.honest(i))
+            .filter(|&i| {
+                self.hosts[i].up
+                    && !self.hosts[i].crash_pending
+                    && !self.hosts[i].silent_on_removal
+                    && self.honest(i)
+            })
             .map(|i| (i, self.checker.node_height(i)))
             .collect();
         self.window = Some(Window {
@@ -834,7 +1357,7 @@ impl Sim {
         if self.window.is_some() {
             return;
         }
-        match self.phase {
+        match self.phase.clone() {
             Phase::Idle => {
                 if let Some(d) = self.plan.pop_front() {
                     let gap = self.rng.gen_range(0..1_500);
@@ -843,8 +1366,29 @@ impl Sim {
                             self.push(gap, Ev::Partition { groups, duration })
                         }
                         Disturbance::Crash { node, down_for } => {
+                            if self.hosts[node].dead {
+                                return;
+                            }
                             self.phase = Phase::CrashedWaiting { node, down_for };
                             self.push(gap, Ev::Crash { node });
+                            return;
+                        }
+                        Disturbance::SetChange {
+                            members,
+                            revert_after,
+                        } => {
+                            let now = self.now;
+                            let mut target = members.clone();
+                            if let Some(c) = self.chain.as_mut() {
+                                let at = c.head(now) + 1;
+                                let prev = c.set_at(at).to_vec();
+                                c.changes.push((at, members));
+                                if let Some(k) = revert_after {
+                                    c.changes.push((at + k, prev.clone()));
+                                    target = prev;
+                                }
+                            }
+                            self.phase = Phase::AwaitEpoch { target, since: now };
                             return;
                         }
                     }
@@ -858,6 +1402,27 @@ impl Sim {
             Phase::CrashedWaiting { node, down_for } if !self.hosts[node].up => {
                 self.push(down_for, Ev::Restart { node });
                 self.phase = Phase::Scheduled;
+            }
+            Phase::AwaitEpoch { target, since } => {
+                let reached = (0..self.hosts.len()).all(|i| {
+                    let h = &self.hosts[i];
+                    !self.honest(i)
+                        || h.dead
+                        || h.core
+                            .as_ref()
+                            .is_none_or(|c| c.context().set().member_infos() == target)
+                });
+                if reached {
+                    self.phase = Phase::Idle;
+                    self.open_window("epoch change");
+                } else if self.now > since + 120_000 {
+                    let summary = self.node_summary();
+                    self.liveness.push(format!(
+                        "the set change at {since} ms did not become an epoch on every honest node \
+                         within 120 s; {summary}"
+                    ));
+                    self.done = true;
+                }
             }
             _ => {}
         }
@@ -883,11 +1448,45 @@ impl Sim {
                 break;
             }
             match q.ev {
+                Ev::Poll => {
+                    if let Some(c) = self.chain.as_ref() {
+                        let number = c.pinned(self.now);
+                        let hash = c.hash(number);
+                        let members = c.set_at(number).to_vec();
+                        self.checker.set_head(number, LAG_W);
+                        let now = self.now;
+                        for i in 0..self.hosts.len() {
+                            if self.hosts[i].up {
+                                self.handle(
+                                    i,
+                                    Event::PinnedHead {
+                                        number,
+                                        hash,
+                                        members: members.clone(),
+                                        now_ms: now,
+                                    },
+                                );
+                            }
+                        }
+                    }
+                    self.push(POLL_MS, Ev::Poll);
+                }
+                Ev::Records { to, from, records } => {
+                    if self.hosts[to].up {
+                        let from = Some(self.hosts[from].address);
+                        self.handle(to, Event::EpochChanges { from, records });
+                    }
+                }
                 Ev::Deliver { to, from, msg } => {
                     if let Some(b) = self.hosts[to].byz.as_mut() {
                         b.observe(&msg);
-                    } else if matches!(self.cfg.scenario, Scenario::Byzantine | Scenario::Twins)
-                        && self.honest(to)
+                    } else if matches!(
+                        self.cfg.scenario,
+                        Scenario::Byzantine
+                            | Scenario::Twins
+                            | Scenario::Reconfig
+                            | Scenario::Mixed
+                    ) && self.honest(to)
                     {
                         self.observe_equivocation(to, &msg);
                     }
@@ -950,9 +1549,15 @@ impl Sim {
                 }
                 Ev::Attack { node } => {
                     let round = self.hosts[node].core.as_ref().map_or(1, Core::round);
-                    let gqc = self.epoch_ctx.genesis_qc();
+                    let (epoch, gqc) = match self.hosts[node].core.as_ref() {
+                        Some(c) => (c.epoch(), c.context().genesis_qc()),
+                        None => (0, self.epoch_ctx.genesis_qc()),
+                    };
+                    if self.hosts[node].dead {
+                        continue;
+                    }
                     if let Some(mut b) = self.hosts[node].byz.take() {
-                        let msgs = b.attack(&mut self.rng, &self.domain, round, &gqc);
+                        let msgs = b.attack(&mut self.rng, &self.domain, epoch, round, &gqc);
                         self.hosts[node].byz = Some(b);
                         for m in msgs {
                             let j = self.rng.gen_range(0..self.hosts.len());
@@ -963,6 +1568,10 @@ impl Sim {
                     self.push(d, Ev::Attack { node });
                 }
                 Ev::Restart { node } => {
+                    if self.hosts[node].dead {
+                        self.phase = Phase::Idle;
+                        continue;
+                    }
                     self.boot(node);
                     self.phase = Phase::Idle;
                     self.open_window("restart");
@@ -981,8 +1590,11 @@ impl Sim {
         {
             let kind = if k.1 == 1 { "votes" } else { "proposals" };
             safety.push(format!(
-                "node {}: saw two {kind} by {} in round {} but produced no evidence",
-                k.0, k.2, k.3
+                "node {}: saw two {kind} by {} in epoch {} round {} but produced no evidence",
+                k.0,
+                k.2,
+                k.3 >> 40,
+                k.3 & ((1 << 40) - 1)
             ));
         }
         Outcome {
@@ -994,12 +1606,15 @@ impl Sim {
             time_ms: self.now,
             evidence: self.checker.evidence,
             powers: self.set_powers_in_node_order(),
+            epochs: self.checker.epochs(),
+            ancestor_epoch_changes: self.checker.ancestor_epoch_changes,
         }
     }
 
     fn set_powers_in_node_order(&self) -> Vec<u64> {
         self.hosts
             .iter()
+            .take(self.members0)
             .map(|h| {
                 self.set
                     .index_of(&h.address)
