@@ -428,3 +428,57 @@ impl Byzantine {
 pub fn nobody() -> Address {
     Address([0xee; 20])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Scheme;
+    use crate::testkit::Cluster;
+    use crate::types::BlockId;
+    use rand::SeedableRng;
+
+    /// The under-reporting builder makes a valid TC from the quorum with the lowest high-QC
+    /// rounds, lower than the one honest collectors would form from all timeouts.
+    #[test]
+    fn underreported_tc_is_valid_and_lower() {
+        let c = Cluster::new(Scheme::Fast, &[1; 10], 90); // P = 10, Q = 7
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let byz = 0;
+        let mut b = Byzantine::draw(&mut rng, c.signer_of(byz), c.signer_of(byz));
+        b.tc_underreport = true;
+        b.set = Some(c.ctx.set().clone());
+        let q = |r: u64| c.full_qc(r, BlockId([r as u8; 32]));
+        // Honest timeouts of round 6 (a TC of round 5 justifies the lower ones).
+        let tc5 = c.tc(
+            5,
+            q(4),
+            &[(1, 4), (2, 4), (3, 4), (4, 4), (5, 4), (6, 4), (7, 4)],
+        );
+        for (i, hq) in [
+            (1, 5),
+            (2, 5),
+            (3, 5),
+            (4, 4),
+            (5, 3),
+            (6, 3),
+            (7, 2),
+            (8, 2),
+            (9, 2),
+        ] {
+            let t = c.timeout(i, 6, q(hq), (hq != 5).then(|| tc5.clone()));
+            b.observe(&Message::Timeout(t));
+        }
+        let tc = b
+            .underreported_tc(c.ctx.domain(), &c.ctx.genesis_qc())
+            .expect("a quorum of timeouts");
+        assert_eq!(c.ctx.verify_tc(&tc), Ok(()));
+        // Its own entry (0) and the six lowest honest ones: the highest reported QC is 4, below
+        // the 5 that three honest signers hold.
+        assert_eq!(tc.signers.count(), 7);
+        let mut rounds = tc.high_qc_rounds.clone();
+        rounds.sort_unstable();
+        assert_eq!(rounds, vec![0, 2, 2, 2, 3, 3, 4]);
+        assert_eq!(tc.max_high_qc_round(), 4);
+        assert_eq!(tc.high_qc.round, 4);
+    }
+}
