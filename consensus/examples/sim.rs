@@ -10,7 +10,7 @@
 //! `runs=<k> safety_violations=<v> liveness_failures=<l> commits=<c>`; the exit code is 0 only
 //! when both counts are 0. Each failure prints its seed and the command that replays it;
 //! `--stop-on-failure` ends the range at the first failing seed (the mutant tests use it). The
-//! epoch scenarios print `epoch_changes=<e> ancestor_commits_seen=<a>` before the last lines;
+//! epoch scenarios print `epoch_changes=<e> ancestor_commits_seen=<a> silenced_removed=<s>` before the last lines;
 //! `--report-memory` prints `peak_rss_kib=<k>` (the process's peak resident set) just before the
 //! last line.
 
@@ -144,7 +144,7 @@ fn main() -> ExitCode {
         .unwrap_or_default();
     let (mut runs, mut safety, mut liveness, mut commits) = (0u64, 0u64, 0u64, 0u64);
     let mut evidence = 0u64;
-    let (mut epochs, mut ancestor) = (0u64, 0u64);
+    let (mut epochs, mut ancestor, mut silenced) = (0u64, 0u64, 0u64);
     for seed in args.from..args.to {
         let cfg = SimConfig {
             seed,
@@ -160,6 +160,7 @@ fn main() -> ExitCode {
         evidence += out.evidence;
         epochs += out.epochs.saturating_sub(1);
         ancestor += out.ancestor_epoch_changes;
+        silenced += out.silenced;
         if !out.safety.is_empty() || !out.liveness.is_empty() {
             println!(
                 "FAILED seed={seed} scenario={} nodes={} powers={:?}",
@@ -194,7 +195,9 @@ fn main() -> ExitCode {
         }
     }
     if scenario.has_epochs() {
-        println!("epoch_changes={epochs} ancestor_commits_seen={ancestor}");
+        println!(
+            "epoch_changes={epochs} ancestor_commits_seen={ancestor} silenced_removed={silenced}"
+        );
     }
     if matches!(
         scenario,

@@ -127,6 +127,8 @@ pub struct Outcome {
     pub epochs: u64,
     /// Epoch changes whose Reconfigure committed only as an ancestor (some node's view).
     pub ancestor_epoch_changes: u64,
+    /// Removed members that went silent for good at their epoch change.
+    pub silenced: u64,
 }
 
 #[derive(Debug)]
@@ -574,7 +576,7 @@ impl Sim {
                     let i = self.rng.gen_range(0..next.len());
                     next[i].power = next[i].power % 3 + 1;
                 }
-                1 if next.len() > 3 => {
+                1 if next.len() > 2 => {
                     let i = self.rng.gen_range(0..next.len());
                     removed = Some(next.remove(i).address);
                 }
@@ -673,6 +675,11 @@ impl Sim {
 
     /// Picks Byzantine nodes of total power at most P − Q.
     fn make_byzantine(&mut self, powers: &[u64]) {
+        // A third of the epoch runs have no Byzantine node, so removed members can go silent
+        // (the old epoch must do without them).
+        if self.cfg.scenario.has_epochs() && self.rng.gen_bool(0.33) {
+            return;
+        }
         let p: u64 = powers.iter().sum();
         let budget = p - (2 * p / 3 + 1);
         let mut order: Vec<usize> = (0..powers.len()).collect();
@@ -1096,11 +1103,18 @@ impl Sim {
                 if self.honest(i) {
                     self.checker.on_epoch_change(i, &r, &set);
                 }
+                let was_member = self
+                    .checker
+                    .epoch_members(r.epoch)
+                    .is_some_and(|m| m.iter().any(|x| x.address == self.hosts[i].address));
                 let h = &mut self.hosts[i];
                 if h.store.records.last().is_none_or(|x| x.epoch < r.epoch) {
                     h.store.records.push(r.clone());
                 }
-                if h.silent_on_removal && !r.members().iter().any(|m| m.address == h.address) {
+                if h.silent_on_removal
+                    && was_member
+                    && !r.members().iter().any(|m| m.address == h.address)
+                {
                     h.kill_now = true;
                 }
             }
@@ -1608,6 +1622,7 @@ impl Sim {
             powers: self.set_powers_in_node_order(),
             epochs: self.checker.epochs(),
             ancestor_epoch_changes: self.checker.ancestor_epoch_changes,
+            silenced: self.hosts.iter().filter(|h| h.dead).count() as u64,
         }
     }
 
