@@ -1103,10 +1103,25 @@ impl Sim {
                 if self.honest(i) {
                     self.checker.on_epoch_change(i, &r, &set);
                 }
-                let was_member = self
-                    .checker
-                    .epoch_members(r.epoch)
-                    .is_some_and(|m| m.iter().any(|x| x.address == self.hosts[i].address));
+                // Silent only if the ending epoch can do without it: its power plus the Byzantine
+                // power at most P − Q of that epoch's set (flickers may have changed powers since
+                // the plan was drawn).
+                let me = self.hosts[i].address;
+                let byz: Vec<Address> = self
+                    .hosts
+                    .iter()
+                    .filter(|h| h.byz.is_some())
+                    .map(|h| h.address)
+                    .collect();
+                let was_member = self.checker.epoch_members(r.epoch).is_some_and(|m| {
+                    let p: u64 = m.iter().map(|x| x.power).sum();
+                    let f: u64 = m
+                        .iter()
+                        .filter(|x| x.address == me || byz.contains(&x.address))
+                        .map(|x| x.power)
+                        .sum();
+                    m.iter().any(|x| x.address == me) && f <= p - (2 * p / 3 + 1)
+                });
                 let h = &mut self.hosts[i];
                 if h.store.records.last().is_none_or(|x| x.epoch < r.epoch) {
                     h.store.records.push(r.clone());
