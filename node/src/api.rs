@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::Router;
@@ -22,7 +22,7 @@ use axum::routing::{get, post};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use crate::app::KvTx;
 use crate::mempool::{Mempool, MempoolError};
@@ -96,7 +96,14 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// The registration endpoint's payload builder, when `owner_address` is configured.
     pub registration: Option<RegistrationFn>,
+    /// The sequence number of the last local batch the driver stored durably: `POST /txs`
+    /// answers 202 only once its transaction's batch is on disk, so an acknowledged
+    /// transaction survives a crash. None acknowledges at once (an API without a driver).
+    pub durable: Option<watch::Receiver<u64>>,
 }
+
+/// How long `POST /txs` waits for its transaction to be stored.
+const DURABLE_WAIT: Duration = Duration::from_secs(10);
 
 /// The router with every route of the API.
 pub fn router(state: ApiState) -> Router {
@@ -252,22 +259,42 @@ async fn submit_tx(State(s): State<ApiState>, body: Bytes) -> Response {
         return error(StatusCode::BAD_REQUEST, e);
     }
     let store = s.store.clone();
-    let result = {
+    let (result, batch_seq) = {
         let mut pool = match s.mempool.lock() {
             Ok(p) => p,
             Err(p) => p.into_inner(),
         };
+        let seq = pool.open_batch_seq();
         let r = pool.submit(body.to_vec(), Instant::now(), |h| {
             store.tx_height(h).ok().flatten()
         });
         s.metrics
             .mempool_transactions
             .set(pool.pending_len() as i64);
-        r
+        (r, seq)
     };
     match result {
         Ok(hash) => {
             s.mempool_wake.notify_one();
+            if let Some(mut durable) = s.durable.clone() {
+                let stored =
+                    tokio::time::timeout(DURABLE_WAIT, durable.wait_for(|d| *d >= batch_seq)).await;
+                if !matches!(stored, Ok(Ok(_))) {
+                    return (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        Json(json!({
+                            "error": format!(
+                                "transaction queued but not stored within {} s; do not resend \
+                                 it, poll GET /txs/{}",
+                                DURABLE_WAIT.as_secs(),
+                                hex0x(&hash)
+                            ),
+                            "hash": hex0x(&hash),
+                        })),
+                    )
+                        .into_response();
+                }
+            }
             (
                 StatusCode::ACCEPTED,
                 Json(json!({ "hash": hex0x(&hash), "status": "pending" })),

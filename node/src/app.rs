@@ -131,6 +131,7 @@ pub fn commit_block(store: &Store, input: CommitInput<'_>) -> Result<CommitResul
         let mut out = CommitResult::default();
         let mut seen = std::collections::HashSet::new();
         for digest in input.batch_digests {
+            w.forget_local_batch(digest)?;
             let Some(bytes) = w.get_batch(digest)? else {
                 app_err = Some(AppError::MissingBatch(*digest));
                 return Err(StorageError::Malformed("missing batch".into()));

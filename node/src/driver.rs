@@ -131,6 +131,7 @@ pub struct Driver {
     status: SharedStatus,
     metrics: Arc<Metrics>,
     tap: Option<Arc<dyn OutboundTap>>,
+    durable: watch::Sender<u64>,
     me: Address,
     by_addr: HashMap<Address, PeerId>,
     by_peer: HashMap<PeerId, Address>,
@@ -174,6 +175,9 @@ pub struct DriverParts {
     pub metrics: Arc<Metrics>,
     /// A fault-injection hook on sent messages (test binaries only; `None` in `dstack-node`).
     pub tap: Option<Arc<dyn OutboundTap>>,
+    /// Told the sequence number of each local batch once it is durably stored (the API
+    /// acknowledges transactions on it).
+    pub durable: watch::Sender<u64>,
 }
 
 fn lock(m: &Mutex<Mempool>) -> std::sync::MutexGuard<'_, Mempool> {
@@ -219,6 +223,7 @@ impl Driver {
             status: parts.status,
             metrics: parts.metrics,
             tap: parts.tap,
+            durable: parts.durable,
             me,
             by_addr,
             by_peer,
@@ -247,8 +252,46 @@ impl Driver {
                     .insert(b.id(), (b.round(), b.payload().to_vec()));
             }
         }
+        d.restore_local_batches()?;
         d.publish_static_status();
         Ok(d)
+    }
+
+    /// Takes back the batches this node sealed before a restart and did not see committed:
+    /// pending again, proposed again and disseminated again.
+    fn restore_local_batches(&mut self) -> Result<(), DriverError> {
+        let now = Instant::now();
+        let mut last_seq = 0;
+        let mut finished = Vec::new();
+        for (seq, digest, bytes) in self.store.local_batches()? {
+            last_seq = last_seq.max(seq);
+            let Ok(txs) = SealedBatch::decode_txs(&bytes) else {
+                finished.push(digest);
+                continue;
+            };
+            let store = self.store.clone();
+            let restored = lock(&self.mempool).restore_local(seq, &txs, now, |h| {
+                store.tx_height(h).ok().flatten().is_some()
+            });
+            match restored {
+                Some(_) => self
+                    .outbox
+                    .push(Outgoing::Gossip(Box::new(GossipBody::Batch(v1::Batch {
+                        transactions: txs,
+                    })))),
+                None => finished.push(digest),
+            }
+        }
+        if !finished.is_empty() {
+            self.store.write_lazy(|w| {
+                for d in &finished {
+                    w.forget_local_batch(d)?;
+                }
+                Ok(())
+            })?;
+        }
+        self.durable.send_replace(last_seq);
+        Ok(())
     }
 
     fn now_ms(&self) -> u64 {
@@ -693,22 +736,26 @@ impl Driver {
 
     /// Seals due batches, stores them and gossips them to the validators.
     fn seal_batches(&mut self, by_time: bool) -> Result<(), DriverError> {
-        let sealed = {
+        let (sealed, last_seq) = {
             let mut pool = lock(&self.mempool);
             if by_time {
                 pool.tick(Instant::now());
             }
-            pool.take_sealed()
+            (pool.take_sealed(), pool.sealed_seq())
         };
         if sealed.is_empty() {
             return Ok(());
         }
-        self.store.write_lazy(|w| {
-            for b in &sealed {
+        // Durable before the clients hear 202: an acknowledged transaction survives a crash.
+        let first_seq = last_seq + 1 - sealed.len() as u64;
+        self.store.write(|w| {
+            for (k, b) in sealed.iter().enumerate() {
                 w.put_batch(&b.digest, &b.encoded)?;
+                w.put_local_batch(&b.digest, first_seq + k as u64)?;
             }
             Ok(())
         })?;
+        self.durable.send_replace(last_seq);
         for b in sealed {
             let txs = SealedBatch::decode_txs(&b.encoded).unwrap_or_default();
             self.outbox

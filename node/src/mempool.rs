@@ -181,6 +181,8 @@ pub struct Mempool {
     batches: HashMap<Hash32, BatchInfo>,
     ready: VecDeque<Hash32>,
     sealed_out: Vec<SealedBatch>,
+    /// How many local batches were sealed (the last one's sequence number).
+    sealed_seq: u64,
 }
 
 impl Mempool {
@@ -196,12 +198,62 @@ impl Mempool {
             batches: HashMap::new(),
             ready: VecDeque::new(),
             sealed_out: Vec::new(),
+            sealed_seq: 0,
         }
     }
 
     /// The limits in force.
     pub fn config(&self) -> &MempoolConfig {
         &self.cfg
+    }
+
+    /// The sequence number the open batch will have when sealed: a transaction submitted now
+    /// is durable once the driver reports this sequence stored.
+    pub fn open_batch_seq(&self) -> u64 {
+        self.sealed_seq + 1
+    }
+
+    /// The sequence number of the last local batch sealed.
+    pub fn sealed_seq(&self) -> u64 {
+        self.sealed_seq
+    }
+
+    /// Takes back a local batch stored before a restart (its transactions, in order): those
+    /// `committed` does not know are pending again and the batch is proposed again. Limits do
+    /// not apply (the transactions were acknowledged before). Returns the batch to disseminate
+    /// again, or None when nothing of it was left to do.
+    pub fn restore_local(
+        &mut self,
+        seq: u64,
+        txs: &[Vec<u8>],
+        now: Instant,
+        committed: impl Fn(&TxHash) -> bool,
+    ) -> Option<SealedBatch> {
+        self.sealed_seq = self.sealed_seq.max(seq);
+        let batch = SealedBatch::from_txs(txs);
+        if self.batches.contains_key(&batch.digest) {
+            return None;
+        }
+        let mut open = false;
+        for (tx, h) in txs.iter().zip(&batch.tx_hashes) {
+            if committed(h) || self.pending.contains_key(h) {
+                continue;
+            }
+            open = true;
+            self.pending.insert(*h, (tx.len(), Some(batch.digest), now));
+            self.pending_bytes += tx.len();
+        }
+        if !open {
+            return None;
+        }
+        self.batches.insert(
+            batch.digest,
+            BatchInfo {
+                tx_hashes: batch.tx_hashes.clone(),
+            },
+        );
+        self.ready.push_back(batch.digest);
+        Some(batch)
     }
 
     /// Accepts a transaction from a client. `committed` looks a hash up in the committed index.
@@ -272,6 +324,7 @@ impl Mempool {
         self.open_bytes = 0;
         self.open_since = None;
         let batch = SealedBatch::from_txs(&txs);
+        self.sealed_seq += 1;
         for h in &batch.tx_hashes {
             if let Some(entry) = self.pending.get_mut(h) {
                 entry.1 = Some(batch.digest);
@@ -385,6 +438,35 @@ impl Mempool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restored_local_batches_are_pending_and_proposed_again() {
+        let t = Instant::now();
+        let mut m = Mempool::new(MempoolConfig::default());
+        let txs = vec![b"a".to_vec(), b"b".to_vec()];
+        let done = tx_hash(b"a");
+        let b = m
+            .restore_local(7, &txs, t, |h| *h == done)
+            .expect("one transaction left");
+        assert!(!m.is_pending(&done));
+        assert!(m.is_pending(&tx_hash(b"b")));
+        assert_eq!(m.payload(10, &HashSet::new()), vec![b.digest]);
+        assert_eq!(
+            m.open_batch_seq(),
+            8,
+            "new seals continue after the restored ones"
+        );
+        assert!(
+            m.restore_local(3, &txs, t, |_| false).is_none(),
+            "known batch"
+        );
+        assert!(
+            Mempool::new(MempoolConfig::default())
+                .restore_local(1, &txs, t, |_| true)
+                .is_none(),
+            "fully committed batch"
+        );
+    }
 
     fn small() -> MempoolConfig {
         MempoolConfig {

@@ -176,7 +176,7 @@ impl Metrics {
     pub fn reject(&self, reason: &str) {
         self.rejected
             .get_or_create(&ReasonLabel {
-                reason: reason.to_owned(),
+                reason: reason_label(reason),
             })
             .inc();
     }
@@ -185,7 +185,7 @@ impl Metrics {
     pub fn ignore(&self, reason: &str) {
         self.ignored
             .get_or_create(&ReasonLabel {
-                reason: reason.to_owned(),
+                reason: reason_label(reason),
             })
             .inc();
     }
@@ -199,8 +199,37 @@ impl Metrics {
     }
 }
 
+/// A reason as a short, stable label: the consensus core explains discards in words ("stale
+/// timeout"); dashboards and alerts want identifiers (`stale_timeout`), so every character that
+/// is not a letter or digit becomes `_` and letters are lowered.
+pub fn reason_label(reason: &str) -> String {
+    let mut out = String::with_capacity(reason.len());
+    for c in reason.chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.ends_with('_') {
+            out.push('_');
+        }
+    }
+    out.trim_matches('_').to_owned()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn reasons_become_identifiers() {
+        assert_eq!(super::reason_label("stale timeout"), "stale_timeout");
+        assert_eq!(
+            super::reason_label("TC of another epoch"),
+            "tc_of_another_epoch"
+        );
+        assert_eq!(
+            super::reason_label("vote from a non-member"),
+            "vote_from_a_non_member"
+        );
+        assert_eq!(super::reason_label("bad_signature"), "bad_signature");
+    }
+
     use super::*;
 
     /// Every name of DESIGN section 9, as it appears in the exposition.

@@ -156,6 +156,7 @@ pub async fn start(p: NodeParams) -> Result<RunningNode, NodeError> {
     let mempool = Arc::new(Mutex::new(Mempool::new(p.mempool.clone())));
     let wake = Arc::new(Notify::new());
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let (durable_tx, durable_rx) = watch::channel(0u64);
     let api_state = ApiState {
         status: status.clone(),
         store: store.clone(),
@@ -163,6 +164,7 @@ pub async fn start(p: NodeParams) -> Result<RunningNode, NodeError> {
         mempool_wake: wake.clone(),
         metrics: metrics.clone(),
         registration: p.registration.clone(),
+        durable: Some(durable_rx),
     };
     let driver = Driver::new(
         p.driver,
@@ -174,6 +176,7 @@ pub async fn start(p: NodeParams) -> Result<RunningNode, NodeError> {
             status: status.clone(),
             metrics: metrics.clone(),
             tap,
+            durable: durable_tx,
         },
     )?;
     let (api_addr, api_task) =

@@ -38,6 +38,10 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// Blocks persisted but not (yet) committed, with their round: what a restart hands back to
 /// consensus. Pruned as the committed root advances.
 const UNCOMMITTED: TableDefinition<&[u8; 32], u64> = TableDefinition::new("uncommitted");
+/// Batches this node sealed from its clients' transactions and has not seen committed yet, by
+/// digest (value: the local seal sequence number). A restart proposes them again, so a
+/// transaction the API acknowledged is never lost.
+const LOCAL_BATCHES: TableDefinition<&[u8; 32], u64> = TableDefinition::new("local_batches");
 
 /// Keys of the `meta` table, named so that every writer and reader agree.
 pub mod meta {
@@ -209,7 +213,11 @@ impl Store {
                         "schema version {found} (this build reads {SCHEMA_VERSION})"
                     )));
                 }
-                Ok(())
+                // Tables added since this layout version was stamped (no format change).
+                self.write(|w| {
+                    w.txn.open_table(LOCAL_BATCHES)?;
+                    Ok(())
+                })
             }
             None => self.write(|w| {
                 for t in [BLOCKS, QCS, BATCHES] {
@@ -223,6 +231,7 @@ impl Store {
                 w.txn.open_table(EPOCH_CHANGES)?;
                 w.txn.open_table(APP_KV)?;
                 w.txn.open_table(UNCOMMITTED)?;
+                w.txn.open_table(LOCAL_BATCHES)?;
                 w.put_meta(meta::SCHEMA, &SCHEMA_VERSION.to_be_bytes())
             }),
         }
@@ -408,6 +417,27 @@ impl Store {
         Ok(out)
     }
 
+    /// The local batches not yet seen committed (seal sequence, digest, stored bytes), in seal
+    /// order.
+    pub fn local_batches(&self) -> Result<Vec<(u64, Hash32, Vec<u8>)>, StorageError> {
+        let txn = self.db.begin_read()?;
+        let local = txn.open_table(LOCAL_BATCHES)?;
+        let batches = txn.open_table(BATCHES)?;
+        let mut digests = Vec::new();
+        for item in local.iter()? {
+            let (k, v) = item?;
+            digests.push((v.value(), *k.value()));
+        }
+        digests.sort_unstable();
+        let mut out = Vec::with_capacity(digests.len());
+        for (seq, d) in digests {
+            if let Some(b) = batches.get(&d)? {
+                out.push((seq, d, b.value().to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
     /// The height at which the transaction `hash` was committed, if it was.
     pub fn tx_height(&self, hash: &Hash32) -> Result<Option<u64>, StorageError> {
         let txn = self.db.begin_read()?;
@@ -456,6 +486,18 @@ impl Writer<'_> {
     /// Stores a batch under its digest.
     pub fn put_batch(&mut self, digest: &Hash32, bytes: &[u8]) -> Result<(), StorageError> {
         self.txn.open_table(BATCHES)?.insert(digest, bytes)?;
+        Ok(())
+    }
+
+    /// Marks a stored batch as sealed here from client transactions (`seq`: seal order).
+    pub fn put_local_batch(&mut self, digest: &Hash32, seq: u64) -> Result<(), StorageError> {
+        self.txn.open_table(LOCAL_BATCHES)?.insert(digest, seq)?;
+        Ok(())
+    }
+
+    /// Forgets a local batch once a committed block carried it.
+    pub fn forget_local_batch(&mut self, digest: &Hash32) -> Result<(), StorageError> {
+        self.txn.open_table(LOCAL_BATCHES)?.remove(digest)?;
         Ok(())
     }
 

@@ -1,8 +1,11 @@
 //! The HTTP API over a real socket: every route of issue 6 item 7, the 503 of a full mempool,
 //! and the metric names of DESIGN section 9, fed by a status struct (no consensus needed).
 
+mod common;
+
+use common::http;
+
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use node::api::{ApiState, NodeStatus, RegistrationFn, ValidatorInfo, router};
 use node::app::{CommitInput, KvTx, commit_block};
@@ -10,51 +13,7 @@ use node::mempool::{Mempool, MempoolConfig, SealedBatch};
 use node::metrics::Metrics;
 use node::storage::Store;
 use prost::Message;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
-
-/// A minimal HTTP/1.1 client: one request per connection, `Connection: close`.
-async fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).await.expect("write head");
-    s.write_all(body).await.expect("write body");
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-        .await
-        .expect("response within 10 s")
-        .expect("read");
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let code: u16 = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status code");
-    let body_start = text.find("\r\n\r\n").map(|i| i + 4).unwrap_or(text.len());
-    let mut body = text[body_start..].to_string();
-    // Undo chunked encoding when the server used it.
-    if text[..body_start]
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        let mut plain = String::new();
-        let mut rest = body.as_str();
-        while let Some((size, after)) = rest.split_once("\r\n") {
-            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-            if n == 0 {
-                break;
-            }
-            plain.push_str(&after[..n]);
-            rest = &after[n + 2..];
-        }
-        body = plain;
-    }
-    (code, body)
-}
 
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
@@ -103,6 +62,7 @@ async fn start(mempool_cfg: MempoolConfig, registration: Option<RegistrationFn>)
         mempool_wake: Arc::new(Notify::new()),
         metrics: Arc::new(Metrics::new()),
         registration,
+        durable: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -114,7 +114,10 @@ fn anvil_bin() -> PathBuf {
     let p = std::env::var("ANVIL_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|_| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../contracts/node_modules/.bin/anvil")
+            // The native binary, not the npm wrapper script: killing the wrapper would leave
+            // anvil running.
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
         });
     assert!(
         p.exists(),
@@ -186,6 +189,7 @@ async fn show_and_register_against_the_simulator_and_anvil() {
                 "1",
             ])
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );

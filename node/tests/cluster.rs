@@ -2,59 +2,14 @@
 //! signatures, the HTTP API over sockets. The validator set is given directly (the chain oracle
 //! is exercised by the membership crate's tests); powers 1, 1, 2, 3 as in issue 6.
 
+mod common;
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use consensus::core::Config as CoreConfig;
-use consensus::crypto::{K256Signer, Signer};
-use consensus::types::MemberInfo;
-use node::app::KvTx;
-use node::driver::{DriverConfig, Member};
-use node::mempool::MempoolConfig;
-use node::node::{NodeParams, RunningNode, start};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-const POWERS: [u64; 4] = [1, 1, 2, 3];
-
-async fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).await.expect("write");
-    s.write_all(body).await.expect("write");
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-        .await
-        .expect("response in time")
-        .expect("read");
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status");
-    let start = text.find("\r\n\r\n").map_or(text.len(), |i| i + 4);
-    (code, text[start..].to_string())
-}
-
-async fn get_json(addr: std::net::SocketAddr, path: &str) -> (u16, serde_json::Value) {
-    let (code, body) = http(addr, "GET", path, b"").await;
-    (
-        code,
-        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
-    )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+use common::{POWERS, free_port, get_json, http, node_params, put};
+use node::driver::Member;
+use node::node::{RunningNode, start};
 
 struct Cluster {
     dirs: Vec<tempfile::TempDir>,
@@ -63,93 +18,31 @@ struct Cluster {
     nodes: Vec<Option<RunningNode>>,
 }
 
-fn secret(i: usize) -> [u8; 32] {
-    [i as u8 + 1; 32]
-}
-
 impl Cluster {
     fn new() -> Self {
         let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
-        let members = (0..4)
-            .map(|i| {
-                let s = K256Signer::from_secret(&secret(i)).expect("key");
-                Member {
-                    info: MemberInfo {
-                        address: s.address(),
-                        public_key: s.public_key(),
-                        power: POWERS[i],
-                    },
-                    url: format!("/ip4/127.0.0.1/tcp/{}", ports[i]),
-                }
-            })
-            .collect();
         Self {
             dirs: (0..4)
                 .map(|_| tempfile::tempdir().expect("tempdir"))
                 .collect(),
+            members: common::members(&ports),
             ports,
-            members,
             nodes: (0..4).map(|_| None).collect(),
         }
     }
 
     async fn start(&mut self, i: usize) {
-        let params = NodeParams {
-            driver: DriverConfig {
-                secret: secret(i),
-                chain_id: 31337,
-                contract: [0xaa; 20],
-                genesis_id: [7; 32],
-                genesis_chain_block_hash: [9; 32],
-                genesis_chain_block_number: 12,
-                members: self.members.clone(),
-                core: CoreConfig {
-                    base_timeout_ms: 600,
-                    max_timeout_ms: 2_400,
-                    ..CoreConfig::default()
-                },
-                sync_check: Duration::from_millis(500),
-                stall_after: Duration::from_secs(2),
-            },
-            data_dir: self.dirs[i].path().to_path_buf(),
-            p2p_listen: vec![
-                format!("/ip4/127.0.0.1/tcp/{}", self.ports[i])
-                    .parse()
-                    .expect("addr"),
-            ],
-            bootstrap: Vec::new(),
-            api_listen: "127.0.0.1:0".parse().expect("addr"),
-            metrics_listen: None,
-            mempool: MempoolConfig::default(),
-            registration: None,
-            tap: None,
-        };
         // A killed node's store may take a moment to release its lock (tasks winding down).
         let deadline = Instant::now() + Duration::from_secs(10);
-        let mut params = Some(params);
         loop {
-            let p = params.take().expect("params");
-            let data_dir = p.data_dir.clone();
-            let clone = NodeParams {
-                driver: p.driver.clone(),
-                data_dir: p.data_dir.clone(),
-                p2p_listen: p.p2p_listen.clone(),
-                bootstrap: p.bootstrap.clone(),
-                api_listen: p.api_listen,
-                metrics_listen: p.metrics_listen,
-                mempool: p.mempool.clone(),
-                registration: None,
-                tap: None,
-            };
-            match start(p).await {
+            match start(node_params(i, self.dirs[i].path(), &self.ports, 0)).await {
                 Ok(n) => {
                     self.nodes[i] = Some(n);
                     return;
                 }
                 Err(e) if Instant::now() < deadline => {
-                    tracing_note(&format!("restart of {data_dir:?} retried: {e}"));
+                    eprintln!("restart of node {i} retried: {e}");
                     tokio::time::sleep(Duration::from_millis(200)).await;
-                    params = Some(clone);
                 }
                 Err(e) => panic!("node {i} did not start: {e}"),
             }
@@ -198,19 +91,6 @@ impl Cluster {
             }
         }
     }
-}
-
-fn tracing_note(s: &str) {
-    eprintln!("{s}");
-}
-
-fn put(i: usize) -> Vec<u8> {
-    KvTx::Put {
-        key: format!("k{i}"),
-        value: format!("v{i}"),
-        nonce: None,
-    }
-    .encode()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
