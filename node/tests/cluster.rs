@@ -112,16 +112,22 @@ async fn four_weighted_nodes_commit_agree_and_execute_once() {
         .await;
     // Every accepted transaction commits (wait for the last ones), once, everywhere.
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last_tx_height = 0;
     for h in &hashes {
         loop {
             let (_, v) = get_json(c.api(0), &format!("/txs/{h}")).await;
             if v["status"] == "committed" {
+                last_tx_height = last_tx_height.max(v["height"].as_u64().expect("height"));
                 break;
             }
             assert!(Instant::now() < deadline, "tx {h} not committed: {v}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    // Node 0 may be ahead of the others: compare chains up to a height every node has.
+    c.wait_height(&[0, 1, 2, 3], last_tx_height, Duration::from_secs(30))
+        .await;
+    eprintln!("last transaction committed at height {last_tx_height}");
     let top = (0..4).map(|i| c.height(i)).min().expect("heights");
     let chains = [
         c.chain(0, top).await,

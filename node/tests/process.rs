@@ -309,10 +309,12 @@ fn spawn_load(
 async fn check_cluster(p: &Procs, nodes: &[usize], accepted: &[String], note: &str) -> u64 {
     // Every accepted transaction commits (bounded wait for the last ones).
     let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last_tx_height = 0;
     for h in accepted {
         loop {
             let (_, v) = get_json(p.api(nodes[0]), &format!("/txs/{h}")).await;
             if v["status"] == "committed" {
+                last_tx_height = last_tx_height.max(v["height"].as_u64().expect("height"));
                 break;
             }
             assert!(
@@ -322,6 +324,9 @@ async fn check_cluster(p: &Procs, nodes: &[usize], accepted: &[String], note: &s
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    // The first node may be ahead of the others: compare up to a height every node has.
+    p.wait_height(nodes, last_tx_height, Duration::from_secs(30), note)
+        .await;
     let mut top = u64::MAX;
     for &i in nodes {
         top = top.min(p.height(i).await);
