@@ -676,7 +676,7 @@ async fn hostile_messages_are_refused_by_reason_and_lag_is_not_punished() {
         let epoch = labelled(
             &text,
             "dstack_messages_ignored_total",
-            "timeout_of_another_epoch",
+            "message_of_a_later_epoch",
         );
         if malformed >= 1.0 && wrong_topic >= 1.0 && oversized >= 1.0 && epoch >= 1.0 {
             break;
