@@ -531,19 +531,7 @@ async fn chaos_outer(dir: PathBuf, args: ChaosArgs) -> Result<ExitCode> {
     }
     let plan = NetPlan::new(&tag, args.powers.len());
     // Validate before creating anything.
-    testnet::chaos::ChaosOptions {
-        dir: dir.clone(),
-        scenario: args.scenario,
-        duration: Duration::from_secs(args.duration),
-        seed,
-        powers: args.powers.clone(),
-        rate: args.rate,
-        tx_size: args.tx_size,
-        loss: args.loss,
-        node_log: args.node_log.clone(),
-        plan: plan.clone(),
-    }
-    .validate()?;
+    chaos_options(&dir, &args, seed, plan.clone()).validate()?;
     plan.save(&dir)?;
     progress(&format!(
         "creating network namespaces {} (bridge {} in {}, nodes {}..)",
@@ -625,12 +613,16 @@ async fn chaos_outer(dir: PathBuf, args: ChaosArgs) -> Result<ExitCode> {
     code
 }
 
-/// `chaos-inner`: runs in the hub namespace; stops its cluster on SIGINT/SIGTERM.
-async fn chaos_inner(dir: PathBuf, args: ChaosArgs, tag: String) -> Result<ExitCode> {
-    let plan = testnet::netns::NetPlan::new(&tag, args.powers.len());
-    let seed = args.seed.unwrap_or_else(rand::random::<u64>);
-    let opts = testnet::chaos::ChaosOptions {
-        dir: dir.clone(),
+/// The chaos run's options from the command line (the outer command validates them, the inner
+/// one runs them).
+fn chaos_options(
+    dir: &std::path::Path,
+    args: &ChaosArgs,
+    seed: u64,
+    plan: testnet::netns::NetPlan,
+) -> testnet::chaos::ChaosOptions {
+    testnet::chaos::ChaosOptions {
+        dir: dir.to_path_buf(),
         scenario: args.scenario,
         duration: Duration::from_secs(args.duration),
         seed,
@@ -640,7 +632,14 @@ async fn chaos_inner(dir: PathBuf, args: ChaosArgs, tag: String) -> Result<ExitC
         loss: args.loss,
         node_log: args.node_log.clone(),
         plan,
-    };
+    }
+}
+
+/// `chaos-inner`: runs in the hub namespace; stops its cluster on SIGINT/SIGTERM.
+async fn chaos_inner(dir: PathBuf, args: ChaosArgs, tag: String) -> Result<ExitCode> {
+    let plan = testnet::netns::NetPlan::new(&tag, args.powers.len());
+    let seed = args.seed.unwrap_or_else(rand::random::<u64>);
+    let opts = chaos_options(&dir, &args, seed, plan);
     let report = tokio::select! {
         r = testnet::chaos::run(opts) => r,
         _ = interrupted() => {
