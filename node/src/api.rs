@@ -65,6 +65,11 @@ pub struct NodeStatus {
     pub peer_id: String,
     /// The chain block the current epoch's set was read at.
     pub epoch_chain_block: u64,
+    /// Whether this node is a member of the current epoch's set (votes and proposes).
+    pub member: bool,
+    /// `validator`, `observer` (never a member) or `removed` (a member of an earlier epoch that
+    /// the chain no longer authorizes).
+    pub role: String,
     /// The current validator set, sorted by address (the signer-bitmap order).
     #[serde(skip)]
     pub validators: Vec<ValidatorInfo>,

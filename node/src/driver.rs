@@ -13,8 +13,16 @@
 //!   blocks from a member, checked by hash links from its committed root and the commit proof
 //!   (QC verified with the epoch's set), then its core restarts from the new root.
 //!
-//! After a crash the driver rebuilds the core from what it persisted (safety state, highest
-//! certificates, uncommitted blocks, committed root), and the core re-sends what it had signed.
+//! Live membership (DESIGN section 4): an oracle task polls the chain's pinned head and the set
+//! read there and feeds it to the core (`PinnedHead`); the core's `ReadChainSet` is answered from
+//! the chain by number and hash. When a `Reconfigure` block commits, its epoch-change record is
+//! stored in the same durable write as the rest of that step, broadcast, and served in sync
+//! answers; the new set, schedule and peer list apply at once. Sync crosses epochs by verifying
+//! each epoch's end with its record.
+//!
+//! After a crash the driver rebuilds the core from what it persisted (epoch-change records,
+//! safety state, highest certificates, uncommitted blocks, committed root), and the core re-sends
+//! what it had signed.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -23,6 +31,7 @@ use std::time::{Duration, Instant};
 use consensus::block_tree::{Commit, CommitProof, CommittedBlock, Root};
 use consensus::codec::{Decode, Encode};
 use consensus::core::{Action, Config as CoreConfig, Core, DurableState, Event};
+use consensus::epoch::EpochChangeRecord;
 use consensus::crypto::{K256Signer, Scheme};
 use consensus::domain::Domain;
 use consensus::safety::SafetyState;
@@ -37,7 +46,8 @@ use prost::Message as _;
 use proto::{GossipBody, RequestBody, ResponseBody, v1};
 use tokio::sync::{Notify, mpsc, watch};
 
-use crate::api::{NodeStatus, SharedStatus, ValidatorInfo};
+use crate::api::{SharedStatus, ValidatorInfo};
+use crate::chain::{ChainSet, ChainView};
 use crate::app::{self, CommitInput};
 use crate::mempool::{Mempool, SealedBatch};
 use crate::metrics::Metrics;
@@ -50,6 +60,8 @@ use crate::wire;
 const MAX_BATCHES_PER_RESPONSE: usize = 256;
 /// Most committed blocks served per sync page.
 const MAX_SYNC_BLOCKS: u32 = 256;
+/// Most epoch-change records served per answer.
+const MAX_RECORDS_PER_RESPONSE: usize = 16;
 /// Bytes a response may carry (leaves room under the wire limit).
 const RESPONSE_BUDGET: usize = proto::limits::MAX_RESPONSE_BYTES - 64 * 1024;
 
@@ -73,8 +85,8 @@ pub enum DriverError {
     Corrupt(&'static str),
 }
 
-/// A member of epoch 0 with its registered connection URL.
-#[derive(Clone, Debug)]
+/// A validator with its registered connection URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
     /// Address, public key, power.
     pub info: MemberInfo,
@@ -105,6 +117,8 @@ pub struct DriverConfig {
     pub sync_check: Duration,
     /// How long without a commit counts as stalled.
     pub stall_after: Duration,
+    /// How often the oracle reads the pinned head (genesis `oracle_poll_ms`).
+    pub oracle_poll: Duration,
 }
 
 enum Completion {
@@ -115,16 +129,35 @@ enum Completion {
     BatchesAvailable(BlockId),
     CommitBatchesReady,
     SyncPage(Option<Box<v1::SyncResponse>>),
+    Pinned(ChainSet),
+    ChainSet {
+        number: u64,
+        hash: [u8; 32],
+        members: Option<Vec<MemberInfo>>,
+    },
+    Records {
+        from: Option<Address>,
+        records: Vec<v1::EpochChangeRecord>,
+    },
 }
 
 /// The driver of one node.
 pub struct Driver {
     cfg: DriverConfig,
     core: Core,
-    domain: Domain,
-    genesis_block: BlockId,
-    set: ValidatorSet,
     store: Store,
+    chain: Option<Arc<dyn ChainView>>,
+    oracle_task: Option<tokio::task::JoinHandle<()>>,
+    /// The current epoch's members (with the latest URLs the chain showed).
+    members: Vec<Member>,
+    /// The previous epoch's members: still heard (they may lag) and served.
+    prev_members: Vec<Member>,
+    /// Every node registered at the last pinned head (URLs included), members or not.
+    registered: Vec<Member>,
+    /// The B0 that started the current epoch (None in epoch 0).
+    epoch_b0: Option<BlockId>,
+    /// Whether this node was a member of any epoch it saw.
+    ever_member: bool,
     net: NetHandle,
     mempool: Arc<Mutex<Mempool>>,
     mempool_wake: Arc<Notify>,
@@ -152,6 +185,8 @@ pub struct Driver {
 }
 
 enum Outgoing {
+    SetMembers(HashSet<PeerId>),
+    Dial(libp2p::Multiaddr),
     Vote(PeerId, v1::Vote),
     Gossip(Box<GossipBody>),
     Fetch(Box<dyn FnOnce(NetHandle, mpsc::Sender<Completion>) -> FetchFuture + Send>),
@@ -178,6 +213,9 @@ pub struct DriverParts {
     /// Told the sequence number of each local batch once it is durably stored (the API
     /// acknowledges transactions on it).
     pub durable: watch::Sender<u64>,
+    /// The chain (pinned head, sets by block) for live membership; `None` keeps the genesis set
+    /// for good (in-process tests without a chain).
+    pub chain: Option<Arc<dyn ChainView>>,
 }
 
 fn lock(m: &Mutex<Mempool>) -> std::sync::MutexGuard<'_, Mempool> {
@@ -194,29 +232,29 @@ fn hex0x(b: &[u8]) -> String {
 impl Driver {
     /// Builds the driver and its core from what the store holds (fresh or after a crash).
     pub fn new(cfg: DriverConfig, parts: DriverParts) -> Result<Self, DriverError> {
-        let infos: Vec<MemberInfo> = cfg.members.iter().map(|m| m.info.clone()).collect();
-        let set = ValidatorSet::from_members(infos).map_err(|e| DriverError::Set(e.to_string()))?;
-        let domain = Domain::new(cfg.chain_id, Address(cfg.contract), cfg.genesis_id);
-        let genesis_block = domain.genesis_block_id(0, &cfg.genesis_chain_block_hash, &set.hash());
         let signer =
             K256Signer::from_secret(&cfg.secret).map_err(|e| DriverError::Core(e.to_string()))?;
         let me = consensus::crypto::Signer::address(&signer);
-        let mut by_addr = HashMap::new();
-        let mut by_peer = HashMap::new();
-        for m in &cfg.members {
-            if let Ok(p) = peer_id_from_public_key(&m.info.public_key.0) {
-                by_addr.insert(m.info.address, p);
-                by_peer.insert(p, m.info.address);
-            }
-        }
         let (done_tx, done_rx) = mpsc::channel(1024);
-        let core = build_core(&cfg, &parts.store, &domain, genesis_block, &set)?;
+        let (core, restored) = build_core(&cfg, &parts.store)?;
+        let urls: HashMap<Address, String> = cfg
+            .members
+            .iter()
+            .map(|m| (m.info.address, m.url.clone()))
+            .collect();
+        let members = with_urls(&core.context().set().member_infos(), &urls);
+        let ever_member = cfg.members.iter().any(|m| m.info.address == me)
+            || members.iter().any(|m| m.info.address == me);
         let mut d = Self {
             core,
-            domain,
-            genesis_block,
-            set,
             store: parts.store,
+            chain: parts.chain,
+            oracle_task: None,
+            members,
+            prev_members: Vec::new(),
+            registered: cfg.members.clone(),
+            epoch_b0: restored.epoch_b0,
+            ever_member,
             net: parts.net,
             mempool: parts.mempool,
             mempool_wake: parts.mempool_wake,
@@ -225,8 +263,8 @@ impl Driver {
             tap: parts.tap,
             durable: parts.durable,
             me,
-            by_addr,
-            by_peer,
+            by_addr: HashMap::new(),
+            by_peer: HashMap::new(),
             connected: HashSet::new(),
             timer: None,
             uncommitted: HashMap::new(),
@@ -252,7 +290,9 @@ impl Driver {
                     .insert(b.id(), (b.round(), b.payload().to_vec()));
             }
         }
+        d.enqueue_commit_blocks(restored.unapplied);
         d.restore_local_batches()?;
+        d.refresh_peers();
         d.publish_static_status();
         Ok(d)
     }
@@ -298,9 +338,11 @@ impl Driver {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// The set, schedule and chain block of the current epoch, for `/status`, `/validators` and
+    /// the power gauges (after start and after every epoch change or URL update).
     fn publish_static_status(&mut self) {
-        let validators = self
-            .cfg
+        let ctx = self.core.context();
+        let mut sorted = self
             .members
             .iter()
             .map(|m| ValidatorInfo {
@@ -310,30 +352,50 @@ impl Driver {
                 connection_url: m.url.clone(),
             })
             .collect::<Vec<_>>();
-        let mut sorted = validators;
         sorted.sort_by(|a, b| a.address.cmp(&b.address));
+        self.metrics.validator_power.clear();
         self.metrics
             .validators_power
-            .set(self.set.total_power() as i64);
+            .set(i64::try_from(ctx.set().total_power()).unwrap_or(i64::MAX));
         for v in &sorted {
             self.metrics
                 .validator_power
                 .get_or_create(&crate::metrics::AddressLabel {
                     address: v.address.clone(),
                 })
-                .set(v.power as i64);
+                .set(i64::try_from(v.power).unwrap_or(i64::MAX));
         }
+        let member = self.is_member();
+        let role = self.role();
+        let epoch = ctx.epoch();
+        let chain_block = ctx.chain_block();
         let mut st = match self.status.write() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        *st = NodeStatus {
-            node_address: hex0x(&self.me.0),
-            peer_id: self.net.local_peer_id.to_string(),
-            epoch_chain_block: self.cfg.genesis_chain_block_number,
-            validators: sorted,
-            ..NodeStatus::default()
-        };
+        st.node_address = hex0x(&self.me.0);
+        st.peer_id = self.net.local_peer_id.to_string();
+        st.epoch = epoch;
+        st.epoch_chain_block = chain_block;
+        st.validators = sorted;
+        st.member = member;
+        st.role = role.to_string();
+    }
+
+    fn is_member(&self) -> bool {
+        self.members.iter().any(|m| m.info.address == self.me)
+    }
+
+    /// `validator` (a member of the current epoch), `removed` (a member of an earlier epoch, no
+    /// longer), or `observer` (never a member).
+    fn role(&self) -> &'static str {
+        if self.is_member() {
+            "validator"
+        } else if self.ever_member {
+            "removed"
+        } else {
+            "observer"
+        }
     }
 
     fn refresh_status(&mut self) {
@@ -345,10 +407,11 @@ impl Driver {
             .flatten()
             .map(|id| hex0x(&id));
         let round = self.core.round();
-        let leader = hex0x(&self.set.leader(round).0);
-        self.metrics.height.set(height as i64);
-        self.metrics.round.set(round as i64);
-        self.metrics.epoch.set(0);
+        let epoch = self.core.epoch();
+        let leader = hex0x(&self.core.context().set().leader(round).0);
+        self.metrics.height.set(i64::try_from(height).unwrap_or(i64::MAX));
+        self.metrics.round.set(i64::try_from(round).unwrap_or(i64::MAX));
+        self.metrics.epoch.set(i64::try_from(epoch).unwrap_or(i64::MAX));
         self.metrics.syncing.set(u64::from(self.syncing));
         self.metrics.p2p_peers.set(self.connected.len() as i64);
         self.metrics
@@ -358,7 +421,7 @@ impl Driver {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        st.epoch = 0;
+        st.epoch = epoch;
         st.round = round;
         st.committed_height = height;
         st.committed_block = block;
@@ -373,8 +436,7 @@ impl Driver {
         mut events: mpsc::Receiver<NetEvent>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), DriverError> {
-        let members: HashSet<PeerId> = self.by_peer.keys().copied().collect();
-        let _ = self.net.set_members(members).await;
+        self.spawn_oracle();
         self.dial_members().await;
         let now = self.now_ms();
         self.feed(Event::Start { now_ms: now })?;
@@ -420,12 +482,144 @@ impl Driver {
             self.flush().await;
             self.refresh_status();
         }
+        if let Some(t) = self.oracle_task.take() {
+            t.abort();
+        }
         tracing::info!("driver stopped");
         Ok(())
     }
 
+    /// Polls the chain's pinned head beside consensus; each reading comes back as a completion.
+    fn spawn_oracle(&mut self) {
+        let Some(chain) = self.chain.clone() else {
+            return;
+        };
+        let done = self.done_tx.clone();
+        let poll = self.cfg.oracle_poll.max(Duration::from_millis(50));
+        self.oracle_task = Some(tokio::spawn(async move {
+            let mut last_error: Option<String> = None;
+            loop {
+                match chain.pinned().await {
+                    Ok(view) => {
+                        if last_error.take().is_some() {
+                            tracing::info!("oracle reads the chain again");
+                        }
+                        if done.send(Completion::Pinned(view)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        if last_error.as_deref() != Some(e.as_str()) {
+                            tracing::warn!(error = %e, "oracle: cannot read the pinned head; epoch changes wait");
+                        }
+                        last_error = Some(e);
+                    }
+                }
+                tokio::time::sleep(poll).await;
+            }
+        }));
+    }
+
+    /// A reading of the pinned head: URLs update at once (no epoch change needed), then the core
+    /// hears the head and the set read there.
+    fn on_pinned(&mut self, view: ChainSet) -> Result<(), DriverError> {
+        let urls: HashMap<Address, String> = view
+            .members
+            .iter()
+            .map(|m| (m.info.address, m.url.clone()))
+            .collect();
+        let mut changed_urls = Vec::new();
+        for m in self.members.iter_mut().chain(self.prev_members.iter_mut()) {
+            if let Some(u) = urls.get(&m.info.address)
+                && *u != m.url
+            {
+                tracing::info!(member = %hex0x(&m.info.address.0), old = %m.url, new = %u, "connection URL changed");
+                m.url = u.clone();
+                changed_urls.push(u.clone());
+            }
+        }
+        self.registered = view.members.clone();
+        self.refresh_peers();
+        if !changed_urls.is_empty() {
+            for u in changed_urls {
+                if let Ok(addr) = u.parse() {
+                    self.outbox.push(Outgoing::Dial(addr));
+                }
+            }
+            self.publish_static_status();
+        }
+        let now = self.now_ms();
+        self.feed(Event::PinnedHead {
+            number: view.number,
+            hash: view.hash,
+            members: view.members.into_iter().map(|m| m.info).collect(),
+            now_ms: now,
+        })
+    }
+
+    /// Rebuilds the address <-> PeerId maps (current and previous members, and every registered
+    /// node) and tells the network who counts as a member for gossip and votes.
+    fn refresh_peers(&mut self) {
+        self.by_addr.clear();
+        self.by_peer.clear();
+        for m in self
+            .registered
+            .iter()
+            .chain(self.prev_members.iter())
+            .chain(self.members.iter())
+        {
+            if let Ok(p) = peer_id_from_public_key(&m.info.public_key.0) {
+                self.by_addr.insert(m.info.address, p);
+                self.by_peer.insert(p, m.info.address);
+            }
+        }
+        let heard: HashSet<PeerId> = self
+            .members
+            .iter()
+            .chain(self.prev_members.iter())
+            .filter_map(|m| self.by_addr.get(&m.info.address).copied())
+            .collect();
+        self.outbox.push(Outgoing::SetMembers(heard));
+    }
+
+    /// The epoch ended at the record's B0 (already durable): the new set, schedule and peers
+    /// apply now. Called in action order, so with several records the last one wins.
+    fn on_epoch_changed(&mut self, r: &EpochChangeRecord) {
+        let urls: HashMap<Address, String> = self
+            .registered
+            .iter()
+            .chain(self.members.iter())
+            .map(|m| (m.info.address, m.url.clone()))
+            .collect();
+        let was = self.is_member();
+        self.prev_members = std::mem::take(&mut self.members);
+        self.members = with_urls(r.members(), &urls);
+        self.epoch_b0 = r.b0().map(Block::id);
+        let is = self.is_member();
+        self.ever_member |= is;
+        self.metrics.epoch_changes.inc();
+        let total: u64 = self.members.iter().map(|m| m.info.power).sum();
+        tracing::info!(
+            epoch = r.next_epoch(),
+            chain_block = r.reconfigure().map_or(0, |rc| rc.chain_block_number),
+            members = self.members.len(),
+            total_power = total,
+            "epoch change: new validator set applies"
+        );
+        if was && !is {
+            tracing::warn!(
+                epoch = r.next_epoch(),
+                "this node was removed from the validator set: it no longer votes or proposes, it follows the chain as an observer"
+            );
+        } else if !was && is {
+            tracing::info!(epoch = r.next_epoch(), "this node joined the validator set");
+        }
+        self.refresh_peers();
+        self.publish_static_status();
+    }
+
     async fn dial_members(&mut self) {
-        for m in &self.cfg.members {
+        for m in &self.members {
             if m.info.address == self.me {
                 continue;
             }
@@ -453,7 +647,8 @@ impl Driver {
             match a {
                 Action::PersistBlock(_)
                 | Action::PersistCertificates { .. }
-                | Action::PersistSafety(_) => persist.push(a),
+                | Action::PersistSafety(_)
+                | Action::PersistEpochChange(_) => persist.push(a),
                 other => {
                     self.persist(&mut persist)?;
                     self.act(other)?;
@@ -470,14 +665,24 @@ impl Driver {
         }
         let items = std::mem::take(queue);
         for a in &items {
-            if let Action::PersistBlock(b) = a {
-                self.uncommitted
-                    .insert(b.id(), (b.round(), b.payload().to_vec()));
+            match a {
+                Action::PersistBlock(b) => {
+                    self.uncommitted
+                        .insert(b.id(), (b.round(), b.payload().to_vec()));
+                }
+                // Blocks of the ended epoch past B0 never commit: their batches are free to be
+                // proposed again in the new epoch.
+                Action::PersistEpochChange(_) => self.uncommitted.clear(),
+                _ => {}
             }
         }
         self.store.write(|w| {
             for a in &items {
                 match a {
+                    Action::PersistEpochChange(r) => {
+                        w.prune_pending(u64::MAX)?;
+                        w.put_epoch_change(r.epoch, &r.encode())?;
+                    }
                     Action::PersistBlock(b) => {
                         let bytes = wire::block_to_wire(b).encode_to_vec();
                         w.put_pending_block(&b.id().0, b.round(), &bytes)?;
@@ -496,6 +701,11 @@ impl Driver {
             }
             Ok(())
         })?;
+        for a in &items {
+            if let Action::PersistEpochChange(r) = a {
+                self.on_epoch_changed(r);
+            }
+        }
         Ok(())
     }
 
@@ -596,19 +806,103 @@ impl Driver {
             }
             Action::PersistBlock(_)
             | Action::PersistCertificates { .. }
-            | Action::PersistSafety(_) => {}
-            // Epoch changes (consensus issue 5) are not wired yet: the node stays in the epoch it
-            // started in; these actions only appear once a block carries a Reconfigure, which
-            // this node never proposes (it feeds no `Event::PinnedHead`).
-            Action::ReadChainSet { .. }
-            | Action::PersistEpochChange(_)
-            | Action::BroadcastEpochChange(_)
-            | Action::SendEpochChanges { .. }
-            | Action::FetchEpochChanges { .. } => {
-                tracing::debug!("epoch-change action ignored (not wired yet)");
+            | Action::PersistSafety(_)
+            | Action::PersistEpochChange(_) => {}
+            Action::ReadChainSet { number, hash } => self.read_chain_set(number, hash)?,
+            Action::BroadcastEpochChange(r) => {
+                self.outbox
+                    .push(Outgoing::Gossip(Box::new(GossipBody::EpochChange(
+                        wire::record_to_wire(&r),
+                    ))));
+            }
+            Action::SendEpochChanges { to, since_epoch } => {
+                // Best effort on the cluster topic (gossip drops a repeat it still remembers);
+                // the lagging node also fetches the records itself once it hears a later epoch.
+                tracing::debug!(to = %hex0x(&to.0), since_epoch, "re-broadcasting epoch-change records for a lagging member");
+                for r in self.stored_records(since_epoch)? {
+                    self.outbox
+                        .push(Outgoing::Gossip(Box::new(GossipBody::EpochChange(r))));
+                }
+            }
+            Action::FetchEpochChanges { since_epoch, from } => {
+                let peers = self.peers_preferring(from);
+                let by_peer = self.by_peer.clone();
+                self.outbox.push(Outgoing::Fetch(Box::new(move |net, done| {
+                    Box::pin(async move {
+                        let req = v1::SyncRequest {
+                            from_height: u64::MAX,
+                            max_blocks: 0,
+                            known_epoch: since_epoch,
+                        };
+                        for peer in peers.into_iter().take(4) {
+                            if let Ok(ResponseBody::Sync(resp)) =
+                                net.request(peer, RequestBody::Sync(req.clone())).await
+                                && !resp.records.is_empty()
+                            {
+                                let from = by_peer.get(&peer).copied();
+                                let _ = done
+                                    .send(Completion::Records {
+                                        from,
+                                        records: resp.records,
+                                    })
+                                    .await;
+                                return;
+                            }
+                        }
+                    })
+                })));
             }
         }
         Ok(())
+    }
+
+    /// Answers the core's `ReadChainSet` from the chain (no chain: nothing can be checked).
+    fn read_chain_set(&mut self, number: u64, hash: [u8; 32]) -> Result<(), DriverError> {
+        let Some(chain) = self.chain.clone() else {
+            return self.feed(Event::ChainSet {
+                number,
+                hash,
+                members: None,
+            });
+        };
+        self.outbox.push(Outgoing::Fetch(Box::new(move |_net, done| {
+            Box::pin(async move {
+                let members = match chain.set_at(number, hash).await {
+                    Ok(Some(set)) => Some(set.members.into_iter().map(|m| m.info).collect()),
+                    Ok(None) => None,
+                    Err(e) => {
+                        tracing::warn!(number, error = %e, "cannot read the validator set a Reconfigure names");
+                        None
+                    }
+                };
+                let _ = done
+                    .send(Completion::ChainSet {
+                        number,
+                        hash,
+                        members,
+                    })
+                    .await;
+            })
+        })));
+        Ok(())
+    }
+
+    /// The stored epoch-change records of epochs `since..`, as wire messages (bounded).
+    fn stored_records(&self, since: u64) -> Result<Vec<v1::EpochChangeRecord>, DriverError> {
+        let mut out = Vec::new();
+        let mut budget = RESPONSE_BUDGET / 2;
+        for (_, bytes) in self.store.epoch_changes_since(since, MAX_RECORDS_PER_RESPONSE)? {
+            let r = EpochChangeRecord::decode(&bytes)
+                .map_err(|_| DriverError::Corrupt("epoch-change record"))?;
+            let w = wire::record_to_wire(&r);
+            let len = w.encoded_len();
+            if len > budget {
+                break;
+            }
+            budget -= len;
+            out.push(w);
+        }
+        Ok(out)
     }
 
     /// Members to ask, the hinted one first, then connected ones, then the rest.
@@ -646,6 +940,13 @@ impl Driver {
         for (i, cb) in c.blocks.into_iter().enumerate() {
             let proof = (i + 1 == n).then(|| c.proof.clone());
             self.commit_queue.push_back((cb, proof));
+        }
+    }
+
+    /// Queues blocks a restart found committed by the core but not yet applied to the ledger.
+    fn enqueue_commit_blocks(&mut self, blocks: Vec<CommittedBlock>) {
+        for cb in blocks {
+            self.commit_queue.push_back((cb, None));
         }
     }
 
@@ -801,6 +1102,12 @@ impl Driver {
     async fn flush(&mut self) {
         for o in std::mem::take(&mut self.outbox) {
             match o {
+                Outgoing::SetMembers(m) => {
+                    let _ = self.net.set_members(m).await;
+                }
+                Outgoing::Dial(addr) => {
+                    let _ = self.net.dial(addr).await;
+                }
                 Outgoing::Vote(peer, vote) => {
                     let net = self.net.clone();
                     tokio::spawn(async move {
@@ -834,6 +1141,26 @@ impl Driver {
             Completion::SyncPage(page) => {
                 self.sync_inflight = false;
                 self.apply_sync_page(page)
+            }
+            Completion::Pinned(view) => self.on_pinned(view),
+            Completion::ChainSet {
+                number,
+                hash,
+                members,
+            } => self.feed(Event::ChainSet {
+                number,
+                hash,
+                members,
+            }),
+            Completion::Records { from, records } => {
+                let records: Vec<EpochChangeRecord> = records
+                    .iter()
+                    .filter_map(|r| wire::record_from_wire(r).ok())
+                    .collect();
+                if records.is_empty() {
+                    return Ok(());
+                }
+                self.feed(Event::EpochChanges { from, records })
             }
         }
     }
@@ -920,8 +1247,23 @@ impl Driver {
                     }
                 });
             }
-            GossipBody::EpochChange(_) | GossipBody::Evidence(_) => {
-                // Live epochs and evidence handling come with the companion issue.
+            GossipBody::EpochChange(r) => {
+                return Ok(match wire::record_from_wire(&r) {
+                    Ok(record) => {
+                        self.feed(Event::EpochChanges {
+                            from: (from != Address::default()).then_some(from),
+                            records: vec![record],
+                        })?;
+                        self.verdict()
+                    }
+                    Err(_) => {
+                        self.metrics.reject("malformed");
+                        MessageAcceptance::Reject
+                    }
+                });
+            }
+            GossipBody::Evidence(_) => {
+                // Evidence is recorded locally by each node's core; relayed copies are not used.
                 self.metrics.ignore("unsupported");
                 return Ok(MessageAcceptance::Ignore);
             }
@@ -1035,11 +1377,21 @@ impl Driver {
     }
 
     fn serve_sync(&self, req: &v1::SyncRequest) -> Result<v1::SyncResponse, DriverError> {
-        let top = self.store.committed_height()?;
+        let top = if req.max_blocks == 0 {
+            0
+        } else {
+            self.store.committed_height()?
+        };
         let mut blocks = Vec::new();
         let mut h = req.from_height.max(1);
         let limit = req.max_blocks.clamp(1, MAX_SYNC_BLOCKS) as u64;
-        let mut budget = RESPONSE_BUDGET;
+        // Records first: the requester needs them to verify blocks past each epoch's end.
+        let records = if req.known_epoch < self.core.epoch() {
+            self.stored_records(req.known_epoch)?
+        } else {
+            Vec::new()
+        };
+        let mut budget = RESPONSE_BUDGET - records.iter().map(|r| r.encoded_len()).sum::<usize>();
         while h <= top {
             let Some(id) = self.store.committed_id(h)? else {
                 break;
@@ -1077,7 +1429,7 @@ impl Driver {
         let high_qc = Some(wire::qc_to_wire(self.core.high_qc()));
         Ok(v1::SyncResponse {
             blocks,
-            records: Vec::new(),
+            records,
             high_qc,
             high_tc: None,
         })
@@ -1102,13 +1454,14 @@ impl Driver {
         let peer = peers[self.sync_peer_turn % peers.len()];
         self.sync_peer_turn = self.sync_peer_turn.wrapping_add(1);
         let from = self.store.committed_height().unwrap_or(0) + 1;
+        let known_epoch = self.core.epoch();
         self.sync_inflight = true;
         self.outbox.push(Outgoing::Fetch(Box::new(move |net, done| {
             Box::pin(async move {
                 let req = v1::SyncRequest {
                     from_height: from,
                     max_blocks: MAX_SYNC_BLOCKS,
-                    known_epoch: 0,
+                    known_epoch,
                 };
                 let page = match net.request(peer, RequestBody::Sync(req)).await {
                     Ok(ResponseBody::Sync(s)) => Some(Box::new(s)),
@@ -1119,18 +1472,43 @@ impl Driver {
         })));
     }
 
-    /// Verifies a sync page (hash links from the committed root, the proof's QC with the set)
-    /// and applies it; then restarts the core from the new root.
+    /// Verifies a sync page and applies it, then restarts the core from the new root. Blocks
+    /// are checked by hash links from the committed root, each epoch's blocks against that
+    /// epoch's set: a block is proved by its commit proof (QC verified), or, for the block that
+    /// ended an epoch, by that epoch's record, which also yields the next epoch's context.
     fn apply_sync_page(&mut self, page: Option<Box<v1::SyncResponse>>) -> Result<(), DriverError> {
         let Some(page) = page else {
             return Ok(());
         };
+        let records: HashMap<u64, EpochChangeRecord> = page
+            .records
+            .iter()
+            .filter_map(|r| wire::record_from_wire(r).ok())
+            .map(|r| (r.epoch, r))
+            .collect();
         let committed = self.store.committed_height()?;
-        let mut expect_parent = match self.store.committed_id(committed)? {
-            Some(id) => BlockId(id),
-            None => self.genesis_block,
+        let core_ctx = self.core.context();
+        // The context of the epoch being verified: the core's, then each next one a record yields.
+        let mut next_ctx: Option<EpochContext> = None;
+        let tip = self.store.committed_id(committed)?.map(BlockId);
+        let mut expect_parent = match tip {
+            Some(id) if Some(id) != self.epoch_b0 => id,
+            _ => core_ctx.genesis_block(),
         };
+        // The ledger may end at B0 with its record lost (crash): the page's record ends the epoch.
+        let mut new_records: Vec<(u64, EpochChangeRecord)> = Vec::new();
+        if let Some(id) = tip
+            && Some(id) != self.epoch_b0
+            && let Some(r) = records.get(&core_ctx.epoch())
+            && r.b0().map(Block::id) == Some(id)
+            && let Ok(next) = r.next_context(core_ctx)
+        {
+            new_records.push((committed, r.clone()));
+            expect_parent = next.genesis_block();
+            next_ctx = Some(next);
+        }
         let mut verified: Vec<(u64, Block, Option<CommitProof>)> = Vec::new();
+        let mut last_proved: Option<usize> = None;
         for (next_height, cb) in (committed + 1..).zip(page.blocks.iter()) {
             if cb.height != next_height {
                 break;
@@ -1142,31 +1520,56 @@ impl Driver {
             else {
                 break;
             };
-            if b.parent_id() != expect_parent || b.epoch() != 0 {
+            let ctx = next_ctx.as_ref().unwrap_or(core_ctx);
+            if b.parent_id() != expect_parent || b.epoch() != ctx.epoch() {
                 break;
             }
             let proof = cb
                 .proof
                 .as_ref()
                 .and_then(|p| wire::proof_from_wire(p).ok());
-            expect_parent = b.id();
-            verified.push((cb.height, b, proof));
-        }
-        // Keep the prefix up to the last block whose proof verifies.
-        let ctx = self.core.context();
-        let last_proved = verified.iter().rposition(|(_, b, p)| {
-            p.as_ref().is_some_and(|p| {
+            let direct = proof.as_ref().is_some_and(|p| {
                 p.certified.parent_id() == b.id()
                     && p.certified.round() == b.round() + 1
                     && p.qc.block_id == p.certified.id()
                     && ctx.verify_qc(&p.qc).is_ok()
-            })
-        });
-        let Some(last) = last_proved else {
+            });
+            let id = b.id();
+            let ends_epoch = b.header().reconfigure.is_some();
+            verified.push((cb.height, b, proof));
+            if direct {
+                last_proved = Some(verified.len() - 1);
+            }
+            if !ends_epoch {
+                expect_parent = id;
+                continue;
+            }
+            // A committed Reconfigure block is the epoch's B0: nothing after it in this epoch.
+            let Some(r) = records.get(&ctx.epoch()).filter(|r| r.b0().map(Block::id) == Some(id))
+            else {
+                break;
+            };
+            match r.next_context(ctx) {
+                Ok(next) => {
+                    last_proved = Some(verified.len() - 1);
+                    new_records.push((cb.height, r.clone()));
+                    expect_parent = next.genesis_block();
+                    next_ctx = Some(next);
+                }
+                Err(e) => {
+                    tracing::warn!(epoch = r.epoch, error = %e, "sync: epoch-change record does not verify");
+                    break;
+                }
+            }
+        }
+        let reached_epoch = next_ctx.as_ref().unwrap_or(core_ctx).epoch();
+        let keep = last_proved.map_or(0, |i| i + 1);
+        verified.truncate(keep);
+        new_records.retain(|(h, _)| *h <= committed + keep as u64);
+        if verified.is_empty() && new_records.is_empty() {
             self.syncing = false;
             return Ok(());
-        };
-        verified.truncate(last + 1);
+        }
         let mut missing = Vec::new();
         for (_, b, _) in &verified {
             missing.extend(self.missing_batches(b.payload())?);
@@ -1187,25 +1590,31 @@ impl Driver {
         }
         self.syncing = true;
         let n = verified.len();
+        let mut pending_records = new_records.into_iter().peekable();
+        // A record whose B0 is already the ledger's tip.
+        while let Some((_, r)) = pending_records.next_if(|(h, _)| *h <= committed) {
+            self.store_synced_record(&r)?;
+        }
         for (height, b, proof) in verified {
             let proof_bytes = proof
                 .as_ref()
                 .map(|p| wire::proof_to_wire(p).encode_to_vec())
                 .unwrap_or_default();
             self.apply_committed(height, &b, &proof_bytes)?;
+            while let Some((_, r)) = pending_records.next_if(|(h, _)| *h == height) {
+                self.store_synced_record(&r)?;
+            }
         }
         tracing::info!(
             blocks = n,
+            epoch = reached_epoch,
             "applied a sync page; restarting consensus from the new root"
         );
         self.commit_queue.clear();
-        self.core = build_core(
-            &self.cfg,
-            &self.store,
-            &self.domain,
-            self.genesis_block,
-            &self.set,
-        )?;
+        let (core, restored) = build_core(&self.cfg, &self.store)?;
+        self.core = core;
+        self.epoch_b0 = restored.epoch_b0;
+        self.enqueue_commit_blocks(restored.unapplied);
         let now = self.now_ms();
         self.feed(Event::Start { now_ms: now })?;
         // Keep syncing while pages come full; the stall timer triggers the next page.
@@ -1216,23 +1625,110 @@ impl Driver {
         }
         Ok(())
     }
+
+    /// Stores a record verified during sync (its B0 is in the ledger) and applies the epoch.
+    fn store_synced_record(&mut self, r: &EpochChangeRecord) -> Result<(), DriverError> {
+        self.store.write(|w| {
+            w.prune_pending(u64::MAX)?;
+            w.put_epoch_change(r.epoch, &r.encode())
+        })?;
+        self.uncommitted.clear();
+        self.on_epoch_changed(r);
+        Ok(())
+    }
 }
 
-/// Builds the core from what the store holds.
-fn build_core(
-    cfg: &DriverConfig,
-    store: &Store,
-    domain: &Domain,
-    genesis_block: BlockId,
-    set: &ValidatorSet,
-) -> Result<Core, DriverError> {
-    let ctx = EpochContext::new(
-        0,
-        genesis_block,
-        set.clone(),
-        domain.clone(),
-        Scheme::Secp256k1,
-    );
+/// Members with the URLs known for them (empty until the chain shows one).
+fn with_urls(infos: &[MemberInfo], urls: &HashMap<Address, String>) -> Vec<Member> {
+    infos
+        .iter()
+        .map(|i| Member {
+            info: i.clone(),
+            url: urls.get(&i.address).cloned().unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// What a restart learned besides the core.
+struct Restored {
+    /// The B0 that started the current epoch (None in epoch 0).
+    epoch_b0: Option<BlockId>,
+    /// Blocks the core counts as committed but the ledger does not hold yet (a crash between
+    /// an epoch change and applying B0 and its ancestors), oldest first.
+    unapplied: Vec<CommittedBlock>,
+}
+
+/// Epoch 0's context, from the genesis file's set.
+fn base_context(cfg: &DriverConfig) -> Result<EpochContext, DriverError> {
+    let infos: Vec<MemberInfo> = cfg.members.iter().map(|m| m.info.clone()).collect();
+    let set = ValidatorSet::from_members(infos).map_err(|e| DriverError::Set(e.to_string()))?;
+    let domain = Domain::new(cfg.chain_id, Address(cfg.contract), cfg.genesis_id);
+    let genesis = domain.genesis_block_id(0, &cfg.genesis_chain_block_hash, &set.hash());
+    Ok(
+        EpochContext::new(0, genesis, set, domain, Scheme::Secp256k1)
+            .with_chain_block(cfg.genesis_chain_block_number),
+    )
+}
+
+fn decode_block(bytes: &[u8]) -> Option<Block> {
+    v1::Block::decode(bytes)
+        .ok()
+        .and_then(|w| wire::block_from_wire(&w).ok())
+}
+
+/// The blocks from the ledger's tip (excluded) up to `b0` (included), oldest first, from the
+/// block store; `None` if one is missing.
+fn blocks_up_to(store: &Store, b0: BlockId, tip: Option<BlockId>) -> Result<Option<Vec<Block>>, DriverError> {
+    let mut out = Vec::new();
+    let mut id = b0;
+    while Some(id) != tip {
+        let Some(b) = store.get_block(&id.0)?.as_deref().and_then(decode_block) else {
+            return Ok(None);
+        };
+        id = b.parent_id();
+        out.push(b);
+        if out.len() > consensus::epoch::MAX_RECORD_PATH * 16 {
+            return Ok(None);
+        }
+    }
+    out.reverse();
+    Ok(Some(out))
+}
+
+/// Builds the core from what the store holds: epoch 0 from the genesis file, then every stored
+/// epoch-change record in order, then the safety state, certificates and blocks.
+fn build_core(cfg: &DriverConfig, store: &Store) -> Result<(Core, Restored), DriverError> {
+    let mut ctx = base_context(cfg)?;
+    let mut epoch_b0 = None;
+    let mut unapplied = Vec::new();
+    let mut height = store.committed_height()?;
+    let tip = store.committed_id(height)?.map(BlockId);
+    for (_, bytes) in store.epoch_changes_since(0, usize::MAX)? {
+        let r = EpochChangeRecord::decode(&bytes)
+            .map_err(|_| DriverError::Corrupt("epoch-change record"))?;
+        if r.epoch != ctx.epoch() || !unapplied.is_empty() {
+            break;
+        }
+        let Some(b0) = r.b0().map(Block::id) else {
+            break;
+        };
+        if store.height_of(&b0.0)?.is_none() {
+            // B0 was committed by the core but not applied yet: queue it with its ancestors.
+            match blocks_up_to(store, b0, tip)? {
+                Some(blocks) => {
+                    for b in blocks {
+                        height += 1;
+                        unapplied.push(CommittedBlock { height, block: b });
+                    }
+                }
+                None => break,
+            }
+        }
+        ctx = r
+            .next_context(&ctx)
+            .map_err(|e| DriverError::Core(format!("stored record of epoch {}: {e}", r.epoch)))?;
+        epoch_b0 = Some(b0);
+    }
     let signer =
         K256Signer::from_secret(&cfg.secret).map_err(|e| DriverError::Core(e.to_string()))?;
     let safety = match store.get_meta(meta::SAFETY)? {
@@ -1247,34 +1743,39 @@ fn build_core(
         Some(b) => Some(TimeoutCert::decode(&b).map_err(|_| DriverError::Corrupt("high TC"))?),
         None => None,
     };
-    let height = store.committed_height()?;
     let root = if height == 0 {
         None
-    } else {
-        let id = store
-            .committed_id(height)?
-            .ok_or(DriverError::Corrupt("committed index"))?;
-        let bytes = store
-            .get_block(&id)?
-            .ok_or(DriverError::Corrupt("committed block"))?;
-        let b = v1::Block::decode(bytes.as_slice())
-            .ok()
-            .and_then(|w| wire::block_from_wire(&w).ok())
-            .ok_or(DriverError::Corrupt("committed block"))?;
+    } else if !unapplied.is_empty() {
         Some(Root {
-            id: BlockId(id),
-            round: b.round(),
+            id: ctx.genesis_block(),
+            round: 0,
             height,
         })
+    } else {
+        let id = tip.ok_or(DriverError::Corrupt("committed index"))?;
+        if Some(id) == epoch_b0 {
+            Some(Root {
+                id: ctx.genesis_block(),
+                round: 0,
+                height,
+            })
+        } else {
+            let bytes = store
+                .get_block(&id.0)?
+                .ok_or(DriverError::Corrupt("committed block"))?;
+            let b = decode_block(&bytes).ok_or(DriverError::Corrupt("committed block"))?;
+            Some(Root {
+                id,
+                round: b.round(),
+                height,
+            })
+        }
     };
     let blocks = store
         .uncommitted_blocks()?
         .into_iter()
-        .filter_map(|bytes| {
-            v1::Block::decode(bytes.as_slice())
-                .ok()
-                .and_then(|w| wire::block_from_wire(&w).ok())
-        })
+        .filter_map(|bytes| decode_block(&bytes))
+        .filter(|b| b.epoch() == ctx.epoch())
         .collect();
     let durable = DurableState {
         safety,
@@ -1283,8 +1784,15 @@ fn build_core(
         high_qc,
         high_tc,
     };
-    Core::new(cfg.core.clone(), ctx, Box::new(signer), durable)
-        .map_err(|e| DriverError::Core(e.to_string()))
+    let core = Core::new(cfg.core.clone(), ctx, Box::new(signer), durable)
+        .map_err(|e| DriverError::Core(e.to_string()))?;
+    Ok((
+        core,
+        Restored {
+            epoch_b0,
+            unapplied,
+        },
+    ))
 }
 
 /// Fetches batches from the peers in turn, stores the ones that hash to a wanted digest.

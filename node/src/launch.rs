@@ -22,6 +22,7 @@ use membership::oracle::{BlockRef, Oracle};
 use membership::sdk::Cluster;
 
 use crate::api::RegistrationFn;
+use crate::chain::OracleView;
 use crate::config::Config;
 use crate::driver::{DriverConfig, Member};
 use crate::mempool::MempoolConfig;
@@ -227,10 +228,14 @@ pub async fn run_start_with(
                 max_payload_batches: usize::try_from(genesis.max_block_batches)
                     .unwrap_or(usize::MAX)
                     .min(consensus::types::MAX_BATCHES_PER_BLOCK),
+                reconfig_max_lag_blocks: genesis.reconfig_max_lag_blocks,
+                reconfig_wait_ms: genesis.reconfig_wait_ms,
+                epoch_min_rounds: genesis.epoch_min_rounds,
                 ..CoreConfig::default()
             },
             sync_check: Duration::from_secs(1),
             stall_after: Duration::from_millis(genesis.timeout_cap_ms.saturating_mul(2)),
+            oracle_poll: Duration::from_millis(genesis.oracle_poll_ms),
         },
         data_dir: cfg.data_dir(home),
         p2p_listen: listen,
@@ -246,6 +251,7 @@ pub async fn run_start_with(
         },
         registration,
         tap,
+        chain: Some(Arc::new(OracleView::new(oracle))),
     };
     let mut node = start(params).await?;
     tracing::info!(

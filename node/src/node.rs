@@ -12,6 +12,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::api::{ApiState, NodeStatus, RegistrationFn, SharedStatus, router};
+use crate::chain::ChainView;
 use crate::driver::{Driver, DriverConfig, DriverError, DriverParts};
 use crate::mempool::{Mempool, MempoolConfig};
 use crate::metrics::Metrics;
@@ -39,6 +40,8 @@ pub struct NodeParams {
     pub registration: Option<RegistrationFn>,
     /// A fault-injection hook for test binaries; `None` for an operator's node.
     pub tap: Option<TapFactory>,
+    /// The chain for live membership (`None`: the genesis set for good).
+    pub chain: Option<Arc<dyn ChainView>>,
 }
 
 /// Why a node could not start or stopped with an error.
@@ -177,6 +180,7 @@ pub async fn start(p: NodeParams) -> Result<RunningNode, NodeError> {
             metrics: metrics.clone(),
             tap,
             durable: durable_tx,
+            chain: p.chain.clone(),
         },
     )?;
     let (api_addr, api_task) =

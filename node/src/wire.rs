@@ -6,6 +6,7 @@
 //! payload digest is checked against the batch digests.
 
 use consensus::block_tree::CommitProof;
+use consensus::epoch::{EpochChangeRecord, MAX_RECORD_PATH};
 use consensus::types::{
     Address, BatchDigest, Block, BlockHeader, BlockId, MAX_VALIDATORS, MemberInfo, Proposal,
     PublicKey, QuorumCert, Reconfigure, Signature, SignerBitmap, Timeout, TimeoutCert, Vote,
@@ -305,6 +306,58 @@ pub fn proof_from_wire(p: &v1::CommitProof) -> Result<CommitProof, ConvertError>
                 .as_ref()
                 .ok_or(ConvertError::Missing("proof child qc"))?,
         )?,
+    })
+}
+
+/// An epoch-change record to the wire: `proof.path` = B0..Bk, `child` = Bk+1, `child_qc` =
+/// QC(Bk+1); `members` repeats B0's set for readers that do not decode blocks.
+pub fn record_to_wire(r: &EpochChangeRecord) -> v1::EpochChangeRecord {
+    let (path, child) = match r.path.split_last() {
+        Some((last, rest)) => (rest.iter().map(block_to_wire).collect(), Some(block_to_wire(last))),
+        None => (Vec::new(), None),
+    };
+    v1::EpochChangeRecord {
+        epoch: r.epoch,
+        proof: Some(v1::CommitProof {
+            path,
+            child,
+            child_qc: Some(qc_to_wire(&r.qc)),
+        }),
+        members: r
+            .members()
+            .iter()
+            .map(|m| v1::Member {
+                address: m.address.0.to_vec(),
+                public_key: m.public_key.0.to_vec(),
+                power: m.power,
+            })
+            .collect(),
+    }
+}
+
+/// An epoch-change record from the wire (shape only: `EpochChangeRecord::verify` checks it
+/// against the ending epoch).
+pub fn record_from_wire(p: &v1::EpochChangeRecord) -> Result<EpochChangeRecord, ConvertError> {
+    let proof = p.proof.as_ref().ok_or(ConvertError::Missing("record proof"))?;
+    bounded(&proof.path, MAX_RECORD_PATH - 1, "record path")?;
+    let mut path = proof
+        .path
+        .iter()
+        .map(block_from_wire)
+        .collect::<Result<Vec<_>, _>>()?;
+    path.push(block_from_wire(
+        proof.child.as_ref().ok_or(ConvertError::Missing("record child"))?,
+    )?);
+    let qc = qc_from_wire(
+        proof
+            .child_qc
+            .as_ref()
+            .ok_or(ConvertError::Missing("record child qc"))?,
+    )?;
+    Ok(EpochChangeRecord {
+        epoch: p.epoch,
+        path,
+        qc,
     })
 }
 

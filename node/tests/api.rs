@@ -40,6 +40,8 @@ async fn start(mempool_cfg: MempoolConfig, registration: Option<RegistrationFn>)
         node_address: "0xaa".into(),
         peer_id: "16Uiu2Hxx".into(),
         epoch_chain_block: 77,
+        member: true,
+        role: "validator".into(),
         validators: vec![
             ValidatorInfo {
                 address: "0x01".into(),
@@ -114,14 +116,17 @@ async fn every_route_answers_as_specified() {
             "epoch",
             "epoch_chain_block",
             "leader",
+            "member",
             "node_address",
             "peer_id",
             "peers",
+            "role",
             "round",
             "syncing"
         ]
     );
     assert_eq!(st["round"], 12);
+    assert_eq!(st["role"], "validator");
     assert_eq!(st["epoch_chain_block"], 77);
 
     let (code, body) = http(f.addr, "GET", "/validators", b"").await;

@@ -151,6 +151,7 @@ pub fn node_params(i: usize, data_dir: &Path, p2p_ports: &[u16], api_port: u16) 
             },
             sync_check: Duration::from_millis(500),
             stall_after: Duration::from_secs(2),
+            oracle_poll: Duration::from_millis(500),
         },
         data_dir: data_dir.to_path_buf(),
         p2p_listen: vec![
@@ -164,6 +165,7 @@ pub fn node_params(i: usize, data_dir: &Path, p2p_ports: &[u16], api_port: u16) 
         mempool: MempoolConfig::default(),
         registration: None,
         tap: None,
+        chain: None,
     }
 }
 
