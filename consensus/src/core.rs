@@ -793,7 +793,12 @@ impl Core {
             }
             return self.discard(false, "stale duplicate proposal");
         }
-        if let Err(_e) = self.ctx.verify_proposal(&p) {
+        if let Err(e) = self.ctx.verify_proposal(&p) {
+            // DESIGN section 7: what a non-member signs is ignored, not rejected (the forwarder
+            // may be an honest node relaying it).
+            if matches!(e, crate::verify::MessageError::NotMember) {
+                return self.discard(false, "proposal from a non-member");
+            }
             return self.discard(true, "invalid proposal");
         }
         self.check_proposal_equivocation(&p);
@@ -969,7 +974,7 @@ impl Core {
             return self.discard(false, "vote for another leader");
         }
         let Some(i) = self.ctx.set().index_of(&v.signer) else {
-            return self.discard(true, "vote from a non-member");
+            return self.discard(false, "vote from a non-member");
         };
         let first = self
             .votes
@@ -1036,7 +1041,7 @@ impl Core {
             return self.other_epoch(t.epoch, t.signer, from);
         }
         let Some(i) = self.ctx.set().index_of(&t.signer) else {
-            return self.discard(true, "timeout from a non-member");
+            return self.discard(false, "timeout from a non-member");
         };
         if self.pm.has_timeout(t.round, i) {
             return self.discard(false, "duplicate timeout");

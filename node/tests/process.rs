@@ -457,7 +457,8 @@ async fn sigkill_twenty_times_leader_kills_and_late_start_through_sync() {
     }
 }
 
-/// Member 0's key used from outside the cluster: a peer that signs validly but misbehaves.
+/// A key used from outside the cluster: member 0's (a peer that signs validly but misbehaves)
+/// or a key no token authorizes (a non-member with a valid identity).
 struct Rogue {
     net: NetHandle,
     signer: K256Signer,
@@ -467,7 +468,12 @@ struct Rogue {
 
 impl Rogue {
     async fn connect(p: &Procs, targets: &[usize]) -> Self {
-        let mut cfg = NetConfig::new(secret(0), CHAIN_ID, &hex::encode(CONTRACT));
+        Self::connect_as(p, targets, 0).await
+    }
+
+    /// Connects with the key `secret(key)` (0..4 are the members).
+    async fn connect_as(p: &Procs, targets: &[usize], key: usize) -> Self {
+        let mut cfg = NetConfig::new(secret(key), CHAIN_ID, &hex::encode(CONTRACT));
         cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")];
         cfg.bootstrap = targets
             .iter()
@@ -500,7 +506,7 @@ impl Rogue {
         let genesis = domain.genesis_block_id(0, &GENESIS_CHAIN_BLOCK, &set.hash());
         let rogue = Self {
             net,
-            signer: K256Signer::from_secret(&secret(0)).expect("key"),
+            signer: K256Signer::from_secret(&secret(key)).expect("key"),
             domain,
             genesis_qc: QuorumCert::genesis(0, genesis),
         };
@@ -525,7 +531,7 @@ impl Rogue {
         rogue
     }
 
-    /// A validly signed timeout of member 0.
+    /// A validly signed timeout (by the rogue's key).
     fn timeout(&self, epoch: u64, round: u64) -> GossipBody {
         let mut qc = self.genesis_qc.clone();
         qc.epoch = epoch;
@@ -542,7 +548,7 @@ impl Rogue {
         GossipBody::Timeout(node::wire::timeout_to_wire(&t))
     }
 
-    /// A validly signed vote of member 0 for a block nobody proposed.
+    /// A validly signed vote (by the rogue's key) for a block nobody proposed.
     fn vote(&self, round: u64, salt: u64) -> RequestBody {
         let mut id = [0u8; 32];
         id[..8].copy_from_slice(&salt.to_be_bytes());
@@ -693,6 +699,80 @@ async fn hostile_messages_are_refused_by_reason_and_lag_is_not_punished() {
     p.wait_height(&[1, 2, 3], h + 10, Duration::from_secs(20), "no seed")
         .await;
     for i in 1..4 {
+        p.stop(i);
+    }
+}
+
+/// A node with a valid key that no token authorizes: every consensus message it signs is ignored
+/// (never rejected, since an honest forwarder may relay it) and it never appears in a quorum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_member_key_is_ignored_and_never_in_a_quorum() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let mut p = Procs::new();
+    for i in 0..4 {
+        p.start(i).await;
+    }
+    p.wait_height(&[0, 1, 2, 3], 20, Duration::from_secs(60), "no seed")
+        .await;
+    let outsider = Rogue::connect_as(&p, &[3], 9).await;
+    let outsider_address = format!("0x{}", hex::encode(outsider.signer.address().0));
+    let target = peer_of(3);
+    let before = p.metrics(3).await;
+    let round = p
+        .status(3)
+        .await
+        .and_then(|s| s["round"].as_u64())
+        .expect("round of node 3");
+    // Current-round timeouts (as if it wanted a TC) and votes for every nearby round.
+    for r in round..round + 30 {
+        outsider
+            .net
+            .publish(outsider.timeout(0, r))
+            .await
+            .expect("publish");
+        let _ = outsider.net.request(target, outsider.vote(r, r)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = p.metrics(3).await;
+        let timeouts = labelled(
+            &text,
+            "dstack_messages_ignored_total",
+            "timeout_from_a_non_member",
+        ) + labelled(&text, "dstack_messages_ignored_total", "stale_timeout");
+        let votes = labelled(&text, "dstack_messages_ignored_total", "non_member")
+            - labelled(&before, "dstack_messages_ignored_total", "non_member");
+        if timeouts >= 30.0 && votes >= 30.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "non-member messages not all ignored (timeouts {timeouts}, votes {votes}):\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = p.metrics(3).await;
+    assert_eq!(
+        metric_sum(&before, "dstack_messages_rejected_total"),
+        metric_sum(&after, "dstack_messages_rejected_total"),
+        "a non-member's validly signed messages must be ignored, not rejected:\n{after}"
+    );
+    // Still connected (no penalty), the cluster keeps committing, and no QC names the outsider.
+    assert!(outsider.net.peers().await.expect("peers").contains(&target));
+    let h = p.height(3).await;
+    p.wait_height(&[0, 1, 2, 3], h + 10, Duration::from_secs(20), "no seed")
+        .await;
+    let top = p.height(3).await;
+    for height in top.saturating_sub(20).max(1)..=top {
+        let (_, b) = get_json(p.api(3), &format!("/blocks/{height}")).await;
+        let signers = b["qc_signers"].as_array().expect("qc_signers");
+        assert!(
+            !signers.iter().any(|s| s.as_str() == Some(outsider_address.as_str())),
+            "block {height}'s QC names the non-member: {b}"
+        );
+        assert!(!signers.is_empty(), "block {height} has no QC signers: {b}");
+    }
+    for i in 0..4 {
         p.stop(i);
     }
 }
