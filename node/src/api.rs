@@ -263,6 +263,9 @@ async fn submit_tx(State(s): State<ApiState>, body: Bytes) -> Response {
     if let Err(e) = KvTx::decode(&body) {
         return error(StatusCode::BAD_REQUEST, e);
     }
+    if let Some(refusal) = not_a_member(&s) {
+        return refusal;
+    }
     let store = s.store.clone();
     let (result, batch_seq) = {
         let mut pool = match s.mempool.lock() {
@@ -318,6 +321,25 @@ async fn submit_tx(State(s): State<ApiState>, body: Bytes) -> Response {
         }
         Err(e) => error(StatusCode::BAD_REQUEST, e),
     }
+}
+
+/// Only members propose, and members hear batches from members only: a node outside the current
+/// set (an observer, or a removed member) refuses transactions rather than hold them forever.
+pub fn not_a_member(s: &ApiState) -> Option<Response> {
+    let st = match s.status.read() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    (!st.member).then(|| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "this node ({}) is not a validator of epoch {}; send transactions to a member \
+                 (GET /validators)",
+                st.role, st.epoch
+            ),
+        )
+    })
 }
 
 fn parse_hash(text: &str) -> Option<Hash32> {

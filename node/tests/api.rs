@@ -154,6 +154,16 @@ async fn every_route_answers_as_specified() {
     assert_eq!(code, 409, "duplicate");
     let (code, body) = http(f.addr, "POST", "/txs", b"{\"op\":\"nope\"}").await;
     assert_eq!(code, 400, "{body}");
+    // A node outside the current set (removed at an epoch change) refuses, naming why.
+    {
+        let mut st = f.status.write().expect("status");
+        st.member = false;
+        st.role = "removed".into();
+    }
+    let (code, body) = http(f.addr, "POST", "/txs", &put("k", "removed")).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("not a validator of epoch 0"), "{body}");
+    f.status.write().expect("status").member = true;
 
     let batch = SealedBatch::from_txs(std::slice::from_ref(&tx));
     f.store
