@@ -31,9 +31,9 @@ use std::time::{Duration, Instant};
 use consensus::block_tree::{Commit, CommitProof, CommittedBlock, Root};
 use consensus::codec::{Decode, Encode};
 use consensus::core::{Action, Config as CoreConfig, Core, DurableState, Event};
-use consensus::epoch::EpochChangeRecord;
 use consensus::crypto::{K256Signer, Scheme};
 use consensus::domain::Domain;
+use consensus::epoch::EpochChangeRecord;
 use consensus::safety::SafetyState;
 use consensus::types::{
     Address, BatchDigest, Block, BlockId, MemberInfo, Message, QuorumCert, TimeoutCert,
@@ -47,8 +47,8 @@ use proto::{GossipBody, RequestBody, ResponseBody, v1};
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::api::{SharedStatus, ValidatorInfo};
-use crate::chain::{ChainSet, ChainView};
 use crate::app::{self, CommitInput};
+use crate::chain::{ChainSet, ChainView};
 use crate::mempool::{Mempool, SealedBatch};
 use crate::metrics::Metrics;
 use crate::net::{NetEvent, NetHandle, Responder, peer_id_from_public_key};
@@ -409,9 +409,15 @@ impl Driver {
         let round = self.core.round();
         let epoch = self.core.epoch();
         let leader = hex0x(&self.core.context().set().leader(round).0);
-        self.metrics.height.set(i64::try_from(height).unwrap_or(i64::MAX));
-        self.metrics.round.set(i64::try_from(round).unwrap_or(i64::MAX));
-        self.metrics.epoch.set(i64::try_from(epoch).unwrap_or(i64::MAX));
+        self.metrics
+            .height
+            .set(i64::try_from(height).unwrap_or(i64::MAX));
+        self.metrics
+            .round
+            .set(i64::try_from(round).unwrap_or(i64::MAX));
+        self.metrics
+            .epoch
+            .set(i64::try_from(epoch).unwrap_or(i64::MAX));
         self.metrics.syncing.set(u64::from(self.syncing));
         self.metrics.p2p_peers.set(self.connected.len() as i64);
         self.metrics
@@ -891,7 +897,10 @@ impl Driver {
     fn stored_records(&self, since: u64) -> Result<Vec<v1::EpochChangeRecord>, DriverError> {
         let mut out = Vec::new();
         let mut budget = RESPONSE_BUDGET / 2;
-        for (_, bytes) in self.store.epoch_changes_since(since, MAX_RECORDS_PER_RESPONSE)? {
+        for (_, bytes) in self
+            .store
+            .epoch_changes_since(since, MAX_RECORDS_PER_RESPONSE)?
+        {
             let r = EpochChangeRecord::decode(&bytes)
                 .map_err(|_| DriverError::Corrupt("epoch-change record"))?;
             let w = wire::record_to_wire(&r);
@@ -1545,7 +1554,9 @@ impl Driver {
                 continue;
             }
             // A committed Reconfigure block is the epoch's B0: nothing after it in this epoch.
-            let Some(r) = records.get(&ctx.epoch()).filter(|r| r.b0().map(Block::id) == Some(id))
+            let Some(r) = records
+                .get(&ctx.epoch())
+                .filter(|r| r.b0().map(Block::id) == Some(id))
             else {
                 break;
             };
@@ -1678,7 +1689,11 @@ fn decode_block(bytes: &[u8]) -> Option<Block> {
 
 /// The blocks from the ledger's tip (excluded) up to `b0` (included), oldest first, from the
 /// block store; `None` if one is missing.
-fn blocks_up_to(store: &Store, b0: BlockId, tip: Option<BlockId>) -> Result<Option<Vec<Block>>, DriverError> {
+fn blocks_up_to(
+    store: &Store,
+    b0: BlockId,
+    tip: Option<BlockId>,
+) -> Result<Option<Vec<Block>>, DriverError> {
     let mut out = Vec::new();
     let mut id = b0;
     while Some(id) != tip {

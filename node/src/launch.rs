@@ -22,7 +22,7 @@ use membership::oracle::{BlockRef, Oracle};
 use membership::sdk::Cluster;
 
 use crate::api::RegistrationFn;
-use crate::chain::OracleView;
+use crate::chain::{ChainView, OracleView};
 use crate::config::Config;
 use crate::driver::{DriverConfig, Member};
 use crate::mempool::MempoolConfig;
@@ -120,6 +120,38 @@ pub async fn run_start_with(
     sets: &[String],
     tap: Option<TapFactory>,
 ) -> Result<(), LaunchError> {
+    run_start_hooked(
+        home,
+        sets,
+        FaultHooks {
+            tap,
+            ..FaultHooks::default()
+        },
+    )
+    .await
+}
+
+/// Wraps the node's real chain view (given the driver's settings) in another one.
+pub type ChainWrap =
+    Arc<dyn Fn(&DriverConfig, Arc<dyn ChainView>) -> Arc<dyn ChainView> + Send + Sync>;
+
+/// Fault-injection hooks of test-only binaries (the chaos suite's equivocator, the lying
+/// reconfigurer). `dstack-node` installs none.
+#[derive(Default, Clone)]
+pub struct FaultHooks {
+    /// Sees (and adds to) each consensus message sent.
+    pub tap: Option<TapFactory>,
+    /// Replaces the chain view the driver reads the pinned head from.
+    pub chain: Option<ChainWrap>,
+}
+
+/// [`run_start`] with fault-injection hooks (test binaries only).
+pub async fn run_start_hooked(
+    home: &Path,
+    sets: &[String],
+    hooks: FaultHooks,
+) -> Result<(), LaunchError> {
+    let tap = hooks.tap;
     let cfg = Config::load(home, std::env::vars(), sets)?;
     init_logging(&cfg.log.format, &cfg.log.level);
     let genesis_path = cfg.genesis_path(home);
@@ -217,7 +249,7 @@ pub async fn run_start_with(
         .metrics_listen
         .parse()
         .map_err(|_| LaunchError::Invalid("api.metrics_listen".into()))?;
-    let params = NodeParams {
+    let mut params = NodeParams {
         driver: DriverConfig {
             secret,
             chain_id: genesis.chain_id,
@@ -255,8 +287,13 @@ pub async fn run_start_with(
         },
         registration,
         tap,
-        chain: Some(Arc::new(OracleView::new(oracle))),
+        chain: None,
     };
+    let real: Arc<dyn ChainView> = Arc::new(OracleView::new(oracle));
+    params.chain = Some(match &hooks.chain {
+        Some(wrap) => wrap(&params.driver, real),
+        None => real,
+    });
     let mut node = start(params).await?;
     tracing::info!(
         api = %node.api_addr,

@@ -313,7 +313,10 @@ pub fn proof_from_wire(p: &v1::CommitProof) -> Result<CommitProof, ConvertError>
 /// QC(Bk+1); `members` repeats B0's set for readers that do not decode blocks.
 pub fn record_to_wire(r: &EpochChangeRecord) -> v1::EpochChangeRecord {
     let (path, child) = match r.path.split_last() {
-        Some((last, rest)) => (rest.iter().map(block_to_wire).collect(), Some(block_to_wire(last))),
+        Some((last, rest)) => (
+            rest.iter().map(block_to_wire).collect(),
+            Some(block_to_wire(last)),
+        ),
         None => (Vec::new(), None),
     };
     v1::EpochChangeRecord {
@@ -338,7 +341,10 @@ pub fn record_to_wire(r: &EpochChangeRecord) -> v1::EpochChangeRecord {
 /// An epoch-change record from the wire (shape only: `EpochChangeRecord::verify` checks it
 /// against the ending epoch).
 pub fn record_from_wire(p: &v1::EpochChangeRecord) -> Result<EpochChangeRecord, ConvertError> {
-    let proof = p.proof.as_ref().ok_or(ConvertError::Missing("record proof"))?;
+    let proof = p
+        .proof
+        .as_ref()
+        .ok_or(ConvertError::Missing("record proof"))?;
     bounded(&proof.path, MAX_RECORD_PATH - 1, "record path")?;
     let mut path = proof
         .path
@@ -346,7 +352,10 @@ pub fn record_from_wire(p: &v1::EpochChangeRecord) -> Result<EpochChangeRecord, 
         .map(block_from_wire)
         .collect::<Result<Vec<_>, _>>()?;
     path.push(block_from_wire(
-        proof.child.as_ref().ok_or(ConvertError::Missing("record child"))?,
+        proof
+            .child
+            .as_ref()
+            .ok_or(ConvertError::Missing("record child"))?,
     )?);
     let qc = qc_from_wire(
         proof

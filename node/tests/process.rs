@@ -767,7 +767,9 @@ async fn a_non_member_key_is_ignored_and_never_in_a_quorum() {
         let (_, b) = get_json(p.api(3), &format!("/blocks/{height}")).await;
         let signers = b["qc_signers"].as_array().expect("qc_signers");
         assert!(
-            !signers.iter().any(|s| s.as_str() == Some(outsider_address.as_str())),
+            !signers
+                .iter()
+                .any(|s| s.as_str() == Some(outsider_address.as_str())),
             "block {height}'s QC names the non-member: {b}"
         );
         assert!(!signers.is_empty(), "block {height} has no QC signers: {b}");
