@@ -842,7 +842,7 @@ impl Driver {
                         };
                         for peer in peers.into_iter().take(4) {
                             if let Ok(ResponseBody::Sync(resp)) =
-                                net.request(peer, RequestBody::Sync(req.clone())).await
+                                net.request(peer, RequestBody::Sync(req)).await
                                 && !resp.records.is_empty()
                             {
                                 let from = by_peer.get(&peer).copied();
