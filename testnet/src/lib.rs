@@ -11,6 +11,7 @@
 pub mod chain;
 pub mod chaos;
 pub mod error;
+pub mod faulty;
 pub mod load;
 pub mod netns;
 pub mod nodecfg;

@@ -7,44 +7,17 @@
 //! It lives in crate `testnet`, never in crate `node`, so no operator build contains it, and it
 //! refuses to run on any chain but anvil's (chain id 31337).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use clap::{Parser, Subcommand};
 use consensus::crypto::K256Signer;
 use consensus::domain::Domain;
 use consensus::types::{Address, Block, BlockId, Message, Proposal, Vote};
 use node::driver::DriverConfig;
+use node::launch::FaultHooks;
 use node::tap::{OutboundTap, TapFactory};
-
-/// The only chain id this binary runs on (anvil's default).
-const LOCAL_CHAIN_ID: u64 = 31337;
-
-/// Command line: the same `start` as `dstack-node`.
-#[derive(Debug, Parser)]
-#[command(
-    name = "dstack-node-equivocator",
-    about = "TEST-ONLY equivocating dstack-node for the chaos suite (chain id 31337 only)"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Cmd,
-}
-
-#[derive(Debug, Subcommand)]
-enum Cmd {
-    /// Start the node from its home (see `dstack-node start`), equivocating.
-    Start {
-        /// The node's home directory (config.toml, genesis.json, data).
-        #[arg(long)]
-        home: PathBuf,
-        /// Overrides `section.key=value`.
-        #[arg(long = "set")]
-        set: Vec<String>,
-    },
-}
+use testnet::faulty;
 
 /// Signs a conflicting twin of each vote and payload-carrying proposal.
 struct Equivocator {
@@ -129,14 +102,7 @@ impl OutboundTap for Inert {
 
 fn factory() -> TapFactory {
     Arc::new(|cfg: &DriverConfig| -> Arc<dyn OutboundTap> {
-        if cfg.chain_id != LOCAL_CHAIN_ID {
-            eprintln!(
-                "dstack-node-equivocator: refusing chain id {} (test-only binary: chain id \
-                 {LOCAL_CHAIN_ID} only)",
-                cfg.chain_id
-            );
-            std::process::exit(3);
-        }
+        faulty::refuse_unless_local("dstack-node-equivocator", cfg);
         match K256Signer::from_secret(&cfg.secret) {
             Ok(signer) => Arc::new(Equivocator {
                 signer,
@@ -153,23 +119,12 @@ fn factory() -> TapFactory {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let Cmd::Start { home, set } = cli.command;
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match runtime.block_on(node::launch::run_start_with(&home, &set, Some(factory()))) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
-        }
-    }
+    faulty::main_with(
+        "dstack-node-equivocator",
+        "TEST-ONLY equivocating dstack-node for the chaos suite (chain id 31337 only)",
+        FaultHooks {
+            tap: Some(factory()),
+            ..FaultHooks::default()
+        },
+    )
 }

@@ -10,46 +10,19 @@
 //! Like the equivocator it lives in crate `testnet`, never in crate `node`, and refuses to run on
 //! any chain but anvil's (chain id 31337).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use clap::{Parser, Subcommand};
 use consensus::crypto::{K256Signer, Signer};
 use consensus::types::Address;
 use node::chain::{ChainFuture, ChainSet, ChainView};
 use node::driver::DriverConfig;
 use node::launch::{ChainWrap, FaultHooks};
+use testnet::faulty;
 
-/// The only chain id this binary runs on (anvil's default).
-const LOCAL_CHAIN_ID: u64 = 31337;
 /// How far past the real pinned head the future lie points.
 const FUTURE_BLOCKS: u64 = 1_000;
-
-/// Command line: the same `start` as `dstack-node`.
-#[derive(Debug, Parser)]
-#[command(
-    name = "dstack-node-liar",
-    about = "TEST-ONLY dstack-node whose oracle reports stale and future chain blocks (chain id 31337 only)"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Cmd,
-}
-
-#[derive(Debug, Subcommand)]
-enum Cmd {
-    /// Start the node from its home (see `dstack-node start`), lying about the pinned head.
-    Start {
-        /// The node's home directory (config.toml, genesis.json, data).
-        #[arg(long)]
-        home: PathBuf,
-        /// Overrides `section.key=value`.
-        #[arg(long = "set")]
-        set: Vec<String>,
-    },
-}
 
 /// The lying view over the real one.
 struct Liar {
@@ -88,14 +61,7 @@ impl ChainView for Liar {
 fn wrap() -> ChainWrap {
     Arc::new(
         |cfg: &DriverConfig, real: Arc<dyn ChainView>| -> Arc<dyn ChainView> {
-            if cfg.chain_id != LOCAL_CHAIN_ID {
-                eprintln!(
-                    "dstack-node-liar: refusing chain id {} (test-only binary: chain id \
-                 {LOCAL_CHAIN_ID} only)",
-                    cfg.chain_id
-                );
-                std::process::exit(3);
-            }
+            faulty::refuse_unless_local("dstack-node-liar", cfg);
             let me = K256Signer::from_secret(&cfg.secret)
                 .ok()
                 .map(|s| s.address());
@@ -109,27 +75,12 @@ fn wrap() -> ChainWrap {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let Cmd::Start { home, set } = cli.command;
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let hooks = FaultHooks {
-        chain: Some(wrap()),
-        ..FaultHooks::default()
-    };
-    match runtime.block_on(node::launch::run_start_hooked(&home, &set, hooks)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
-        }
-    }
+    faulty::main_with(
+        "dstack-node-liar",
+        "TEST-ONLY dstack-node whose oracle reports stale and future chain blocks (chain id 31337 only)",
+        FaultHooks {
+            chain: Some(wrap()),
+            ..FaultHooks::default()
+        },
+    )
 }
