@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use alloy::eips::BlockNumberOrTag;
 use alloy::network::{EthereumWallet, TransactionBuilder};
-use alloy::primitives::{Address, FixedBytes, U256};
+use alloy::primitives::{Address, B256, FixedBytes, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::rpc::types::TransactionRequest;
 use alloy::signers::local::PrivateKeySigner;
@@ -243,14 +243,7 @@ pub async fn mint_to_owners(
     let mut pending = Vec::new();
     for &power in powers {
         let owner = PrivateKeySigner::random();
-        let fund = TransactionRequest::default()
-            .with_to(owner.address())
-            .with_value(U256::from(OWNER_FUNDING_WEI));
-        let tx = p
-            .send_transaction(fund)
-            .await
-            .map_err(|e| chain(format!("funding {}: {e}", owner.address())))?;
-        pending.push(("funding an owner", tx));
+        pending.push(("funding an owner", send_funding(&p, owner.address()).await?));
         let tx = c
             .mintBatch(owner.address(), U256::from(power))
             .send()
@@ -285,25 +278,142 @@ pub async fn mint_to_owners(
     Ok(owners)
 }
 
-/// Registers one node for every token of its owner (sequentially: each registration uses the
-/// node's next on-chain nonce). Returns the node address and the blocks the registrations were
-/// mined in.
+/// The registrations of one node.
+#[derive(Clone, Debug)]
+pub struct Registration {
+    /// The node's address.
+    pub node: Address,
+    /// The blocks the registrations were mined in (one per token).
+    pub blocks: Vec<u64>,
+    /// Their transactions.
+    pub txs: Vec<B256>,
+}
+
+/// Registers one node for each of `tokens` held by `owner` (sequentially: each registration
+/// uses the node's next on-chain nonce), with `connection_url`.
 pub async fn register_node(
     cluster: &Cluster,
     dstack: &DstackClient,
-    owner: &Owner,
+    owner: &PrivateKeySigner,
+    tokens: &[u64],
     connection_url: &str,
-) -> Result<(Address, Vec<u64>), Error> {
-    let mut node = Address::ZERO;
-    let mut blocks = Vec::new();
-    for &t in &owner.tokens {
+) -> Result<Registration, Error> {
+    let mut out = Registration {
+        node: Address::ZERO,
+        blocks: Vec::new(),
+        txs: Vec::new(),
+    };
+    for &t in tokens {
         let r = cluster
-            .register(dstack, U256::from(t), &owner.signer, connection_url)
+            .register(dstack, U256::from(t), owner, connection_url)
             .await?;
-        node = r.node;
-        blocks.push(r.block_number.unwrap_or(0));
+        out.node = r.node;
+        out.blocks.push(r.block_number.unwrap_or(0));
+        out.txs.push(r.tx_hash);
     }
-    Ok((node, blocks))
+    Ok(out)
+}
+
+/// Sends `OWNER_FUNDING_WEI` to `to` through `p` (a deployer wallet).
+async fn send_funding(
+    p: &DynProvider,
+    to: Address,
+) -> Result<alloy::providers::PendingTransactionBuilder<alloy::network::Ethereum>, Error> {
+    let tx = TransactionRequest::default()
+        .with_to(to)
+        .with_value(U256::from(OWNER_FUNDING_WEI));
+    p.send_transaction(tx)
+        .await
+        .map_err(|e| chain(format!("funding {to}: {e}")))
+}
+
+/// Sends `OWNER_FUNDING_WEI` from the deployer to `to` and waits for it to be mined.
+pub async fn fund(url: &str, to: Address) -> Result<(), Error> {
+    let p = wallet(url, &deployer()?)?;
+    let pending = send_funding(&p, to).await?;
+    mined("funding an account", pending).await.map(|_| ())
+}
+
+/// A mined token transaction.
+#[derive(Clone, Debug)]
+pub struct Mined {
+    /// Its hash.
+    pub tx_hash: B256,
+    /// Its block.
+    pub block: u64,
+}
+
+/// `ownerOf(token)` at the latest block (an error for a burned or never-minted token).
+pub async fn owner_of(url: &str, contract: Address, token: u64) -> Result<Address, Error> {
+    DstackMembershipNFT::new(contract, reader(url)?)
+        .ownerOf(U256::from(token))
+        .call()
+        .await
+        .map_err(|e| chain(format!("ownerOf({token}): {}", describe_contract_error(&e))))
+}
+
+/// The contract's counted validators (address, power) at chain block `number`.
+pub async fn validators_at(
+    url: &str,
+    contract: Address,
+    number: u64,
+) -> Result<Vec<(Address, u64)>, Error> {
+    let c = DstackMembershipNFT::new(contract, reader(url)?);
+    let mut out = Vec::new();
+    loop {
+        let page = c
+            .validators(U256::from(out.len()), U256::from(100))
+            .block(number.into())
+            .call()
+            .await
+            .map_err(|e| chain(format!("validators() at block {number}: {e}")))?;
+        let len = page.len();
+        for v in page {
+            let power = u64::try_from(v.power)
+                .map_err(|_| chain(format!("power of {} does not fit u64", v.node)))?;
+            out.push((v.node, power));
+        }
+        if len < 100 {
+            return Ok(out);
+        }
+    }
+}
+
+/// `transferFrom(owner, to, token)` signed by the token's owner; waits for it to be mined.
+pub async fn transfer(
+    url: &str,
+    contract: Address,
+    owner: &PrivateKeySigner,
+    to: Address,
+    token: u64,
+) -> Result<Mined, Error> {
+    let c = DstackMembershipNFT::new(contract, wallet(url, owner)?);
+    let pending = c
+        .transferFrom(owner.address(), to, U256::from(token))
+        .send()
+        .await
+        .map_err(|e| chain(format!("transferFrom: {}", describe_contract_error(&e))))?;
+    let tx_hash = *pending.tx_hash();
+    let block = mined("transferFrom", pending).await?;
+    Ok(Mined { tx_hash, block })
+}
+
+/// `burn(token)` signed by the token's owner; waits for it to be mined.
+pub async fn burn(
+    url: &str,
+    contract: Address,
+    owner: &PrivateKeySigner,
+    token: u64,
+) -> Result<Mined, Error> {
+    let c = DstackMembershipNFT::new(contract, wallet(url, owner)?);
+    let pending = c
+        .burn(U256::from(token))
+        .send()
+        .await
+        .map_err(|e| chain(format!("burn: {}", describe_contract_error(&e))))?;
+    let tx_hash = *pending.tx_hash();
+    let block = mined("burn", pending).await?;
+    Ok(Mined { tx_hash, block })
 }
 
 /// Waits (bounded) for the first block after `after` and returns it: the genesis chain block.

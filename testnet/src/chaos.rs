@@ -5,8 +5,10 @@
 //! partitions, one isolating a node and one splitting the cluster so that no side has a quorum
 //! for at least 10 s (`partition`), random packet loss with iptables' `statistic` match
 //! (`loss`; `tc netem` is not available on these machines), a test-only equivocating node
-//! (`byzantine`), and SIGKILL of every node at once (`restart-all`). `all` runs them in turn with
-//! the equivocator present throughout.
+//! (`byzantine`), SIGKILL of every node at once (`restart-all`), and membership changes
+//! (`transfer`: a node added mid-run, then a token transferred from it to another node's owner
+//! and registered for that node). `all` runs them in turn with the equivocator present
+//! throughout.
 //!
 //! Checks: the committed chains of honest nodes are prefixes of one another (block ids by
 //! height, parent links); blocks a node committed before a restart are the same after it; every
@@ -14,7 +16,9 @@
 //! allowed only for a transaction whose accepting node was SIGKILLed before it could commit, as
 //! a client would do); `dstack_evidence_total` names only the equivocator, and some honest node
 //! detected it; the cluster and each faulted node make progress within 10 s of each heal; a
-//! quorum-breaking partition really stops commits; the minimum fault strengths were met.
+//! quorum-breaking partition really stops commits; the minimum fault strengths were met; every
+//! membership change is followed by an epoch including it on every honest node, the final
+//! epoch's set is the contract's, and an added node catches up and is a member of it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -67,6 +71,9 @@ pub enum Scenario {
     Byzantine,
     /// SIGKILL every node at once, then restart them.
     RestartAll,
+    /// Membership changes: a node added (tokens minted to a new owner, registered), then one of
+    /// its tokens transferred to another node's owner and registered for that node.
+    Transfer,
     /// Every scenario in turn (the duration is the total), with the equivocator throughout.
     All,
 }
@@ -81,11 +88,12 @@ impl FromStr for Scenario {
             "loss" => Self::Loss,
             "byzantine" => Self::Byzantine,
             "restart-all" => Self::RestartAll,
+            "transfer" => Self::Transfer,
             "all" => Self::All,
             other => {
                 return Err(format!(
                     "unknown scenario {other:?}: kill, pause, partition, loss, byzantine, \
-                     restart-all or all"
+                     restart-all, transfer or all"
                 ));
             }
         })
@@ -102,6 +110,7 @@ impl Scenario {
             Self::Loss => "loss",
             Self::Byzantine => "byzantine",
             Self::RestartAll => "restart-all",
+            Self::Transfer => "transfer",
             Self::All => "all",
         }
     }
@@ -115,6 +124,7 @@ impl Scenario {
             Self::Loss => 12,
             Self::Byzantine => 10,
             Self::RestartAll => 14,
+            Self::Transfer => 10,
             Self::All => PHASES.iter().map(|s| s.min_seconds()).sum(),
         }
     }
@@ -122,17 +132,32 @@ impl Scenario {
     fn with_equivocator(self) -> bool {
         matches!(self, Self::Byzantine | Self::All)
     }
+
+    /// Nodes the scenario adds during the run (their namespaces are made at the start).
+    pub fn added_nodes(self) -> usize {
+        match self {
+            Self::Transfer | Self::All => 1,
+            _ => 0,
+        }
+    }
 }
 
-/// The order of `all`'s phases.
+/// The order of `all`'s phases. `byzantine` alone only waits while the equivocator runs; in
+/// `all` the equivocator runs throughout, so its slot went to `transfer`. Membership changes
+/// come last: the partitions are planned on the genesis set.
 const PHASES: [Scenario; 6] = [
     Scenario::Kill,
     Scenario::Pause,
     Scenario::Partition,
     Scenario::Loss,
     Scenario::RestartAll,
-    Scenario::Byzantine,
+    Scenario::Transfer,
 ];
+
+/// Power of the node the `transfer` scenario adds.
+pub const ADDED_POWER: u64 = 2;
+/// Longest wait, after a membership change, for an honest node to enter an epoch including it.
+pub const EPOCH_BOUND: Duration = Duration::from_secs(20);
 
 /// What a chaos run is asked to do.
 #[derive(Clone, Debug)]
@@ -155,7 +180,11 @@ pub struct ChaosOptions {
     pub loss: f64,
     /// The nodes' log filter.
     pub node_log: String,
-    /// The namespaces (created by the caller).
+    /// Whether a membership change the cluster never turns into an epoch (and an added node
+    /// that does not reach that epoch) is a violation. Off only for a `dstack-node` without
+    /// live membership: the figures are still reported.
+    pub epoch_checks: bool,
+    /// The namespaces (created by the caller; one per genesis node and per added node).
     pub plan: NetPlan,
 }
 
@@ -180,7 +209,7 @@ impl ChaosOptions {
                 "the chaos suite needs at least 4 validators".into(),
             ));
         }
-        if self.plan.nodes.len() != self.powers.len() {
+        if self.plan.nodes.len() != self.powers.len() + self.scenario.added_nodes() {
             return Err(Error::Invalid(
                 "the namespace plan does not match the validators".into(),
             ));
@@ -257,6 +286,31 @@ struct Sample {
     t: f64,
     node: usize,
     height: u64,
+    epoch: u64,
+    epoch_chain_block: u64,
+}
+
+/// One membership change (a node's registrations, or a transfer with the recipient's
+/// registration), as the checks and the report see it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Change {
+    /// `register` or `transfer`.
+    pub kind: String,
+    /// What it was.
+    pub detail: String,
+    /// The nodes whose power changed.
+    pub nodes: Vec<String>,
+    /// Seconds since the cluster was up when its last transaction was seen mined.
+    pub mined_at: f64,
+    /// The chain block of its last transaction: an epoch whose set was read at this block or
+    /// later includes it.
+    pub block: u64,
+    /// The highest honest epoch when it was mined.
+    pub epoch_before: u64,
+    /// Seconds from `mined_at` until some honest node entered an epoch that includes it.
+    pub first_node_after: Option<f64>,
+    /// Seconds from `mined_at` until every honest node had.
+    pub all_nodes_after: Option<f64>,
 }
 
 #[derive(Clone, Debug)]
@@ -280,7 +334,14 @@ struct NodeView {
 struct Ctx {
     t0: Instant,
     tn: tokio::sync::Mutex<Testnet>,
+    /// The genesis nodes, then the slots prepared for nodes added during the run.
     nodes: Vec<NodeView>,
+    /// How many of `nodes` are the genesis set.
+    initial: usize,
+    /// Added nodes that joined (by index).
+    joined: Mutex<BTreeSet<usize>>,
+    /// Membership changes made during the run.
+    changes: Mutex<Vec<Change>>,
     byz: Option<usize>,
     samples: Mutex<Vec<Sample>>,
     faults: Mutex<Vec<Fault>>,
@@ -316,10 +377,35 @@ impl Ctx {
         lock(&self.violations).push(v);
     }
 
+    /// Every node running now: the genesis set and the nodes added during the run.
+    fn active(&self) -> Vec<usize> {
+        let joined = lock(&self.joined).clone();
+        (0..self.initial).chain(joined).collect()
+    }
+
+    /// The nodes the checks hold to: every active node but the equivocator (an added node only
+    /// when epoch checks are required: without live membership it never becomes a member and
+    /// need not follow the chain).
     fn honest(&self) -> Vec<usize> {
-        (0..self.nodes.len())
+        let joined = if self.opts.epoch_checks {
+            lock(&self.joined).clone()
+        } else {
+            BTreeSet::new()
+        };
+        (0..self.initial)
+            .chain(joined)
             .filter(|&i| Some(i) != self.byz)
             .collect()
+    }
+
+    /// The highest epoch an honest node reported in its last sample.
+    fn max_epoch(&self) -> u64 {
+        let samples = lock(&self.samples);
+        self.honest()
+            .iter()
+            .filter_map(|&i| samples.iter().rev().find(|s| s.node == i).map(|s| s.epoch))
+            .max()
+            .unwrap_or(0)
     }
 
     fn random_below(&self, n: usize) -> usize {
@@ -612,7 +698,7 @@ async fn partition_once(
         a.to_vec()
     } else {
         // The side without a quorum is the one cut off.
-        let total: u64 = ctx.nodes.iter().map(|n| n.power).sum();
+        let total: u64 = ctx.nodes[..ctx.initial].iter().map(|n| n.power).sum();
         let pa: u64 = a.iter().map(|&i| ctx.nodes[i].power).sum();
         if pa >= quorum(total) {
             b.to_vec()
@@ -637,19 +723,20 @@ async fn partition_once(
 
 async fn scenario_partition(ctx: &Ctx, budget: f64) -> Result<(), Error> {
     let end = ctx.now() + budget;
-    let powers: Vec<u64> = ctx.nodes.iter().map(|n| n.power).collect();
+    // The genesis set: membership changes come after the partitions (`all` runs them last).
+    let powers: Vec<u64> = ctx.nodes[..ctx.initial].iter().map(|n| n.power).collect();
     let total: u64 = powers.iter().sum();
     let q = quorum(total);
     let (sa, sb) = split_without_quorum(&powers)
         .ok_or_else(|| Error::Invalid("no quorum-breaking split".into()))?;
     loop {
         // 1. isolate one node whose removal keeps a quorum
-        let candidates: Vec<usize> = (0..ctx.nodes.len())
+        let candidates: Vec<usize> = (0..ctx.initial)
             .filter(|&i| total - powers[i] >= q)
             .collect();
         if !candidates.is_empty() {
             let i = candidates[ctx.random_below(candidates.len())];
-            let rest: Vec<usize> = (0..ctx.nodes.len()).filter(|&j| j != i).collect();
+            let rest: Vec<usize> = (0..ctx.initial).filter(|&j| j != i).collect();
             partition_once(ctx, &[i], &rest, 6.0, false).await?;
             sleep_s(4.0).await;
         }
@@ -674,11 +761,13 @@ async fn scenario_loss(ctx: &Ctx, budget: f64) -> Result<(), Error> {
     let start = ctx.now();
     let h0 = ctx.max_height();
     let prob = format!("{p}");
-    for (i, n) in ctx.nodes.iter().enumerate() {
-        for (j, m) in ctx.nodes.iter().enumerate() {
+    let active = ctx.active();
+    for &i in &active {
+        for &j in &active {
             if i == j {
                 continue;
             }
+            let (n, m) = (&ctx.nodes[i], &ctx.nodes[j]);
             netns::iptables(
                 &n.netns,
                 &[
@@ -711,7 +800,7 @@ async fn scenario_loss(ctx: &Ctx, budget: f64) -> Result<(), Error> {
     }
     ctx.record(Fault {
         kind: "loss".into(),
-        targets: ctx.names(&(0..ctx.nodes.len()).collect::<Vec<_>>()),
+        targets: ctx.names(&active),
         start,
         end: heal,
         detail: format!("iptables statistic DROP p={p}"),
@@ -733,7 +822,7 @@ async fn scenario_restart_all(ctx: &Ctx, budget: f64) -> Result<(), Error> {
     let mut n = 0usize;
     while n < 1 || ctx.now() + 14.0 < end {
         sleep_s(1.0).await;
-        let all: Vec<usize> = (0..ctx.nodes.len()).collect();
+        let all = ctx.active();
         let start = ctx.now();
         ctx.say("SIGKILL every node");
         for &i in &all {
@@ -762,6 +851,170 @@ async fn scenario_restart_all(ctx: &Ctx, budget: f64) -> Result<(), Error> {
     Ok(())
 }
 
+/// Waits (at most [`EPOCH_BOUND`], only when epoch checks are on) until some honest node is in
+/// an epoch whose set was read at `block` or later.
+async fn wait_epoch_from(ctx: &Ctx, block: u64) {
+    if !ctx.opts.epoch_checks {
+        return;
+    }
+    let deadline = Instant::now() + EPOCH_BOUND;
+    while Instant::now() < deadline {
+        let reached = {
+            let samples = lock(&ctx.samples);
+            let honest = ctx.honest();
+            samples
+                .iter()
+                .rev()
+                .take(200)
+                .any(|s| honest.contains(&s.node) && s.epoch_chain_block >= block)
+        };
+        if reached {
+            return;
+        }
+        sleep_s(0.25).await;
+    }
+    ctx.say(&format!(
+        "no honest node entered an epoch from chain block {block} within {} s",
+        EPOCH_BOUND.as_secs()
+    ));
+}
+
+/// The `transfer` scenario: the prepared slot joins (tokens minted to a new owner, registered,
+/// node started: a non-member until the next epoch); once an epoch includes it, one of its
+/// tokens is transferred to the owner of the last genesis node and registered for that node,
+/// so power moves between two members.
+async fn scenario_transfer(ctx: &Ctx, budget: f64) -> Result<(), Error> {
+    let end = ctx.now() + budget;
+    let joined = lock(&ctx.joined).clone();
+    let Some(slot) = (ctx.initial..ctx.nodes.len()).find(|i| !joined.contains(i)) else {
+        return Err(Error::Invalid(
+            "no prepared slot left for a new node".into(),
+        ));
+    };
+    // 1. a new node with ADDED_POWER tokens
+    let epoch_before = ctx.max_epoch();
+    let start = ctx.now();
+    ctx.say(&format!(
+        "adding {} (power {ADDED_POWER}): mint to a new owner, register, start",
+        ctx.nodes[slot].name
+    ));
+    let added = {
+        let mut tn = ctx.tn.lock().await;
+        tn.join_node(slot, ADDED_POWER, &ctx.opts.node_log).await?
+    };
+    lock(&ctx.joined).insert(slot);
+    let block = added
+        .registered_in_blocks
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(0);
+    let mined = ctx.now();
+    ctx.say(&format!(
+        "{} registered for tokens {:?} (last in chain block {block}); epoch {epoch_before}",
+        added.name, added.tokens
+    ));
+    let change = Change::new(
+        "register",
+        format!(
+            "{} added with tokens {:?} (owner {})",
+            added.name, added.tokens, added.owner
+        ),
+        ctx.names(&[slot]),
+        mined,
+        block,
+    );
+    record_change(
+        ctx,
+        Change {
+            epoch_before,
+            ..change
+        },
+        start,
+    );
+    wait_epoch_from(ctx, block).await;
+    // 2. one of its tokens moves to the last genesis node's owner, registered for that node
+    let token = added
+        .tokens
+        .first()
+        .copied()
+        .ok_or_else(|| Error::Chain("the added node has no token".into()))?;
+    let target = (0..ctx.initial)
+        .rev()
+        .find(|&i| Some(i) != ctx.byz)
+        .unwrap_or(0);
+    let epoch_before = ctx.max_epoch();
+    let start = ctx.now();
+    let t = {
+        let mut tn = ctx.tn.lock().await;
+        let to = tn.state.nodes[target].owner;
+        ctx.say(&format!(
+            "transferring token {token} from {}'s owner to {}'s owner ({to}), registering it for {}",
+            added.name, ctx.nodes[target].name, ctx.nodes[target].name
+        ));
+        tn.transfer(token, crate::live::Recipient::Address(to), true)
+            .await?
+    };
+    let block = t.registration_block.unwrap_or(t.block);
+    let change = Change::new(
+        "transfer",
+        format!(
+            "token {token} {} -> {} (tx {}, registration in block {block})",
+            added.name, ctx.nodes[target].name, t.tx_hash
+        ),
+        ctx.names(&[slot, target]),
+        ctx.now(),
+        block,
+    );
+    record_change(
+        ctx,
+        Change {
+            epoch_before,
+            ..change
+        },
+        start,
+    );
+    wait_epoch_from(ctx, block).await;
+    if ctx.now() < end {
+        sleep_s(end - ctx.now()).await;
+    }
+    Ok(())
+}
+
+/// Records a membership change, and a fault window from `start` (its first transaction sent)
+/// to its last one mined, for the timeline.
+fn record_change(ctx: &Ctx, c: Change, start: f64) {
+    ctx.say(&format!("membership change: {}", c.detail));
+    lock(&ctx.faults).push(Fault {
+        kind: c.kind.clone(),
+        targets: c.nodes.clone(),
+        start,
+        end: c.mined_at,
+        detail: c.detail.clone(),
+        strength: json!({ "chain_block": c.block }),
+        breaks_quorum: false,
+        heals: false,
+        cluster_resumed_after: None,
+        targets_resumed_after: None,
+    });
+    lock(&ctx.changes).push(c);
+}
+
+impl Change {
+    fn new(kind: &str, detail: String, nodes: Vec<String>, mined_at: f64, block: u64) -> Self {
+        Self {
+            kind: kind.into(),
+            detail,
+            nodes,
+            mined_at,
+            block,
+            epoch_before: 0,
+            first_node_after: None,
+            all_nodes_after: None,
+        }
+    }
+}
+
 async fn run_scenario(ctx: &Ctx, s: Scenario, budget: f64) -> Result<(), Error> {
     ctx.say(&format!("scenario {} ({budget:.0} s)", s.name()));
     match s {
@@ -774,6 +1027,7 @@ async fn run_scenario(ctx: &Ctx, s: Scenario, budget: f64) -> Result<(), Error> 
             Ok(())
         }
         Scenario::RestartAll => scenario_restart_all(ctx, budget).await,
+        Scenario::Transfer => scenario_transfer(ctx, budget).await,
         Scenario::All => {
             let total = budget;
             let min_sum: f64 = PHASES.iter().map(|p| p.min_seconds() as f64).sum();
@@ -810,6 +1064,8 @@ async fn monitor(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
                     t,
                     node: i,
                     height: s.committed_height,
+                    epoch: s.epoch,
+                    epoch_chain_block: s.epoch_chain_block,
                 });
             }
         }
@@ -910,6 +1166,8 @@ pub struct ChaosReport {
     pub load: serde_json::Value,
     /// The chain checks.
     pub chain: serde_json::Value,
+    /// The membership changes and the epochs that followed them (`transfer`, `all`).
+    pub membership: serde_json::Value,
     /// Evidence counters seen on honest nodes, by signer.
     pub evidence: BTreeMap<String, u64>,
     /// Wall time of the whole run, seconds.
@@ -1027,6 +1285,20 @@ pub async fn run(opts: ChaosOptions) -> Result<ChaosReport, Error> {
             "the cluster did not start its nodes: {outcome:?}"
         )));
     }
+    // The nodes the scenario adds get their slot, namespace and simulated TEE now (so their
+    // addresses are known to every check); they are funded, registered and started later.
+    let mut tn = tn;
+    for j in n..n + opts.scenario.added_nodes() {
+        let place = up::NodePlace::netns(&NodeNet {
+            netns: opts.plan.nodes[j].clone(),
+            ip: opts.plan.node_ip(j),
+        });
+        if let Err(e) = tn.prepare_node(&place, None).await {
+            let _ = tn.stop();
+            return Err(e);
+        }
+        tn.state.nodes[j].power = ADDED_POWER;
+    }
     let nodes: Vec<NodeView> = tn
         .state
         .nodes
@@ -1042,11 +1314,15 @@ pub async fn run(opts: ChaosOptions) -> Result<ChaosReport, Error> {
             ip: opts.plan.node_ip(i),
         })
         .collect();
+    let total = nodes.len();
     let ctx = Arc::new(Ctx {
         t0: Instant::now(),
         tn: tokio::sync::Mutex::new(tn),
-        chains: Mutex::new(vec![Vec::new(); n]),
+        chains: Mutex::new(vec![Vec::new(); total]),
         nodes,
+        initial: n,
+        joined: Mutex::new(BTreeSet::new()),
+        changes: Mutex::new(Vec::new()),
         byz,
         samples: Mutex::new(Vec::new()),
         faults: Mutex::new(Vec::new()),
@@ -1119,6 +1395,7 @@ async fn drive(ctx: &Arc<Ctx>) -> Result<ChaosReport, Error> {
         run.accepted().count()
     ));
     let tail_start = ctx.now();
+    wait_all_epochs(ctx).await;
     let tx_summary = converge_and_check_txs(ctx, &run).await;
     let since = ctx.now() - tail_start;
     if since < RECOVERY_BOUND.as_secs_f64() + 1.0 {
@@ -1128,6 +1405,7 @@ async fn drive(ctx: &Arc<Ctx>) -> Result<ChaosReport, Error> {
     let _ = mon.await;
     let _ = fol.await;
     let chain_summary = check_chains(ctx).await;
+    let membership = check_membership(ctx).await;
     let evidence = check_evidence(ctx).await;
     analyse_recovery(ctx);
     let (strengths, recovery) = check_strengths_and_recovery(ctx, &evidence);
@@ -1145,8 +1423,205 @@ async fn drive(ctx: &Arc<Ctx>) -> Result<ChaosReport, Error> {
         recovery,
         load: tx_summary,
         chain: chain_summary,
+        membership,
         evidence,
         wall_seconds: 0.0,
+    })
+}
+
+/// After the last membership change: waits (at most [`EPOCH_BOUND`], only with epoch checks)
+/// until every honest node is in an epoch that includes it.
+async fn wait_all_epochs(ctx: &Ctx) {
+    let Some(last) = lock(&ctx.changes).iter().map(|c| c.block).max() else {
+        return;
+    };
+    if !ctx.opts.epoch_checks {
+        return;
+    }
+    let deadline = Instant::now() + EPOCH_BOUND;
+    let honest = ctx.honest();
+    let mut behind = honest.clone();
+    while Instant::now() < deadline {
+        let mut still = Vec::new();
+        for &i in &behind {
+            match ctx.client.status(&ctx.nodes[i].http_url).await {
+                Ok(s) if s.epoch_chain_block >= last => {}
+                _ => still.push(i),
+            }
+        }
+        behind = still;
+        if behind.is_empty() {
+            return;
+        }
+        sleep_s(0.25).await;
+    }
+    ctx.say(&format!(
+        "{:?} not in an epoch from chain block {last} after {} s",
+        ctx.names(&behind),
+        EPOCH_BOUND.as_secs()
+    ));
+}
+
+/// The membership checks: every change was followed by an epoch (read at its block or later)
+/// on every honest node, each within [`EPOCH_BOUND`]; at the end every honest node is in the
+/// same epoch, whose set (`/validators`) is the contract's at that epoch's chain block; every
+/// added node is a member of it. Fills each change's figures.
+async fn check_membership(ctx: &Ctx) -> serde_json::Value {
+    let mut changes = lock(&ctx.changes).clone();
+    if changes.is_empty() {
+        return json!({ "changes": [] });
+    }
+    let honest = ctx.honest();
+    let samples = lock(&ctx.samples).clone();
+    let required = ctx.opts.epoch_checks;
+    let mut problems = Vec::new();
+    let first_in = |node: usize, block: u64| -> Option<&Sample> {
+        samples
+            .iter()
+            .find(|s| s.node == node && s.epoch_chain_block >= block)
+    };
+    for c in &mut changes {
+        let mut firsts = Vec::new();
+        for &i in &honest {
+            match first_in(i, c.block) {
+                Some(s) => {
+                    if s.epoch <= c.epoch_before {
+                        problems.push(format!(
+                            "{} reports epoch {} read at chain block {} >= {}, not above the \
+                             epoch {} before the change",
+                            ctx.nodes[i].name,
+                            s.epoch,
+                            s.epoch_chain_block,
+                            c.block,
+                            c.epoch_before
+                        ));
+                    }
+                    firsts.push(Some((s.t - c.mined_at).max(0.0)));
+                }
+                None => {
+                    problems.push(format!(
+                        "{} never entered an epoch including the change '{}' (chain block {})",
+                        ctx.nodes[i].name, c.detail, c.block
+                    ));
+                    firsts.push(None);
+                }
+            }
+        }
+        c.first_node_after = firsts.iter().flatten().copied().reduce(f64::min);
+        c.all_nodes_after = firsts
+            .iter()
+            .copied()
+            .collect::<Option<Vec<f64>>>()
+            .and_then(|v| v.into_iter().reduce(f64::max));
+        if let Some(t) = c.all_nodes_after
+            && t > EPOCH_BOUND.as_secs_f64()
+        {
+            problems.push(format!(
+                "the change '{}' took {t:.1} s (> {} s) to reach every honest node's epoch",
+                c.detail,
+                EPOCH_BOUND.as_secs()
+            ));
+        }
+    }
+    // The final epoch: one on every honest node, the contract's set at its chain block.
+    let (contract, rpc) = {
+        let tn = ctx.tn.lock().await;
+        match &tn.state.chain {
+            Some(ch) => (ch.contract, ch.rpc_url.clone()),
+            None => (alloy::primitives::Address::ZERO, String::new()),
+        }
+    };
+    let mut finals = BTreeMap::new();
+    for &i in &honest {
+        match ctx.client.validators(&ctx.nodes[i].http_url).await {
+            Ok(v) => {
+                finals.insert(i, v);
+            }
+            Err(e) => problems.push(format!(
+                "cannot read {}'s /validators: {e}",
+                ctx.nodes[i].name
+            )),
+        }
+    }
+    let epochs: BTreeSet<(u64, u64)> = finals
+        .values()
+        .map(|v| (v.epoch, v.epoch_chain_block))
+        .collect();
+    if epochs.len() > 1 {
+        problems.push(format!(
+            "honest nodes end in different epochs (epoch, chain block): {epochs:?}"
+        ));
+    }
+    let mut final_set = serde_json::Value::Null;
+    if let Some(v) = finals.values().next() {
+        let onchain = crate::chain::validators_at(&rpc, contract, v.epoch_chain_block).await;
+        match onchain {
+            Ok(set) => {
+                let got: BTreeMap<String, u64> = v
+                    .validators
+                    .iter()
+                    .map(|m| (m.address.to_lowercase(), m.power))
+                    .collect();
+                let want: BTreeMap<String, u64> = set
+                    .iter()
+                    .map(|(a, p)| (a.to_string().to_lowercase(), *p))
+                    .collect();
+                if got != want {
+                    problems.push(format!(
+                        "the final epoch's set {got:?} is not the contract's at chain block {} \
+                         ({want:?})",
+                        v.epoch_chain_block
+                    ));
+                }
+                final_set = json!({
+                    "epoch": v.epoch,
+                    "epoch_chain_block": v.epoch_chain_block,
+                    "powers": ctx.nodes.iter().filter_map(|n| {
+                        got.get(&n.address.to_lowercase()).map(|p| (n.name.clone(), *p))
+                    }).collect::<BTreeMap<String, u64>>(),
+                });
+            }
+            Err(e) => problems.push(format!("reading the contract's validators: {e}")),
+        }
+        for &j in lock(&ctx.joined).iter() {
+            if v.power_of(&ctx.nodes[j].address) == 0 {
+                problems.push(format!(
+                    "the added node {} is not a member of the final epoch {}",
+                    ctx.nodes[j].name, v.epoch
+                ));
+            }
+        }
+    }
+    // Figures: from a registration until the added node itself runs in an epoch including it.
+    let joined_member_after: BTreeMap<String, Option<f64>> = changes
+        .iter()
+        .filter(|c| c.kind == "register")
+        .flat_map(|c| {
+            c.nodes.iter().map(|name| {
+                let i = ctx.nodes.iter().position(|n| &n.name == name);
+                let t = i
+                    .and_then(|i| first_in(i, c.block))
+                    .map(|s| (s.t - c.mined_at).max(0.0));
+                (name.clone(), t)
+            })
+        })
+        .collect();
+    if required {
+        for p in &problems {
+            ctx.violation(p.clone());
+        }
+    } else {
+        for p in &problems {
+            ctx.say(&format!("epoch check (not required): {p}"));
+        }
+    }
+    *lock(&ctx.changes) = changes.clone();
+    json!({
+        "epoch_checks_required": required,
+        "changes": changes,
+        "added_node_member_after_seconds": joined_member_after,
+        "final": final_set,
+        "unmet": if required { Vec::new() } else { problems },
     })
 }
 
@@ -1434,7 +1909,15 @@ fn check_strengths_and_recovery(
     if has(Scenario::RestartAll) && restarts_all == 0 {
         unmet.push("no restart-all injected".into());
     }
-    if has(Scenario::Byzantine) && evidence_total == 0 {
+    let registrations = of("register").count();
+    let transfers = of("transfer").count();
+    if has(Scenario::Transfer) && (registrations == 0 || transfers == 0) {
+        unmet.push(format!(
+            "{registrations} node registrations and {transfers} transfers, at least 1 of each \
+             required"
+        ));
+    }
+    if s.with_equivocator() && evidence_total == 0 {
         unmet.push("no equivocation evidence recorded".into());
     }
     for u in &unmet {
@@ -1496,6 +1979,8 @@ fn check_strengths_and_recovery(
         "loss_probability": loss_p,
         "min_loss_probability": if has(Scenario::Loss) { MIN_LOSS } else { 0.0 },
         "restart_all": restarts_all,
+        "registrations": registrations,
+        "transfers": transfers,
         "equivocator": ctx.byz.map(|b| ctx.nodes[b].name.clone()),
         "evidence_against_equivocator": evidence_total,
         "minimums_met": unmet.is_empty(),
@@ -1648,12 +2133,18 @@ mod tests {
             "loss",
             "byzantine",
             "restart-all",
+            "transfer",
             "all",
         ] {
             assert_eq!(Scenario::from_str(s).expect(s).name(), s);
         }
         assert!(Scenario::from_str("flood").is_err());
+        // `transfer` took the idle `byzantine` slot: `all` keeps its 116 s minimum.
         assert_eq!(Scenario::All.min_seconds(), 30 + 16 + 34 + 12 + 14 + 10);
+        assert!(!PHASES.contains(&Scenario::Byzantine));
+        assert_eq!(Scenario::All.added_nodes(), 1);
+        assert_eq!(Scenario::Transfer.added_nodes(), 1);
+        assert_eq!(Scenario::Kill.added_nodes(), 0);
     }
 
     #[test]

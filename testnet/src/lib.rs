@@ -3,6 +3,8 @@
 //! accounts by power, starts one simulated dstack TEE per node, registers every node through the
 //! membership SDK, writes the cluster's `genesis.json`, and starts the `dstack-node` processes.
 //!
+//! `add-node`, `transfer` and `burn` ([`live`]) change the membership of a running cluster.
+//!
 //! The library is what the `testnet` binary runs, so `benches` (and the chaos suite) can bring a
 //! cluster up and down in code. Everything a run starts is recorded in `<dir>/state.json`, so
 //! another process (`testnet down`) can stop it.
@@ -12,6 +14,7 @@ pub mod chain;
 pub mod chaos;
 pub mod error;
 pub mod faulty;
+pub mod live;
 pub mod load;
 pub mod netns;
 pub mod nodecfg;

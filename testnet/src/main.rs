@@ -36,12 +36,51 @@ enum Cmd {
     Up(UpArgs),
     /// Show the running nodes (height, round, epoch, ...).
     Status {
-        /// Print {"nodes":[{"name","http_url","metrics_url","pid","power","height","round","epoch"}]}.
+        /// Print {"nodes":[{"name","http_url","metrics_url","pid","power","epoch_power","height","round","epoch"}]}.
         #[arg(long)]
         json: bool,
     },
     /// Stop every process the run recorded (idempotent).
     Down,
+    /// Add a node to the running cluster: mint tokens to a new owner, start a simulated TEE and
+    /// a dstack-node with the cluster's genesis.json, register the node for its tokens. It
+    /// starts as a non-member and joins at the cluster's next epoch.
+    AddNode {
+        /// Tokens to mint to the new owner (the node's voting power).
+        #[arg(long, default_value_t = 1)]
+        power: u64,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The node's log filter (RUST_LOG syntax).
+        #[arg(long, default_value = "info")]
+        node_log: String,
+    },
+    /// Transfer a token from its current owner (whose key the run recorded) to an address, or
+    /// to a fresh funded account (`--to new`); the transfer ends the token's authorization.
+    Transfer {
+        /// The token.
+        #[arg(long)]
+        token_id: u64,
+        /// `new` or a 0x address.
+        #[arg(long)]
+        to: testnet::live::Recipient,
+        /// Also register the token for the node the recipient owns (the power moves).
+        #[arg(long)]
+        register: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Burn a token with its owner's recorded key (its node loses that power).
+    Burn {
+        /// The token.
+        #[arg(long)]
+        token_id: u64,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Drive an open-loop transaction load (KV puts via POST /txs) at the running cluster.
     Load(LoadArgs),
     /// Run a chaos scenario on a cluster of its own, each node in its own network namespace
@@ -79,7 +118,7 @@ struct LoadArgs {
 
 #[derive(Debug, Clone, clap::Args)]
 struct ChaosArgs {
-    /// kill, pause, partition, loss, byzantine, restart-all or all.
+    /// kill, pause, partition, loss, byzantine, restart-all, transfer or all.
     #[arg(long)]
     scenario: testnet::chaos::Scenario,
     /// Seconds of faults (for `all`, the total over the phases).
@@ -103,6 +142,10 @@ struct ChaosArgs {
     /// The nodes' log filter.
     #[arg(long, default_value = "info")]
     node_log: String,
+    /// Report the epochs that follow membership changes without counting a missing one as a
+    /// violation (for a dstack-node without live membership).
+    #[arg(long)]
+    no_epoch_checks: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -179,6 +222,74 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Up(args) => cmd_up(dir, args).await,
         Cmd::Status { json } => cmd_status(dir, json).await,
+        Cmd::AddNode {
+            power,
+            json,
+            node_log,
+        } => {
+            cmd_live(&dir, json, async |tn| {
+                let a = tn.add_node(power, None, &node_log).await?;
+                let human = format!(
+                    "added {} (address {}, owner {}, tokens {:?}, power {}) at {}\n\
+                     registration txs {:?} in blocks {:?}; it joins at the next epoch",
+                    a.name,
+                    a.address,
+                    a.owner,
+                    a.tokens,
+                    a.power,
+                    a.http_url,
+                    a.registration_txs,
+                    a.registered_in_blocks
+                );
+                Ok((serde_json::to_value(&a)?, human))
+            })
+            .await
+        }
+        Cmd::Transfer {
+            token_id,
+            to,
+            register,
+            json,
+        } => {
+            cmd_live(&dir, json, async |tn| {
+                let t = tn.transfer(token_id, to, register).await?;
+                let mut human = format!(
+                    "token {} transferred from {} to {}{} in tx {} (block {})",
+                    t.token_id,
+                    t.from,
+                    t.to,
+                    if t.new_account {
+                        " (a new account)"
+                    } else {
+                        ""
+                    },
+                    t.tx_hash,
+                    t.block
+                );
+                if let Some(n) = &t.unregistered_from {
+                    human.push_str(&format!("; it no longer authorizes {n}"));
+                }
+                if let (Some(n), Some(tx)) = (&t.registered_for, &t.registration_tx) {
+                    human.push_str(&format!("; registered for {n} in tx {tx}"));
+                }
+                Ok((serde_json::to_value(&t)?, human))
+            })
+            .await
+        }
+        Cmd::Burn { token_id, json } => {
+            cmd_live(&dir, json, async |tn| {
+                let b = tn.burn(token_id).await?;
+                let mut human = format!(
+                    "token {} of {} burned in tx {} (block {})",
+                    b.token_id, b.owner, b.tx_hash, b.block
+                );
+                if let Some(n) = &b.unregistered_from {
+                    human.push_str(&format!("; it no longer authorizes {n}"));
+                }
+                Ok((serde_json::to_value(&b)?, human))
+            })
+            .await
+        }
         Cmd::Down => {
             let lines = up::down(&dir)
                 .with_context(|| format!("stopping the testnet in {}", dir.display()))?;
@@ -191,6 +302,31 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Runs one membership change against the run recorded in `dir` (its state locked meanwhile),
+/// then prints the JSON or the human line `op` returned.
+async fn cmd_live(
+    dir: &std::path::Path,
+    json: bool,
+    op: impl AsyncFnOnce(&mut up::Testnet) -> Result<(serde_json::Value, String)>,
+) -> Result<ExitCode> {
+    let _lock = testnet::state::StateLock::acquire(dir)
+        .with_context(|| format!("locking the run in {}", dir.display()))?;
+    let Some(state) = State::load(dir)? else {
+        anyhow::bail!(
+            "no testnet recorded in {}: start one with `testnet up --detach`",
+            dir.display()
+        );
+    };
+    let mut tn = up::Testnet::attach(state);
+    let (value, human) = op(&mut tn).await?;
+    if json {
+        println!("{}", serde_json::to_string(&value)?);
+    } else {
+        println!("{human}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Resolves on SIGINT, SIGTERM or SIGHUP.
@@ -389,6 +525,9 @@ async fn live_view(state: &State) {
     let stop = interrupted();
     tokio::pin!(stop);
     loop {
+        // Nodes added by `testnet add-node` appear in the recorded state.
+        let current = State::load(&state.dir).ok().flatten();
+        let state = current.as_ref().unwrap_or(state);
         let rows = status::rows(state, &client).await;
         tps.update(&client, &rows).await;
         let table = status::table(state, &rows, &|name| tps.rate.get(name).copied());
@@ -484,7 +623,7 @@ async fn cmd_load(dir: PathBuf, args: LoadArgs) -> Result<ExitCode> {
 }
 
 fn chaos_args_vec(args: &ChaosArgs, seed: u64) -> Vec<String> {
-    vec![
+    let mut v = vec![
         "--scenario".into(),
         args.scenario.name().into(),
         "--duration".into(),
@@ -505,7 +644,16 @@ fn chaos_args_vec(args: &ChaosArgs, seed: u64) -> Vec<String> {
         args.loss.to_string(),
         "--node-log".into(),
         args.node_log.clone(),
-    ]
+    ];
+    if args.no_epoch_checks {
+        v.push("--no-epoch-checks".into());
+    }
+    v
+}
+
+/// The namespaces of a chaos run: one per genesis node and per node the scenario adds.
+fn chaos_plan(tag: &str, args: &ChaosArgs) -> testnet::netns::NetPlan {
+    testnet::netns::NetPlan::new(tag, args.powers.len() + args.scenario.added_nodes())
 }
 
 /// `testnet chaos`: checks privileges, removes a crashed run's leftovers, creates the
@@ -529,7 +677,7 @@ async fn chaos_outer(dir: PathBuf, args: ChaosArgs) -> Result<ExitCode> {
             progress(&format!("warning: {f}"));
         }
     }
-    let plan = NetPlan::new(&tag, args.powers.len());
+    let plan = chaos_plan(&tag, &args);
     // Validate before creating anything.
     chaos_options(&dir, &args, seed, plan.clone()).validate()?;
     plan.save(&dir)?;
@@ -631,13 +779,14 @@ fn chaos_options(
         tx_size: args.tx_size,
         loss: args.loss,
         node_log: args.node_log.clone(),
+        epoch_checks: !args.no_epoch_checks,
         plan,
     }
 }
 
 /// `chaos-inner`: runs in the hub namespace; stops its cluster on SIGINT/SIGTERM.
 async fn chaos_inner(dir: PathBuf, args: ChaosArgs, tag: String) -> Result<ExitCode> {
-    let plan = testnet::netns::NetPlan::new(&tag, args.powers.len());
+    let plan = chaos_plan(&tag, &args);
     let seed = args.seed.unwrap_or_else(rand::random::<u64>);
     let opts = chaos_options(&dir, &args, seed, plan);
     let report = tokio::select! {

@@ -53,6 +53,26 @@ pub struct ChainInfo {
     pub genesis_file: Option<PathBuf>,
     /// Its genesis chain block number, once chosen.
     pub genesis_block: Option<u64>,
+    /// The RPC URL the nodes use (differs from `rpc_url` when they run in other network
+    /// namespaces); `None`: `rpc_url`.
+    #[serde(default)]
+    pub node_rpc_url: Option<String>,
+}
+
+impl ChainInfo {
+    /// The RPC URL the nodes use.
+    pub fn node_rpc(&self) -> &str {
+        self.node_rpc_url.as_deref().unwrap_or(&self.rpc_url)
+    }
+}
+
+/// An account a run created that holds tokens but runs no node (`testnet transfer --to new`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    /// Its address.
+    pub address: Address,
+    /// Its private key (0x hex): a fresh development key on this local chain only.
+    pub key: String,
 }
 
 /// One validator node of a run.
@@ -86,6 +106,9 @@ pub struct NodeEntry {
     pub metrics_url: String,
     /// The simulated TEE process.
     pub simulator: Option<Proc>,
+    /// Whether `testnet add-node` (or a chaos run) added it after the genesis file.
+    #[serde(default)]
+    pub added: bool,
     /// The `dstack-node` process.
     pub process: Option<Proc>,
     /// The network namespace it runs in (chaos runs), `None` on the host's.
@@ -113,6 +136,9 @@ pub struct State {
     pub chain: Option<ChainInfo>,
     /// The nodes.
     pub nodes: Vec<NodeEntry>,
+    /// Funded accounts without a node (recipients of `testnet transfer --to new`).
+    #[serde(default)]
+    pub accounts: Vec<Account>,
 }
 
 impl State {
@@ -126,6 +152,7 @@ impl State {
             anvil: None,
             chain: None,
             nodes: Vec::new(),
+            accounts: Vec::new(),
         }
     }
 
@@ -164,6 +191,22 @@ impl State {
         std::fs::rename(&tmp, &path).map_err(io(format!("writing {}", path.display())))
     }
 
+    /// The private key (0x hex) of `address` when the run created that account: a node's
+    /// owner or an account of [`State::accounts`].
+    pub fn key_of(&self, address: Address) -> Option<&str> {
+        self.nodes
+            .iter()
+            .filter(|n| n.owner == address && !n.owner_key.is_empty())
+            .map(|n| n.owner_key.as_str())
+            .chain(
+                self.accounts
+                    .iter()
+                    .filter(|a| a.address == address)
+                    .map(|a| a.key.as_str()),
+            )
+            .next()
+    }
+
     /// Every recorded process, in the order `down` stops them: nodes, TEEs, then anvil.
     pub fn processes(&self) -> Vec<&Proc> {
         let mut out: Vec<&Proc> = self
@@ -174,5 +217,28 @@ impl State {
         out.extend(self.nodes.iter().filter_map(|n| n.simulator.as_ref()));
         out.extend(self.anvil.iter());
         out
+    }
+}
+
+/// An exclusive lock on a run directory's state (`<dir>/state.lock`), held while one command
+/// reads, changes and writes `state.json` (so two `add-node`s cannot both take `node4`).
+#[derive(Debug)]
+pub struct StateLock {
+    _file: std::fs::File,
+}
+
+impl StateLock {
+    /// Waits for the lock of `dir`.
+    pub fn acquire(dir: &Path) -> Result<Self, Error> {
+        let path = dir.join("state.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io(format!("opening {}", path.display())))?;
+        file.lock()
+            .map_err(io(format!("locking {}", path.display())))?;
+        Ok(Self { _file: file })
     }
 }

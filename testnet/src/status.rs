@@ -27,6 +27,43 @@ pub struct NodeStatus {
     pub syncing: bool,
     /// The node's address.
     pub node_address: String,
+    /// The chain block the current epoch's set was read at.
+    pub epoch_chain_block: u64,
+}
+
+/// One member in a node's `GET /validators`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct ValidatorView {
+    /// 0x address.
+    pub address: String,
+    /// Its power in the epoch.
+    pub power: u64,
+}
+
+/// A node's `GET /validators`: the set of its current epoch.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct ValidatorsView {
+    /// The epoch.
+    pub epoch: u64,
+    /// The chain block its set was read at.
+    pub epoch_chain_block: u64,
+    /// Total power.
+    pub total_power: u64,
+    /// The members, sorted by address.
+    pub validators: Vec<ValidatorView>,
+}
+
+impl ValidatorsView {
+    /// The power of `address` in this set (0 when it is not a member).
+    pub fn power_of(&self, address: &str) -> u64 {
+        self.validators
+            .iter()
+            .filter(|v| v.address.eq_ignore_ascii_case(address))
+            .map(|v| v.power)
+            .sum()
+    }
 }
 
 /// The fields of a committed block (`GET /blocks/{height}`) the checks use.
@@ -77,6 +114,12 @@ impl Client {
     pub async fn status(&self, http_url: &str) -> Result<NodeStatus, String> {
         let v = self.get_json(&format!("{http_url}/status")).await?;
         serde_json::from_value(v).map_err(|e| format!("{http_url}/status: {e}"))
+    }
+
+    /// `GET <http_url>/validators`.
+    pub async fn validators(&self, http_url: &str) -> Result<ValidatorsView, String> {
+        let v = self.get_json(&format!("{http_url}/validators")).await?;
+        serde_json::from_value(v).map_err(|e| format!("{http_url}/validators: {e}"))
     }
 
     /// `POST <http_url>/txs` with `body`: the HTTP status and the JSON answer (`{"hash"}` when
@@ -162,7 +205,10 @@ impl Client {
 }
 
 /// One entry of `testnet status --json` (exactly these keys; `height` is the committed height;
-/// `height`, `round` and `epoch` are null while the node's API does not answer).
+/// `power` is the registered power (tokens authorizing the node, as the run recorded them);
+/// `epoch_power` is the node's power in its current epoch by its own `/validators` (0 for a
+/// node that is not, or not yet, a member); `height`, `round`, `epoch` and `epoch_power` are
+/// null while the node's API does not answer).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusEntry {
     /// Node name.
@@ -173,8 +219,10 @@ pub struct StatusEntry {
     pub metrics_url: String,
     /// Its pid.
     pub pid: u32,
-    /// Its voting power.
+    /// Its registered voting power.
     pub power: u64,
+    /// Its power in the current epoch, by its own `/validators`.
+    pub epoch_power: Option<u64>,
     /// Committed height.
     pub height: Option<u64>,
     /// Current round.
@@ -207,6 +255,14 @@ pub async fn rows(state: &State, client: &Client) -> Vec<Row> {
             continue;
         };
         let status = client.status(&n.http_url).await.ok();
+        let epoch_power = match (&status, n.address) {
+            (Some(_), Some(a)) => client
+                .validators(&n.http_url)
+                .await
+                .ok()
+                .map(|v| v.power_of(&a.to_string())),
+            _ => None,
+        };
         out.push(Row {
             entry: StatusEntry {
                 name: n.name.clone(),
@@ -214,6 +270,7 @@ pub async fn rows(state: &State, client: &Client) -> Vec<Row> {
                 metrics_url: n.metrics_url.clone(),
                 pid: p.pid,
                 power: n.power,
+                epoch_power,
                 height: status.as_ref().map(|s| s.committed_height),
                 round: status.as_ref().map(|s| s.round),
                 epoch: status.as_ref().map(|s| s.epoch),
@@ -248,10 +305,12 @@ fn short(addr: &str) -> String {
 }
 
 /// The status table: per node height, round, epoch, leader, peers, power and TPS (`tps` gives
-/// each node's committed transactions per second, by name).
+/// each node's committed transactions per second, by name). POWER is the registered power,
+/// followed by the power in the node's current epoch in parentheses when the two differ (a node
+/// waiting to join shows `2(0)`).
 pub fn table(state: &State, rows: &[Row], tps: &dyn Fn(&str) -> Option<f64>) -> String {
     let mut out = format!(
-        "{:<8} {:>7} {:>8} {:>8} {:>5} {:<13} {:>5} {:>5} {:>8}  {}\n",
+        "{:<8} {:>7} {:>8} {:>8} {:>5} {:<13} {:>5} {:>7} {:>8}  {}\n",
         "NODE", "PID", "HEIGHT", "ROUND", "EPOCH", "LEADER", "PEERS", "POWER", "TPS", "API"
     );
     for n in &state.nodes {
@@ -283,8 +342,12 @@ pub fn table(state: &State, rows: &[Row], tps: &dyn Fn(&str) -> Option<f64>) -> 
                 let tps = tps(&n.name)
                     .map(|t| format!("{t:.1}"))
                     .unwrap_or_else(|| "-".into());
+                let power = match r.entry.epoch_power {
+                    Some(e) if e != n.power => format!("{}({e})", n.power),
+                    _ => n.power.to_string(),
+                };
                 out.push_str(&format!(
-                    "{:<8} {:>7} {:>8} {:>8} {:>5} {:<13} {:>5} {:>5} {:>8}  {}\n",
+                    "{:<8} {:>7} {:>8} {:>8} {:>5} {:<13} {:>5} {:>7} {:>8}  {}\n",
                     n.name,
                     r.entry.pid,
                     opt(r.entry.height),
@@ -292,7 +355,7 @@ pub fn table(state: &State, rows: &[Row], tps: &dyn Fn(&str) -> Option<f64>) -> 
                     opt(r.entry.epoch),
                     leader,
                     peers,
-                    n.power,
+                    power,
                     tps,
                     n.http_url
                 ));

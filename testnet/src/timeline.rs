@@ -40,6 +40,8 @@ fn kind_colour(kind: &str) -> RGBColor {
         "loss" => RGBColor(150, 80, 200),
         "restart-all" => RGBColor(200, 40, 140),
         "equivocation" => RGBColor(120, 120, 120),
+        "register" => RGBColor(40, 170, 170),
+        "transfer" => RGBColor(190, 170, 40),
         _ => RGBColor(100, 180, 100),
     }
 }

@@ -67,6 +67,51 @@ pub struct NodeNet {
     pub ip: String,
 }
 
+/// Where one node listens: its address, namespace and ports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodePlace {
+    /// Its IPv4 address.
+    pub ip: String,
+    /// Its network namespace (`None`: the current one).
+    pub netns: Option<String>,
+    /// libp2p port.
+    pub p2p: u16,
+    /// HTTP API port.
+    pub api: u16,
+    /// Metrics port.
+    pub metrics: u16,
+}
+
+impl NodePlace {
+    /// On 127.0.0.1 with the given p2p, API and metrics ports.
+    pub fn loopback([p2p, api, metrics]: [u16; 3]) -> Self {
+        Self {
+            ip: "127.0.0.1".into(),
+            netns: None,
+            p2p,
+            api,
+            metrics,
+        }
+    }
+
+    /// In its own namespace with the fixed ports.
+    pub fn netns(n: &NodeNet) -> Self {
+        Self {
+            ip: n.ip.clone(),
+            netns: Some(n.netns.clone()),
+            p2p: NETNS_P2P_PORT,
+            api: NETNS_API_PORT,
+            metrics: NETNS_METRICS_PORT,
+        }
+    }
+
+    /// On 127.0.0.1 with three free ports.
+    pub fn free_loopback() -> Result<Self, Error> {
+        let p = procs::free_ports(3)?;
+        Ok(Self::loopback([p[0], p[1], p[2]]))
+    }
+}
+
 /// The libp2p port of a node in its own namespace.
 pub const NETNS_P2P_PORT: u16 = 26656;
 /// The HTTP API port of a node in its own namespace.
@@ -177,14 +222,148 @@ impl Testnet {
         Ok(())
     }
 
+    /// A run started by another process (`testnet up --detach`), from its recorded state: its
+    /// processes are not this process's children.
+    pub fn attach(state: State) -> Self {
+        Self {
+            state,
+            children: Vec::new(),
+        }
+    }
+
+    /// Records a new node slot `node<i>` with `power`: starts its simulated TEE (the run's KMS
+    /// root and app id, a fresh instance id) at `place`. No token, no registration, no node
+    /// process yet. Returns its index. The caller saves the state.
+    pub fn add_slot(
+        &mut self,
+        power: u64,
+        sim_bin: &Path,
+        place: &NodePlace,
+        program: Option<PathBuf>,
+    ) -> Result<usize, Error> {
+        let ch = self
+            .state
+            .chain
+            .as_ref()
+            .ok_or_else(|| Error::State("no chain recorded".into()))?;
+        let kms_file = ch.kms_root_key_file.clone();
+        let app_id = ch.app_id.trim_start_matches("0x").to_string();
+        let i = self.state.nodes.len();
+        let name = format!("node{i}");
+        let home = self.state.dir.join("nodes").join(&name);
+        std::fs::create_dir_all(&home).map_err(io(format!("creating {}", home.display())))?;
+        let socket = home.join("dstack.sock");
+        if socket.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(Error::Invalid(format!(
+                "the TEE socket path {} exceeds {MAX_SOCKET_PATH} bytes (a Unix socket limit);                  use a shorter --dir",
+                socket.display()
+            )));
+        }
+        let instance_id = hex::encode(random_bytes::<20>());
+        let (child, proc) = procs::spawn(Spawn {
+            name: &format!("{name}/simulator"),
+            program: sim_bin,
+            args: vec![
+                "--socket".into(),
+                socket.display().to_string(),
+                "--kms-root-key".into(),
+                kms_file.display().to_string(),
+                "--app-id".into(),
+                app_id,
+                "--instance-id".into(),
+                instance_id.clone(),
+            ],
+            env: vec![],
+            clear_env_prefixes: &["DSTACK_SIM_"],
+            log: home.join("simulator.log"),
+            netns: None,
+        })?;
+        self.children.push(child);
+        self.state.nodes.push(NodeEntry {
+            name,
+            power,
+            tokens: Vec::new(),
+            owner: Address::ZERO,
+            owner_key: String::new(),
+            instance_id,
+            address: None,
+            registered_in_blocks: Vec::new(),
+            home,
+            socket,
+            p2p_url: format!("/ip4/{}/tcp/{}", place.ip, place.p2p),
+            http_url: format!("http://{}:{}", place.ip, place.api),
+            metrics_url: format!("http://{}:{}/metrics", place.ip, place.metrics),
+            simulator: Some(proc),
+            added: false,
+            process: None,
+            netns: place.netns.clone(),
+            program,
+        });
+        Ok(i)
+    }
+
+    /// `dstack-node init` with the run's genesis file, the run's settings written into node
+    /// `i`'s `config.toml`, then [`Testnet::start_node`]; saves the state.
+    pub fn init_and_start(
+        &mut self,
+        i: usize,
+        node_bin: &Path,
+        log_level: &str,
+    ) -> Result<(), Error> {
+        let ch = self
+            .state
+            .chain
+            .clone()
+            .ok_or_else(|| Error::State("no chain recorded".into()))?;
+        let genesis_file = ch
+            .genesis_file
+            .clone()
+            .ok_or_else(|| Error::State("no genesis.json recorded".into()))?;
+        let node = self
+            .state
+            .nodes
+            .get(i)
+            .cloned()
+            .ok_or_else(|| Error::Invalid(format!("no node {i}")))?;
+        nodecfg::init(node_bin, &node.home, &genesis_file)?;
+        let api = node.http_url.trim_start_matches("http://").to_string();
+        let metrics = node
+            .metrics_url
+            .trim_start_matches("http://")
+            .trim_end_matches("/metrics")
+            .to_string();
+        nodecfg::configure(
+            &node.home,
+            &nodecfg::NodeSettings {
+                rpc_url: ch.node_rpc(),
+                dstack_socket: &node.socket,
+                kms_root: &ch.kms_root.to_string(),
+                owner_address: &node.owner.to_string(),
+                p2p: &node.p2p_url,
+                api: &api,
+                metrics: &metrics,
+            },
+        )?;
+        if self.state.nodes[i].program.is_none() {
+            self.state.nodes[i].program = Some(node_bin.to_path_buf());
+        }
+        self.start_node(i, log_level)?;
+        self.state.save()
+    }
+
     /// Reaps exited children (so killed nodes do not linger as zombies).
     pub fn reap(&mut self) {
         self.children
             .retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
     }
 
-    /// Stops every process (nodes, TEEs, anvil) and removes `state.json`.
+    /// Stops every process (nodes, TEEs, anvil) and removes `state.json`. Nodes another
+    /// command added to the recorded state (`testnet add-node`) are stopped too.
     pub fn stop(mut self) -> Result<Vec<String>, Error> {
+        if let Ok(Some(disk)) = State::load(&self.state.dir) {
+            let known = self.state.nodes.len();
+            self.state.nodes.extend(disk.nodes.into_iter().skip(known));
+        }
         let r = down_state(&self.state);
         for c in &mut self.children {
             let _ = c.try_wait();
@@ -351,6 +530,7 @@ async fn bring_up(
         purpose: PURPOSE.into(),
         genesis_file: None,
         genesis_block: None,
+        node_rpc_url: Some(node_rpc_url.clone()),
     });
     tn.state.save()?;
     progress(&format!(
@@ -361,75 +541,18 @@ async fn bring_up(
     // 3. one simulated TEE per node; ports
     let ports = procs::free_ports(3 * n)?;
     for (i, &power) in opts.powers.iter().enumerate() {
-        let name = format!("node{i}");
-        let home = dir.join("nodes").join(&name);
-        std::fs::create_dir_all(&home).map_err(io(format!("creating {}", home.display())))?;
-        let socket = home.join("dstack.sock");
-        let instance_id = hex::encode(random_bytes::<20>());
-        let (child, proc) = procs::spawn(Spawn {
-            name: &format!("{name}/simulator"),
-            program: sim_bin,
-            args: vec![
-                "--socket".into(),
-                socket.display().to_string(),
-                "--kms-root-key".into(),
-                kms_file.display().to_string(),
-                "--app-id".into(),
-                hex::encode(app_id),
-                "--instance-id".into(),
-                instance_id.clone(),
-            ],
-            env: vec![],
-            clear_env_prefixes: &["DSTACK_SIM_"],
-            log: home.join("simulator.log"),
-            netns: None,
-        })?;
-        tn.children.push(child);
-        let (ip, netns, p2p, api, metrics) = match &opts.net {
-            Some(l) => {
-                let nn = l.nodes.get(i).ok_or_else(|| {
-                    Error::Invalid(format!("the network layout has no entry for node {i}"))
-                })?;
-                (
-                    nn.ip.clone(),
-                    Some(nn.netns.clone()),
-                    NETNS_P2P_PORT,
-                    NETNS_API_PORT,
-                    NETNS_METRICS_PORT,
-                )
-            }
-            None => (
-                "127.0.0.1".to_string(),
-                None,
-                ports[3 * i],
-                ports[3 * i + 1],
-                ports[3 * i + 2],
-            ),
+        let place = match &opts.net {
+            Some(l) => NodePlace::netns(l.nodes.get(i).ok_or_else(|| {
+                Error::Invalid(format!("the network layout has no entry for node {i}"))
+            })?),
+            None => NodePlace::loopback([ports[3 * i], ports[3 * i + 1], ports[3 * i + 2]]),
         };
         let program = opts
             .node_programs
             .iter()
             .find(|(j, _)| *j == i)
             .map(|(_, p)| p.clone());
-        tn.state.nodes.push(NodeEntry {
-            name,
-            power,
-            tokens: Vec::new(),
-            owner: Address::ZERO,
-            owner_key: String::new(),
-            instance_id,
-            address: None,
-            registered_in_blocks: Vec::new(),
-            home,
-            socket,
-            p2p_url: format!("/ip4/{ip}/tcp/{p2p}"),
-            http_url: format!("http://{ip}:{api}"),
-            metrics_url: format!("http://{ip}:{metrics}/metrics"),
-            simulator: Some(proc),
-            process: None,
-            netns,
-            program,
-        });
+        tn.add_slot(power, sim_bin, &place, program)?;
         tn.state.save()?;
     }
     progress(&format!(
@@ -467,16 +590,16 @@ async fn bring_up(
         tasks.spawn(async move {
             let dstack = DstackClient::new(Some(&socket))
                 .map_err(|e| Error::Process(format!("dstack endpoint {socket}: {e}")))?;
-            let r = chain::register_node(&cluster, &dstack, &owner, &p2p).await?;
+            let r =
+                chain::register_node(&cluster, &dstack, &owner.signer, &owner.tokens, &p2p).await?;
             Ok::<_, Error>((i, r))
         });
     }
     while let Some(joined) = tasks.join_next().await {
-        let (i, (address, blocks)) =
-            joined.map_err(|e| Error::Process(format!("registration task: {e}")))??;
+        let (i, r) = joined.map_err(|e| Error::Process(format!("registration task: {e}")))??;
         let node = &mut tn.state.nodes[i];
-        node.address = Some(address);
-        node.registered_in_blocks = blocks;
+        node.address = Some(r.node);
+        node.registered_in_blocks = r.blocks;
     }
     tn.state.save()?;
     let c = cluster.instance();
@@ -558,31 +681,7 @@ async fn bring_up(
     }
     tn.state.phase = Phase::Nodes;
     for i in 0..n {
-        let node = tn.state.nodes[i].clone();
-        nodecfg::init(&node_bin, &node.home, &genesis_file)?;
-        let api = node.http_url.trim_start_matches("http://").to_string();
-        let metrics = node
-            .metrics_url
-            .trim_start_matches("http://")
-            .trim_end_matches("/metrics")
-            .to_string();
-        nodecfg::configure(
-            &node.home,
-            &nodecfg::NodeSettings {
-                rpc_url: &node_rpc_url,
-                dstack_socket: &node.socket,
-                kms_root: &kms_root.to_string(),
-                owner_address: &node.owner.to_string(),
-                p2p: &node.p2p_url,
-                api: &api,
-                metrics: &metrics,
-            },
-        )?;
-        if tn.state.nodes[i].program.is_none() {
-            tn.state.nodes[i].program = Some(node_bin.clone());
-        }
-        tn.start_node(i, &opts.node_log_level)?;
-        tn.state.save()?;
+        tn.init_and_start(i, &node_bin, &opts.node_log_level)?;
     }
     progress(&format!(
         "started {n} dstack-node processes; waiting for first commits (at most {} s)",
@@ -604,7 +703,8 @@ fn chain_only(tn: &mut Testnet, reason: String) -> Result<Outcome, Error> {
     Ok(Outcome::ChainOnly(reason))
 }
 
-async fn wait_tee(node: &NodeEntry) -> Result<(), Error> {
+/// Waits (at most 15 s) until the simulated TEE of `node` answers `/Info`.
+pub async fn wait_tee(node: &NodeEntry) -> Result<(), Error> {
     let deadline = Instant::now() + Duration::from_secs(15);
     let socket = node.socket.display().to_string();
     let client = DstackClient::new(Some(&socket))

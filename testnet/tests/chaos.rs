@@ -17,6 +17,11 @@ use common::{namespaces_with_prefix, processes_mentioning, run_testnet, show};
 const BUDGET: Duration = Duration::from_secs(240);
 /// `all`'s shortest duration (the sum of its phases' minimums).
 const DURATION: &str = "116";
+/// Whether the `dstack-node` under test turns membership changes into epochs (issue 8, node
+/// side). While it does not, the run reports the epochs after its membership changes without
+/// counting a missing one as a violation (`--no-epoch-checks`), and the epoch assertions below
+/// are not made. Set to true once the node side is on main.
+const NODE_HAS_LIVE_EPOCHS: bool = false;
 
 #[test]
 fn chaos_all_short_form_passes_with_minimum_fault_strengths() {
@@ -27,20 +32,19 @@ fn chaos_all_short_form_passes_with_minimum_fault_strengths() {
         .expect("tempdir");
     let dir = tmp.path().to_path_buf();
     let seed = format!("{}", 1000 + u64::from(std::process::id() % 1000));
-    let out = run_testnet(
-        &dir,
-        &[
-            "chaos",
-            "--scenario",
-            "all",
-            "--duration",
-            DURATION,
-            "--seed",
-            &seed,
-        ],
-        started + BUDGET,
-        None,
-    );
+    let mut args = vec![
+        "chaos",
+        "--scenario",
+        "all",
+        "--duration",
+        DURATION,
+        "--seed",
+        &seed,
+    ];
+    if !NODE_HAS_LIVE_EPOCHS {
+        args.push("--no-epoch-checks");
+    }
+    let out = run_testnet(&dir, &args, started + BUDGET, None);
     let secs = started.elapsed().as_secs_f64();
     let report_path = dir.join("report.json");
     assert!(
@@ -98,8 +102,42 @@ fn chaos_all_short_form_passes_with_minimum_fault_strengths() {
         "loss",
         "restart-all",
         "equivocation",
+        "register",
+        "transfer",
     ] {
         assert!(kinds.contains(k), "no {k} fault: {}", ctx());
+    }
+    assert_eq!(s["registrations"].as_u64(), Some(1), "{}", ctx());
+    assert_eq!(s["transfers"].as_u64(), Some(1), "{}", ctx());
+
+    // membership: every change reached every honest node's epoch, the added node4 is a
+    // member of the final epoch, and the final powers are the contract's
+    let m = &report["membership"];
+    assert_eq!(m["changes"].as_array().unwrap().len(), 2, "{}", ctx());
+    if NODE_HAS_LIVE_EPOCHS {
+        assert_eq!(m["epoch_checks_required"], true);
+        for c in m["changes"].as_array().unwrap() {
+            let t = c["all_nodes_after"]
+                .as_f64()
+                .expect("epoch after the change");
+            assert!(t <= 20.0, "slow epoch change {c}");
+        }
+        assert!(
+            m["added_node_member_after_seconds"]["node4"].is_f64(),
+            "{}",
+            ctx()
+        );
+        let powers = &m["final"]["powers"];
+        // powers 1,1,1,1 + node4 with 2, one of its tokens moved to node3
+        for (n, p) in [
+            ("node0", 1),
+            ("node1", 1),
+            ("node2", 1),
+            ("node3", 2),
+            ("node4", 1),
+        ] {
+            assert_eq!(powers[n].as_u64(), Some(p), "{n}: {}", ctx());
+        }
     }
 
     // the evidence names only the equivocator

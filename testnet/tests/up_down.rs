@@ -274,6 +274,7 @@ async fn up_detach_registers_four_nodes_writes_genesis_and_down_stops_everything
         "metrics_url",
         "pid",
         "power",
+        "epoch_power",
         "height",
         "round",
         "epoch",
@@ -292,6 +293,11 @@ async fn up_detach_registers_four_nodes_writes_genesis_and_down_stops_everything
             assert!(e["metrics_url"].is_string() && e["pid"].is_u64());
             assert_eq!(e["power"].as_u64(), Some(power));
             assert!(e["round"].is_u64() && e["epoch"].is_u64(), "{e}");
+            assert_eq!(
+                e["epoch_power"].as_u64(),
+                Some(power),
+                "epoch 0 powers: {e}"
+            );
             let h = e["height"].as_u64().unwrap_or(0);
             assert!(h >= 1, "{} has not committed: {e}", e["name"]);
         }
@@ -336,7 +342,25 @@ async fn up_detach_registers_four_nodes_writes_genesis_and_down_stops_everything
         assert!(r["rejected"].as_object().unwrap().is_empty(), "{r}");
     }
 
+    // live membership: add-node, transfer, burn (the tool's side; the epochs that follow are
+    // checked in tests/live_epochs.rs)
+    if nodes_started {
+        live_membership_commands(&dir, &cluster, deadline).await;
+    } else {
+        let add = testnet(&dir, &["add-node", "--json"], deadline);
+        assert!(
+            !add.status.success()
+                && String::from_utf8_lossy(&add.stderr).contains("no running nodes"),
+            "add-node without running nodes must fail clearly:\n{}",
+            show(&add)
+        );
+    }
+
     // down stops every recorded process, is idempotent, and leaves nothing running
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap())
+            .expect("state.json is JSON");
+    let nodes = state["nodes"].as_array().unwrap();
     let pids: Vec<u64> = {
         let mut v = vec![state["anvil"]["pid"].as_u64().unwrap()];
         for n in nodes {
@@ -369,5 +393,160 @@ async fn up_detach_registers_four_nodes_writes_genesis_and_down_stops_everything
     eprintln!(
         "up took {up_secs:.1} s; the whole test {:.1} s",
         started.elapsed().as_secs_f64()
+    );
+}
+
+/// Parses a command's `--json` output.
+fn json_of(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("output is not JSON ({e}):\n{}", show(o)))
+}
+
+/// `add-node --power 2` (a 5th node on a new owner: running, registered for both tokens,
+/// listed in state.json and `status --json`), `transfer` of one of its tokens to a new account
+/// (ownerOf changes, the node's power drops to 1 on chain), `burn` of node0's only token (node0
+/// is no longer a validator on chain).
+async fn live_membership_commands(dir: &Path, cluster: &Cluster, deadline: Instant) {
+    let c = cluster.instance();
+    let t = Instant::now();
+    let add = testnet(dir, &["add-node", "--power", "2", "--json"], deadline);
+    assert!(add.status.success(), "add-node failed:\n{}", show(&add));
+    let a = json_of(&add);
+    eprintln!("add-node took {:.1} s", t.elapsed().as_secs_f64());
+    assert_eq!(a["name"], "node4", "{a}");
+    let address: Address = a["address"].as_str().unwrap().parse().unwrap();
+    let owner: Address = a["owner"].as_str().unwrap().parse().unwrap();
+    let tokens: Vec<u64> = a["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap())
+        .collect();
+    assert_eq!(tokens.len(), 2, "{a}");
+    assert_eq!(a["registration_txs"].as_array().unwrap().len(), 2, "{a}");
+    for &t in &tokens {
+        assert_eq!(c.ownerOf(U256::from(t)).call().await.unwrap(), owner);
+        assert_eq!(c.nodeOf(U256::from(t)).call().await.unwrap(), address);
+    }
+    assert_eq!(c.powerOf(address).call().await.unwrap(), U256::from(2));
+    assert_eq!(c.validatorCount().call().await.unwrap(), U256::from(5));
+    assert_eq!(c.totalPower().call().await.unwrap(), U256::from(9));
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
+    let n4 = &state["nodes"][4];
+    assert_eq!(n4["name"], "node4");
+    assert_eq!(n4["added"], true);
+    assert_eq!(n4["power"], 2);
+    assert_eq!(
+        n4["owner"].as_str().unwrap().parse::<Address>().unwrap(),
+        owner
+    );
+    let pid = n4["process"]["pid"].as_u64().expect("node4 has a process");
+    assert!(alive(pid), "node4 (pid {pid}) runs");
+    assert!(alive(n4["simulator"]["pid"].as_u64().unwrap()));
+    let genesis = std::fs::read_to_string(dir.join("genesis.json")).unwrap();
+    let home = PathBuf::from(n4["home"].as_str().unwrap());
+    assert_eq!(
+        std::fs::read_to_string(home.join("genesis.json")).unwrap(),
+        genesis,
+        "node4 runs with the cluster's genesis.json"
+    );
+    let st = testnet(dir, &["status", "--json"], deadline);
+    assert!(st.status.success(), "{}", show(&st));
+    let report = json_of(&st);
+    let e = report["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "node4")
+        .unwrap_or_else(|| panic!("status --json lists node4:\n{}", show(&st)))
+        .clone();
+    assert_eq!(e["power"], 2, "{e}");
+    assert_eq!(e["pid"].as_u64(), Some(pid), "{e}");
+    assert!(
+        e["epoch"].is_u64() && e["epoch_power"].is_u64(),
+        "node4's API answers: {e}"
+    );
+
+    // transfer one of node4's tokens to a fresh account
+    let token = tokens[0].to_string();
+    let tr = testnet(
+        dir,
+        &["transfer", "--token-id", &token, "--to", "new", "--json"],
+        deadline,
+    );
+    assert!(tr.status.success(), "transfer failed:\n{}", show(&tr));
+    let r = json_of(&tr);
+    let to: Address = r["to"].as_str().unwrap().parse().unwrap();
+    assert_ne!(to, owner);
+    assert_eq!(
+        r["from"].as_str().unwrap().parse::<Address>().unwrap(),
+        owner
+    );
+    assert_eq!(r["new_account"], true);
+    assert_eq!(r["unregistered_from"], "node4");
+    assert!(r["tx_hash"].as_str().unwrap().starts_with("0x"), "{r}");
+    assert_eq!(c.ownerOf(U256::from(tokens[0])).call().await.unwrap(), to);
+    assert_eq!(
+        c.nodeOf(U256::from(tokens[0])).call().await.unwrap(),
+        Address::ZERO
+    );
+    assert_eq!(c.powerOf(address).call().await.unwrap(), U256::from(1));
+    // the new account's key is recorded: the token can move on (back to node4's owner)
+    let back = testnet(
+        dir,
+        &[
+            "transfer",
+            "--token-id",
+            &token,
+            "--to",
+            &owner.to_string(),
+            "--json",
+        ],
+        deadline,
+    );
+    assert!(
+        back.status.success(),
+        "transfer back failed:\n{}",
+        show(&back)
+    );
+    assert_eq!(
+        c.ownerOf(U256::from(tokens[0])).call().await.unwrap(),
+        owner
+    );
+
+    // burn node0's only token: node0 is no validator any more
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
+    let n0 = &state["nodes"][0];
+    let n0_addr: Address = n0["address"].as_str().unwrap().parse().unwrap();
+    let n0_token = n0["tokens"][0].as_u64().unwrap();
+    let burn = testnet(
+        dir,
+        &["burn", "--token-id", &n0_token.to_string(), "--json"],
+        deadline,
+    );
+    assert!(burn.status.success(), "burn failed:\n{}", show(&burn));
+    assert_eq!(json_of(&burn)["unregistered_from"], "node0");
+    assert!(
+        c.ownerOf(U256::from(n0_token)).call().await.is_err(),
+        "burned"
+    );
+    assert_eq!(c.powerOf(n0_addr).call().await.unwrap(), U256::ZERO);
+    assert_eq!(c.validatorCount().call().await.unwrap(), U256::from(4));
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["nodes"][0]["power"], 0);
+    assert_eq!(state["nodes"][4]["power"], 1);
+    // a token the run holds no key for is refused with a clear message
+    let bad = testnet(
+        dir,
+        &["transfer", "--token-id", "999", "--to", "new"],
+        deadline,
+    );
+    assert!(!bad.status.success(), "{}", show(&bad));
+    eprintln!(
+        "add-node, transfers and burn took {:.1} s",
+        t.elapsed().as_secs_f64()
     );
 }
