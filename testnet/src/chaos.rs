@@ -851,13 +851,15 @@ async fn scenario_restart_all(ctx: &Ctx, budget: f64) -> Result<(), Error> {
     Ok(())
 }
 
-/// Waits (at most [`EPOCH_BOUND`], only when epoch checks are on) until some honest node is in
-/// an epoch whose set was read at `block` or later.
-async fn wait_epoch_from(ctx: &Ctx, block: u64) {
+/// Waits (only when epoch checks are on; at most `secs`, and at most [`EPOCH_BOUND`]) until
+/// some honest node is in an epoch whose set was read at `block` or later. A longer delay is
+/// found by the checks at the end.
+async fn wait_epoch_from(ctx: &Ctx, block: u64, secs: f64) {
     if !ctx.opts.epoch_checks {
         return;
     }
-    let deadline = Instant::now() + EPOCH_BOUND;
+    let secs = secs.clamp(0.0, EPOCH_BOUND.as_secs_f64());
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
     while Instant::now() < deadline {
         let reached = {
             let samples = lock(&ctx.samples);
@@ -874,8 +876,7 @@ async fn wait_epoch_from(ctx: &Ctx, block: u64) {
         sleep_s(0.25).await;
     }
     ctx.say(&format!(
-        "no honest node entered an epoch from chain block {block} within {} s",
-        EPOCH_BOUND.as_secs()
+        "no honest node entered an epoch from chain block {block} within {secs:.1} s"
     ));
 }
 
@@ -932,7 +933,9 @@ async fn scenario_transfer(ctx: &Ctx, budget: f64) -> Result<(), Error> {
         },
         start,
     );
-    wait_epoch_from(ctx, block).await;
+    // Distinct epochs for the two changes when the phase has time for it (the transfer and its
+    // registration take about 2 s).
+    wait_epoch_from(ctx, block, end - 2.0 - ctx.now()).await;
     // 2. one of its tokens moves to the last genesis node's owner, registered for that node
     let token = added
         .tokens
@@ -974,7 +977,7 @@ async fn scenario_transfer(ctx: &Ctx, budget: f64) -> Result<(), Error> {
         },
         start,
     );
-    wait_epoch_from(ctx, block).await;
+    wait_epoch_from(ctx, block, end - ctx.now()).await;
     if ctx.now() < end {
         sleep_s(end - ctx.now()).await;
     }
