@@ -29,6 +29,8 @@ pub struct NodeStatus {
     pub node_address: String,
     /// The chain block the current epoch's set was read at.
     pub epoch_chain_block: u64,
+    /// `validator`, `observer` (never a member) or `removed` (no longer authorized).
+    pub role: String,
 }
 
 /// One member in a node's `GET /validators`.
@@ -207,8 +209,9 @@ impl Client {
 /// One entry of `testnet status --json` (exactly these keys; `height` is the committed height;
 /// `power` is the registered power (tokens authorizing the node, as the run recorded them);
 /// `epoch_power` is the node's power in its current epoch by its own `/validators` (0 for a
-/// node that is not, or not yet, a member); `height`, `round`, `epoch` and `epoch_power` are
-/// null while the node's API does not answer).
+/// node that is not, or not yet, a member); `role` is the node's own `validator`, `observer` or
+/// `removed`; `height`, `round`, `epoch`, `epoch_power` and `role` are null while the node's API
+/// does not answer).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusEntry {
     /// Node name.
@@ -229,6 +232,9 @@ pub struct StatusEntry {
     pub round: Option<u64>,
     /// Current epoch.
     pub epoch: Option<u64>,
+    /// The node's role by its `/status`: `validator`, `observer` (not, or not yet, a member)
+    /// or `removed`.
+    pub role: Option<String>,
 }
 
 /// `testnet status --json`: one entry per running node.
@@ -274,6 +280,10 @@ pub async fn rows(state: &State, client: &Client) -> Vec<Row> {
                 height: status.as_ref().map(|s| s.committed_height),
                 round: status.as_ref().map(|s| s.round),
                 epoch: status.as_ref().map(|s| s.epoch),
+                role: status
+                    .as_ref()
+                    .map(|s| s.role.clone())
+                    .filter(|r| !r.is_empty()),
             },
             status,
         });
@@ -310,8 +320,8 @@ fn short(addr: &str) -> String {
 /// waiting to join shows `2(0)`).
 pub fn table(state: &State, rows: &[Row], tps: &dyn Fn(&str) -> Option<f64>) -> String {
     let mut out = format!(
-        "{:<8} {:>7} {:>8} {:>8} {:>5} {:<13} {:>5} {:>7} {:>8}  {}\n",
-        "NODE", "PID", "HEIGHT", "ROUND", "EPOCH", "LEADER", "PEERS", "POWER", "TPS", "API"
+        "{:<8} {:>7} {:>8} {:>8} {:>5} {:<13} {:>5} {:>7} {:<9} {:>8}  {}\n",
+        "NODE", "PID", "HEIGHT", "ROUND", "EPOCH", "LEADER", "PEERS", "POWER", "ROLE", "TPS", "API"
     );
     for n in &state.nodes {
         let row = rows.iter().find(|r| r.entry.name == n.name);
@@ -347,7 +357,7 @@ pub fn table(state: &State, rows: &[Row], tps: &dyn Fn(&str) -> Option<f64>) -> 
                     _ => n.power.to_string(),
                 };
                 out.push_str(&format!(
-                    "{:<8} {:>7} {:>8} {:>8} {:>5} {:<13} {:>5} {:>7} {:>8}  {}\n",
+                    "{:<8} {:>7} {:>8} {:>8} {:>5} {:<13} {:>5} {:>7} {:<9} {:>8}  {}\n",
                     n.name,
                     r.entry.pid,
                     opt(r.entry.height),
@@ -356,6 +366,7 @@ pub fn table(state: &State, rows: &[Row], tps: &dyn Fn(&str) -> Option<f64>) -> 
                     leader,
                     peers,
                     power,
+                    r.entry.role.as_deref().unwrap_or("-"),
                     tps,
                     n.http_url
                 ));

@@ -6,7 +6,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeSet;
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -17,62 +19,16 @@ use alloy::rpc::types::Filter;
 use membership::genesis::Genesis;
 use membership::sdk::Cluster;
 
-const TESTNET: &str = env!("CARGO_BIN_EXE_testnet");
+use common::{
+    EPOCH_WAIT, TESTNET, alive, get_json, nodes_of, processes_mentioning, run_testnet, show,
+    wait_set,
+};
+
 const BUDGET: Duration = Duration::from_secs(120);
 
-/// Runs `testnet <args> --dir <dir>` with a deadline; panics with its output on a timeout.
+/// Runs `testnet --dir <dir> <args>` with a deadline; panics with its output on a timeout.
 fn testnet(dir: &Path, args: &[&str], deadline: Instant) -> Output {
-    let mut child = Command::new(TESTNET)
-        .args(args)
-        .arg("--dir")
-        .arg(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn testnet");
-    // Read output on threads so a full pipe cannot block the child.
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        std::io::Read::read_to_end(&mut out, &mut s).ok();
-        s
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        std::io::Read::read_to_end(&mut err, &mut s).ok();
-        s
-    });
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            let stderr = String::from_utf8_lossy(&t_err.join().unwrap()).into_owned();
-            panic!(
-                "testnet {args:?} did not finish within the {} s budget; stderr:\n{stderr}",
-                BUDGET.as_secs()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    Output {
-        status,
-        stdout: t_out.join().unwrap(),
-        stderr: t_err.join().unwrap(),
-    }
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit {}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    run_testnet(dir, args, deadline, None)
 }
 
 /// Runs `testnet down` when dropped, so a failed assertion leaves no process behind.
@@ -82,38 +38,6 @@ impl Drop for DownOnDrop {
     fn drop(&mut self) {
         let _ = testnet(&self.0, &["down"], Instant::now() + Duration::from_secs(30));
     }
-}
-
-/// Whether a pid is a live process (zombies are dead).
-fn alive(pid: u64) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => {
-            let rest = &s[s.rfind(')').unwrap() + 1..];
-            !matches!(rest.trim_start().chars().next(), Some('Z' | 'X'))
-        }
-        Err(_) => false,
-    }
-}
-
-/// Live processes whose command line mentions `needle`.
-fn processes_mentioning(needle: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let name = e.file_name();
-        let Some(pid) = name.to_str().and_then(|s| s.parse::<u64>().ok()) else {
-            continue;
-        };
-        if pid == u64::from(std::process::id()) || !alive(pid) {
-            continue;
-        }
-        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains(needle) {
-                out.push(format!("{pid}: {cmd}"));
-            }
-        }
-    }
-    out
 }
 
 /// Whether the `dstack-node` that `testnet` will use can start clusters (the same probe as
@@ -275,6 +199,7 @@ async fn up_detach_registers_four_nodes_writes_genesis_and_down_stops_everything
         "pid",
         "power",
         "epoch_power",
+        "role",
         "height",
         "round",
         "epoch",
@@ -298,6 +223,7 @@ async fn up_detach_registers_four_nodes_writes_genesis_and_down_stops_everything
                 Some(power),
                 "epoch 0 powers: {e}"
             );
+            assert_eq!(e["role"], "validator", "{e}");
             let h = e["height"].as_u64().unwrap_or(0);
             assert!(h >= 1, "{} has not committed: {e}", e["name"]);
         }
@@ -403,9 +329,11 @@ fn json_of(o: &Output) -> serde_json::Value {
 }
 
 /// `add-node --power 2` (a 5th node on a new owner: running, registered for both tokens,
-/// listed in state.json and `status --json`), `transfer` of one of its tokens to a new account
-/// (ownerOf changes, the node's power drops to 1 on chain), `burn` of node0's only token (node0
-/// is no longer a validator on chain).
+/// listed in state.json and `status --json`; it joins at a later epoch, on every node and in
+/// its own view), `transfer` of one of its tokens to a new account (ownerOf changes; its power
+/// drops to 1 at a later epoch), a transfer back (the recorded key of the new account), `burn`
+/// of node0's only token (node0 leaves the set at a later epoch and calls itself `removed`).
+/// Prints the time from each transaction to the epoch that applies it on every node.
 async fn live_membership_commands(dir: &Path, cluster: &Cluster, deadline: Instant) {
     let c = cluster.instance();
     let t = Instant::now();
@@ -468,6 +396,37 @@ async fn live_membership_commands(dir: &Path, cluster: &Cluster, deadline: Insta
         "node4's API answers: {e}"
     );
 
+    // node4 joins at a later epoch, on every node (its own view included)
+    let all = nodes_of(dir);
+    let watch: Vec<&common::NodeRef> = all.iter().collect();
+    let mut want = BTreeMap::from([
+        ("node0", 1),
+        ("node1", 1),
+        ("node2", 2),
+        ("node3", 3),
+        ("node4", 2),
+    ]);
+    let block = a["registered_in_blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|b| b.as_u64())
+        .max()
+        .unwrap();
+    let (joined, e1) = wait_set(&watch, &all, block, &want, "add-node").await;
+    assert!(e1 >= 1, "a new epoch: {e1}");
+    eprintln!("registration mined -> node4 a member on every node (epoch {e1}): {joined:.1} s");
+    let st = json_of(&testnet(dir, &["status", "--json"], deadline));
+    let e = st["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "node4")
+        .unwrap()
+        .clone();
+    assert_eq!(e["epoch_power"], 2, "{e}");
+    assert_eq!(e["role"], "validator", "{e}");
+
     // transfer one of node4's tokens to a fresh account
     let token = tokens[0].to_string();
     let tr = testnet(
@@ -492,6 +451,17 @@ async fn live_membership_commands(dir: &Path, cluster: &Cluster, deadline: Insta
         Address::ZERO
     );
     assert_eq!(c.powerOf(address).call().await.unwrap(), U256::from(1));
+    want.insert("node4", 1);
+    let (dropped, e2) = wait_set(
+        &watch,
+        &all,
+        r["block"].as_u64().unwrap(),
+        &want,
+        "transfer",
+    )
+    .await;
+    assert!(e2 > e1, "epoch {e2} after {e1}");
+    eprintln!("transfer mined -> node4's power 1 on every node (epoch {e2}): {dropped:.1} s");
     // the new account's key is recorded: the token can move on (back to node4's owner)
     let back = testnet(
         dir,
@@ -527,13 +497,33 @@ async fn live_membership_commands(dir: &Path, cluster: &Cluster, deadline: Insta
         deadline,
     );
     assert!(burn.status.success(), "burn failed:\n{}", show(&burn));
-    assert_eq!(json_of(&burn)["unregistered_from"], "node0");
+    let b = json_of(&burn);
+    assert_eq!(b["unregistered_from"], "node0");
     assert!(
         c.ownerOf(U256::from(n0_token)).call().await.is_err(),
         "burned"
     );
     assert_eq!(c.powerOf(n0_addr).call().await.unwrap(), U256::ZERO);
     assert_eq!(c.validatorCount().call().await.unwrap(), U256::from(4));
+    want.remove("node0");
+    let rest: Vec<&common::NodeRef> = all.iter().filter(|n| n.name != "node0").collect();
+    let (left, e3) = wait_set(&rest, &all, b["block"].as_u64().unwrap(), &want, "burn").await;
+    assert!(e3 > e2, "epoch {e3} after {e2}");
+    eprintln!("burn mined -> node0 out of the set on every other node (epoch {e3}): {left:.1} s");
+    // node0 says it was removed
+    let client = alloy::transports::http::reqwest::Client::new();
+    let t0 = Instant::now();
+    loop {
+        let s = get_json(&client, &format!("{}/status", all[0].http_url)).await;
+        if s.as_ref().is_some_and(|s| s["role"] == "removed") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < EPOCH_WAIT,
+            "node0 does not report role `removed` after its token was burned: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
     assert_eq!(state["nodes"][0]["power"], 0);
