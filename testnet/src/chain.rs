@@ -228,6 +228,20 @@ pub async fn mint_to_owners(
     contract: Address,
     powers: &[u64],
 ) -> Result<Vec<Owner>, Error> {
+    let owners = powers
+        .iter()
+        .map(|&p| (PrivateKeySigner::random(), p))
+        .collect();
+    mint_to(url, contract, owners).await
+}
+
+/// Funds each given owner account from the deployer and mints it its number of tokens
+/// (`mintBatch`); checks every token's owner on chain afterwards.
+pub async fn mint_to(
+    url: &str,
+    contract: Address,
+    to: Vec<(PrivateKeySigner, u64)>,
+) -> Result<Vec<Owner>, Error> {
     let signer = deployer()?;
     let p = wallet(url, &signer)?;
     let c = DstackMembershipNFT::new(contract, p.clone());
@@ -241,8 +255,7 @@ pub async fn mint_to_owners(
         .map_err(|_| chain("totalMinted() does not fit u64"))?;
     let mut owners = Vec::new();
     let mut pending = Vec::new();
-    for &power in powers {
-        let owner = PrivateKeySigner::random();
+    for (owner, power) in to {
         pending.push(("funding an owner", send_funding(&p, owner.address()).await?));
         let tx = c
             .mintBatch(owner.address(), U256::from(power))

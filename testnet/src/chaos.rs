@@ -383,6 +383,14 @@ impl Ctx {
         (0..self.initial).chain(joined).collect()
     }
 
+    /// Nodes prepared to join (running as observers) that have not joined yet.
+    fn waiting(&self) -> Vec<usize> {
+        let joined = lock(&self.joined).clone();
+        (self.initial..self.nodes.len())
+            .filter(|i| !joined.contains(i))
+            .collect()
+    }
+
     /// The nodes the checks hold to: every active node but the equivocator (an added node only
     /// when epoch checks are required: without live membership it never becomes a member and
     /// need not follow the chain).
@@ -680,6 +688,12 @@ async fn partition_once(
         }
     ));
     let start = ctx.now();
+    // A node waiting to join runs as an observer connected to everyone: it would relay gossip
+    // across the partition, so it is cut off from every side.
+    let waiting = ctx.waiting();
+    if !waiting.is_empty() {
+        cut(ctx, &waiting, &ctx.active())?;
+    }
     cut(ctx, a, b)?;
     // Commits must stop on both sides within 2 s when no side has a quorum.
     sleep_s(2.0).await;
@@ -880,8 +894,8 @@ async fn wait_epoch_from(ctx: &Ctx, block: u64, secs: f64) {
     ));
 }
 
-/// The `transfer` scenario: the prepared slot joins (tokens minted to a new owner, registered,
-/// node started: a non-member until the next epoch); once an epoch includes it, one of its
+/// The `transfer` scenario: the prepared node (an observer since the start) joins: tokens
+/// minted to its owner, registered; a member from the next epoch. Once an epoch includes it, one of its
 /// tokens is transferred to the owner of the last genesis node and registered for that node,
 /// so power moves between two members.
 async fn scenario_transfer(ctx: &Ctx, budget: f64) -> Result<(), Error> {
@@ -896,12 +910,13 @@ async fn scenario_transfer(ctx: &Ctx, budget: f64) -> Result<(), Error> {
     let epoch_before = ctx.max_epoch();
     let start = ctx.now();
     ctx.say(&format!(
-        "adding {} (power {ADDED_POWER}): mint to a new owner, register, start",
+        "{} (running as an observer since the start) joins with power {ADDED_POWER}: tokens \
+         minted to its owner, registered",
         ctx.nodes[slot].name
     ));
     let added = {
         let mut tn = ctx.tn.lock().await;
-        tn.join_node(slot, ADDED_POWER, &ctx.opts.node_log).await?
+        tn.join_node(slot, ADDED_POWER).await?
     };
     lock(&ctx.joined).insert(slot);
     let block = added
@@ -1288,15 +1303,16 @@ pub async fn run(opts: ChaosOptions) -> Result<ChaosReport, Error> {
             "the cluster did not start its nodes: {outcome:?}"
         )));
     }
-    // The nodes the scenario adds get their slot, namespace and simulated TEE now (so their
-    // addresses are known to every check); they are funded, registered and started later.
+    // The nodes the scenario adds get their slot, namespace, simulated TEE and node process now
+    // (their addresses are known to every check, and they sync as non-members from the start,
+    // as an operator's node would before its registration); they get tokens and register later.
     let mut tn = tn;
     for j in n..n + opts.scenario.added_nodes() {
         let place = up::NodePlace::netns(&NodeNet {
             netns: opts.plan.nodes[j].clone(),
             ip: opts.plan.node_ip(j),
         });
-        if let Err(e) = tn.prepare_node(&place, None).await {
+        if let Err(e) = tn.prepare_node(&place, None, &opts.node_log).await {
             let _ = tn.stop();
             return Err(e);
         }

@@ -157,18 +157,28 @@ impl Testnet {
     }
 
     /// The first part of [`Testnet::add_node`]: a new slot `node<i>` at `place` with its
-    /// simulated TEE running and its address known (read from the TEE at the cluster's key
-    /// path), but no token, registration or node process. Saves the state; returns the index.
+    /// simulated TEE running, its address known (read from the TEE at the cluster's key path)
+    /// and a fresh owner key chosen (not funded yet), then `dstack-node init` with the cluster's
+    /// genesis file and the node started: a non-member (observer) that syncs the chain before it
+    /// holds any token. Saves the state; returns the index once the node's API answers.
     pub async fn prepare_node(
         &mut self,
         place: &NodePlace,
         program: Option<PathBuf>,
+        log_level: &str,
     ) -> Result<usize, Error> {
         self.require_nodes()?;
         let ch = self.chain_info()?;
         let sim_bin = paths::simulator_bin()?;
+        let node_bin = paths::node_bin()?;
         let i = self.add_slot(0, &sim_bin, place, program)?;
-        self.state.nodes[i].added = true;
+        let owner = PrivateKeySigner::random();
+        {
+            let n = &mut self.state.nodes[i];
+            n.added = true;
+            n.owner = owner.address();
+            n.owner_key = format!("0x{}", hex::encode(owner.to_bytes()));
+        }
         self.state.save()?;
         wait_tee(&self.state.nodes[i]).await?;
         let socket = self.state.nodes[i].socket.display().to_string();
@@ -178,37 +188,36 @@ impl Testnet {
         let key = cluster.node_key(&dstack).await?;
         self.state.nodes[i].address = Some(key.address());
         self.state.save()?;
+        self.init_and_start(i, &node_bin, log_level)?;
+        self.wait_api(i).await?;
         Ok(i)
     }
 
-    /// The second part of [`Testnet::add_node`] for a slot made by [`Testnet::prepare_node`]:
-    /// mints `power` tokens to a fresh owner account (funded by the deployer), registers the
-    /// node for each through the SDK, runs `dstack-node init` with the cluster's genesis file,
-    /// starts the node and waits (bounded) for its API. The node starts as a non-member; the
-    /// cluster takes it in at its next epoch.
-    pub async fn join_node(
-        &mut self,
-        i: usize,
-        power: u64,
-        log_level: &str,
-    ) -> Result<AddedNode, Error> {
+    /// The second part of [`Testnet::add_node`] for a node started by
+    /// [`Testnet::prepare_node`]: funds its owner account from the deployer, mints it `power`
+    /// tokens and registers the node for each through the SDK. The cluster takes the node in at
+    /// its next epoch.
+    pub async fn join_node(&mut self, i: usize, power: u64) -> Result<AddedNode, Error> {
         if !(1..=MAX_ADD_POWER).contains(&power) {
             return Err(Error::Invalid(format!(
                 "--power must be between 1 and {MAX_ADD_POWER}"
             )));
         }
         let ch = self.chain_info()?;
-        let node_bin = paths::node_bin()?;
         let node = self
             .state
             .nodes
             .get(i)
             .cloned()
             .ok_or_else(|| Error::Invalid(format!("no node {i}")))?;
-        if !node.tokens.is_empty() || node.process.is_some() {
-            return Err(Error::Invalid(format!("{} has joined already", node.name)));
+        if !node.tokens.is_empty() || !node.added {
+            return Err(Error::Invalid(format!(
+                "{} is not a node waiting to join",
+                node.name
+            )));
         }
-        let mut owners = chain::mint_to_owners(&ch.rpc_url, ch.contract, &[power]).await?;
+        let signer = parse_key(&node.owner_key, &node.name)?;
+        let mut owners = chain::mint_to(&ch.rpc_url, ch.contract, vec![(signer, power)]).await?;
         let owner = owners
             .pop()
             .ok_or_else(|| Error::Chain("minting returned no owner".into()))?;
@@ -242,8 +251,6 @@ impl Testnet {
         self.state.nodes[i].address = Some(reg.node);
         self.state.nodes[i].registered_in_blocks = reg.blocks.clone();
         self.state.save()?;
-        self.init_and_start(i, &node_bin, log_level)?;
-        self.wait_api(i).await?;
         let n = &self.state.nodes[i];
         Ok(AddedNode {
             name: n.name.clone(),
@@ -261,7 +268,8 @@ impl Testnet {
     }
 
     /// `testnet add-node`: [`Testnet::prepare_node`] at `place` (default: loopback with free
-    /// ports), then [`Testnet::join_node`].
+    /// ports; the node starts and syncs as a non-member), then [`Testnet::join_node`] (tokens
+    /// minted to its owner, registrations).
     pub async fn add_node(
         &mut self,
         power: u64,
@@ -277,8 +285,8 @@ impl Testnet {
             Some(p) => p,
             None => NodePlace::free_loopback()?,
         };
-        let i = self.prepare_node(&place, None).await?;
-        self.join_node(i, power, log_level).await
+        let i = self.prepare_node(&place, None, log_level).await?;
+        self.join_node(i, power).await
     }
 
     async fn wait_api(&self, i: usize) -> Result<(), Error> {

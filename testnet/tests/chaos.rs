@@ -21,7 +21,7 @@ const DURATION: &str = "116";
 /// side). While it does not, the run reports the epochs after its membership changes without
 /// counting a missing one as a violation (`--no-epoch-checks`), and the epoch assertions below
 /// are not made. Set to true once the node side is on main.
-const NODE_HAS_LIVE_EPOCHS: bool = false;
+const NODE_HAS_LIVE_EPOCHS: bool = true;
 
 #[test]
 fn chaos_all_short_form_passes_with_minimum_fault_strengths() {
