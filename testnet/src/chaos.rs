@@ -895,9 +895,9 @@ async fn wait_epoch_from(ctx: &Ctx, block: u64, secs: f64) {
 }
 
 /// The `transfer` scenario: the prepared node (an observer since the start) joins: tokens
-/// minted to its owner, registered; a member from the next epoch. Once an epoch includes it, one of its
-/// tokens is transferred to the owner of the last genesis node and registered for that node,
-/// so power moves between two members.
+/// minted to its owner, registered; a member from the next epoch. Once an epoch includes it
+/// (or the phase's time allows no longer wait), one of its tokens is transferred to the owner
+/// of the last genesis node and registered for that node, so power moves between two members.
 async fn scenario_transfer(ctx: &Ctx, budget: f64) -> Result<(), Error> {
     let end = ctx.now() + budget;
     let joined = lock(&ctx.joined).clone();
@@ -939,15 +939,9 @@ async fn scenario_transfer(ctx: &Ctx, budget: f64) -> Result<(), Error> {
         ctx.names(&[slot]),
         mined,
         block,
+        epoch_before,
     );
-    record_change(
-        ctx,
-        Change {
-            epoch_before,
-            ..change
-        },
-        start,
-    );
+    record_change(ctx, change, start);
     // Distinct epochs for the two changes when the phase has time for it (the transfer and its
     // registration take about 2 s).
     wait_epoch_from(ctx, block, end - 2.0 - ctx.now()).await;
@@ -966,9 +960,10 @@ async fn scenario_transfer(ctx: &Ctx, budget: f64) -> Result<(), Error> {
     let t = {
         let mut tn = ctx.tn.lock().await;
         let to = tn.state.nodes[target].owner;
+        let (from, name) = (&added.name, &ctx.nodes[target].name);
         ctx.say(&format!(
-            "transferring token {token} from {}'s owner to {}'s owner ({to}), registering it for {}",
-            added.name, ctx.nodes[target].name, ctx.nodes[target].name
+            "transferring token {token} from {from}'s owner to {name}'s owner ({to}), \
+             registering it for {name}"
         ));
         tn.transfer(token, crate::live::Recipient::Address(to), true)
             .await?
@@ -983,15 +978,9 @@ async fn scenario_transfer(ctx: &Ctx, budget: f64) -> Result<(), Error> {
         ctx.names(&[slot, target]),
         ctx.now(),
         block,
+        epoch_before,
     );
-    record_change(
-        ctx,
-        Change {
-            epoch_before,
-            ..change
-        },
-        start,
-    );
+    record_change(ctx, change, start);
     wait_epoch_from(ctx, block, end - ctx.now()).await;
     if ctx.now() < end {
         sleep_s(end - ctx.now()).await;
@@ -1019,14 +1008,21 @@ fn record_change(ctx: &Ctx, c: Change, start: f64) {
 }
 
 impl Change {
-    fn new(kind: &str, detail: String, nodes: Vec<String>, mined_at: f64, block: u64) -> Self {
+    fn new(
+        kind: &str,
+        detail: String,
+        nodes: Vec<String>,
+        mined_at: f64,
+        block: u64,
+        epoch_before: u64,
+    ) -> Self {
         Self {
             kind: kind.into(),
             detail,
             nodes,
             mined_at,
             block,
-            epoch_before: 0,
+            epoch_before,
             first_node_after: None,
             all_nodes_after: None,
         }

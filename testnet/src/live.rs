@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use alloy::primitives::{Address, B256};
 use alloy::signers::local::PrivateKeySigner;
@@ -18,10 +18,9 @@ use serde::Serialize;
 use crate::chain;
 use crate::error::Error;
 use crate::paths;
-use crate::procs;
 use crate::state::{Account, ChainInfo, Phase};
 use crate::status::Client;
-use crate::up::{NodePlace, Testnet, wait_tee};
+use crate::up::{NodePlace, Testnet, wait_ready, wait_tee};
 
 /// Largest power `add-node` mints in one go (as `up`'s per-validator limit).
 pub const MAX_ADD_POWER: u64 = 100;
@@ -204,12 +203,7 @@ impl Testnet {
             )));
         }
         let ch = self.chain_info()?;
-        let node = self
-            .state
-            .nodes
-            .get(i)
-            .cloned()
-            .ok_or_else(|| Error::Invalid(format!("no node {i}")))?;
+        let node = self.node(i)?;
         if !node.tokens.is_empty() || !node.added {
             return Err(Error::Invalid(format!(
                 "{} is not a node waiting to join",
@@ -292,31 +286,13 @@ impl Testnet {
     async fn wait_api(&self, i: usize) -> Result<(), Error> {
         let node = &self.state.nodes[i];
         let client = Client::new(Duration::from_secs(2));
-        let deadline = Instant::now() + API_WAIT;
-        loop {
-            if client.status(&node.http_url).await.is_ok() {
-                return Ok(());
-            }
-            if let Some(p) = &node.process
-                && !procs::is_running(p)
-            {
-                return Err(Error::Process(format!(
-                    "{} exited after its start; last lines of {}:\n{}",
-                    node.name,
-                    p.log.display(),
-                    procs::log_tail(&p.log, 20)
-                )));
-            }
-            if Instant::now() >= deadline {
-                return Err(Error::Timeout(format!(
-                    "{}'s API did not answer at {} within {} s",
-                    node.name,
-                    node.http_url,
-                    API_WAIT.as_secs()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wait_ready(
+            &format!("{} (API {})", node.name, node.http_url),
+            node.process.as_ref(),
+            API_WAIT,
+            async || client.status(&node.http_url).await.is_ok(),
+        )
+        .await
     }
 
     /// The owner of `token` on chain and its recorded key.

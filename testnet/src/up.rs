@@ -194,12 +194,7 @@ impl Testnet {
     /// the state; its log is appended. The caller saves the state.
     pub fn start_node(&mut self, i: usize, log_level: &str) -> Result<(), Error> {
         self.reap();
-        let node = self
-            .state
-            .nodes
-            .get(i)
-            .cloned()
-            .ok_or_else(|| Error::Invalid(format!("no node {i}")))?;
+        let node = self.node(i)?;
         let program = match &node.program {
             Some(p) => p.clone(),
             None => paths::node_bin()?,
@@ -220,6 +215,15 @@ impl Testnet {
         self.children.push(child);
         self.state.nodes[i].process = Some(proc);
         Ok(())
+    }
+
+    /// A copy of node `i`'s entry.
+    pub fn node(&self, i: usize) -> Result<NodeEntry, Error> {
+        self.state
+            .nodes
+            .get(i)
+            .cloned()
+            .ok_or_else(|| Error::Invalid(format!("no node {i}")))
     }
 
     /// A run started by another process (`testnet up --detach`), from its recorded state: its
@@ -255,7 +259,8 @@ impl Testnet {
         let socket = home.join("dstack.sock");
         if socket.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(Error::Invalid(format!(
-                "the TEE socket path {} exceeds {MAX_SOCKET_PATH} bytes (a Unix socket limit);                  use a shorter --dir",
+                "the TEE socket path {} exceeds {MAX_SOCKET_PATH} bytes (a Unix socket limit): \
+                 use a shorter --dir",
                 socket.display()
             )));
         }
@@ -319,12 +324,7 @@ impl Testnet {
             .genesis_file
             .clone()
             .ok_or_else(|| Error::State("no genesis.json recorded".into()))?;
-        let node = self
-            .state
-            .nodes
-            .get(i)
-            .cloned()
-            .ok_or_else(|| Error::Invalid(format!("no node {i}")))?;
+        let node = self.node(i)?;
         nodecfg::init(node_bin, &node.home, &genesis_file)?;
         let api = node.http_url.trim_start_matches("http://").to_string();
         let metrics = node
@@ -703,34 +703,51 @@ fn chain_only(tn: &mut Testnet, reason: String) -> Result<Outcome, Error> {
     Ok(Outcome::ChainOnly(reason))
 }
 
-/// Waits (at most 15 s) until the simulated TEE of `node` answers `/Info`.
-pub async fn wait_tee(node: &NodeEntry) -> Result<(), Error> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let socket = node.socket.display().to_string();
-    let client = DstackClient::new(Some(&socket))
-        .map_err(|e| Error::Process(format!("dstack endpoint {socket}: {e}")))?
-        .with_timeout(Duration::from_secs(2));
+/// Polls `ready` every 100 ms until it holds; fails when `proc` exits (with the end of its
+/// log) or after `within`. `what` names the process in the errors.
+pub async fn wait_ready(
+    what: &str,
+    proc: Option<&crate::procs::Proc>,
+    within: Duration,
+    mut ready: impl AsyncFnMut() -> bool,
+) -> Result<(), Error> {
+    let deadline = Instant::now() + within;
     loop {
-        if node.socket.exists() && client.info().await.is_ok() {
+        if ready().await {
             return Ok(());
         }
-        if let Some(p) = &node.simulator
+        if let Some(p) = proc
             && !procs::is_running(p)
         {
             return Err(Error::Process(format!(
-                "the simulated TEE of {} exited:\n{}",
-                node.name,
-                procs::log_tail(&p.log, 10)
+                "{what} exited; last lines of {}:\n{}",
+                p.log.display(),
+                procs::log_tail(&p.log, 20)
             )));
         }
         if Instant::now() >= deadline {
             return Err(Error::Timeout(format!(
-                "the simulated TEE of {} did not answer on {socket} within 15 s",
-                node.name
+                "{what} did not answer within {} s",
+                within.as_secs()
             )));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Waits (at most 15 s) until the simulated TEE of `node` answers `/Info`.
+pub async fn wait_tee(node: &NodeEntry) -> Result<(), Error> {
+    let socket = node.socket.display().to_string();
+    let client = DstackClient::new(Some(&socket))
+        .map_err(|e| Error::Process(format!("dstack endpoint {socket}: {e}")))?
+        .with_timeout(Duration::from_secs(2));
+    wait_ready(
+        &format!("the simulated TEE of {} (socket {socket})", node.name),
+        node.simulator.as_ref(),
+        Duration::from_secs(15),
+        async || node.socket.exists() && client.info().await.is_ok(),
+    )
+    .await
 }
 
 /// Waits until every node of `state` reports a committed height of at least 1, printing

@@ -1,6 +1,7 @@
 //! A real `testnet up --detach` with 4 validators (powers 1,1,2,3) against real anvil and real
-//! `dstack-simulator` processes, then `status --json`, `load` and `down`. Bounded: the whole test fails
-//! after 120 s. Needs the npm toolchain (`make deps-npm`) and the workspace binaries built
+//! `dstack-simulator` processes, then `status --json`, `load`, the live membership commands
+//! (`add-node`, `transfer`, `burn`, and the epochs that follow each) and `down`. Bounded: the
+//! whole test fails after 120 s. Needs the npm toolchain (`make deps-npm`) and the workspace binaries built
 //! (`cargo build --release -p membership --bin dstack-simulator -p node`); it fails, naming the
 //! fix, when one is missing.
 
