@@ -68,6 +68,19 @@ struct RunArgs {
     /// `section.key=value` overrides for every node's config.toml.
     #[arg(long = "node-set")]
     node_set: Vec<String>,
+    /// Diagnostic: keep the nodes' databases under this directory (e.g. on tmpfs, where fsync
+    /// is free) instead of their homes.
+    #[arg(long)]
+    data_root: Option<PathBuf>,
+    /// `key=value` numeric cluster parameters for genesis.json (e.g. max_block_batches=16).
+    #[arg(long = "genesis-set", value_parser = parse_kv)]
+    genesis_set: Vec<(String, u64)>,
+}
+
+fn parse_kv(s: &str) -> Result<(String, u64), String> {
+    let (k, v) = s.split_once('=').ok_or("expected key=value")?;
+    let v = v.parse().map_err(|_| format!("{v} is not a number"))?;
+    Ok((k.to_string(), v))
 }
 
 #[derive(Debug, Subcommand)]
@@ -152,6 +165,8 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             o.kill_leader_at_s = a.kill_leader_at;
             o.grace_s = a.grace;
             o.node_sets.extend(a.node_set);
+            o.data_root = a.data_root;
+            o.genesis = a.genesis_set;
             let report = runtime(None)?.block_on(run::run(&o))?;
             print!("{}", run::summary(&report));
             if let Some(path) = a.json {
@@ -203,7 +218,8 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             if let Some(ms) = settings.base_timeout_ms {
                 timed::apply_base_timeout(&home, ms)?;
             }
-            set.extend(settings.sets);
+            timed::apply_genesis(&home, &settings.genesis)?;
+            set.extend(timed::node_sets(&home, &settings));
             let tap = timed::tap_factory(&home)?;
             runtime(None)?
                 .block_on(node::launch::run_start_with(&home, &set, Some(tap)))

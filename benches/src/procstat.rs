@@ -23,6 +23,28 @@ pub fn peak_rss_mib(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// The machine's CPU counters (`/proc/stat` first line): (busy, total) in ticks.
+pub fn machine_ticks() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().next()?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().sum();
+    // idle + iowait are not busy.
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    Some((total.saturating_sub(idle), total))
+}
+
+/// Logical CPUs of the machine.
+pub fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -33,5 +55,7 @@ mod tests {
         assert!(cpu_seconds(pid).is_some());
         assert!(peak_rss_mib(pid).expect("VmHWM") > 0.0);
         assert!(cpu_seconds(u32::MAX).is_none());
+        let (busy, total) = machine_ticks().expect("/proc/stat");
+        assert!(busy <= total && total > 0);
     }
 }

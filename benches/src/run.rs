@@ -45,6 +45,10 @@ pub struct RunOptions {
     pub tick_ms: u64,
     /// Extra `config.toml` overrides for every node.
     pub node_sets: Vec<String>,
+    /// Diagnostic: the nodes' databases under this directory (see [`NodeSettings`]).
+    pub data_root: Option<PathBuf>,
+    /// Numeric cluster parameters for every node's `genesis.json`.
+    pub genesis: Vec<(String, u64)>,
 }
 
 impl RunOptions {
@@ -63,6 +67,8 @@ impl RunOptions {
             grace_s: 30.0,
             tick_ms: 10,
             node_sets: vec!["mempool.max_pending_txs=200000".into()],
+            data_root: None,
+            genesis: Vec::new(),
         }
     }
 
@@ -201,6 +207,12 @@ pub struct RunReport {
     pub client_late_ticks: u64,
     /// Worst client tick lateness (ms).
     pub client_max_lag_ms: f64,
+    /// The whole machine's busy CPU during the load, percent of one core (all processes,
+    /// other users' too: a figure well above the nodes' and clients' sum means the run shared
+    /// the machine).
+    pub machine_cpu_percent: f64,
+    /// The machine's logical CPUs.
+    pub machine_cores: usize,
     /// Per node.
     pub node_stats: Vec<NodeReport>,
     /// The leader kill, when asked for.
@@ -271,7 +283,17 @@ pub async fn run(opts: &RunOptions) -> Result<RunReport, BenchError> {
     let settings = NodeSettings {
         base_timeout_ms: Some(opts.base_timeout_ms),
         sets: opts.node_sets.clone(),
+        data_root: opts.data_root.as_ref().map(|p| p.display().to_string()),
+        genesis: opts.genesis.clone(),
     };
+    if let Some(root) = &opts.data_root {
+        for i in 0..opts.nodes {
+            let d = root.join(format!("node{i}"));
+            if d.exists() {
+                std::fs::remove_dir_all(&d).map_err(io(format!("removing {}", d.display())))?;
+            }
+        }
+    }
     let settings_path = dir.join(timed::SETTINGS_FILE);
     std::fs::write(
         &settings_path,
@@ -328,6 +350,7 @@ async fn drive(
             .unwrap_or(0);
     }
 
+    let machine0 = procstat::machine_ticks();
     // Clients: one process per live node, the rate shared evenly.
     let start_at = now_us() + 1_000_000;
     let per_client = opts.rate / live.len() as f64;
@@ -420,6 +443,12 @@ async fn drive(
         );
     }
     let load_end = now_us();
+    let machine_cpu_percent = match (machine0, procstat::machine_ticks()) {
+        (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => {
+            100.0 * procstat::cores() as f64 * (b1 - b0) as f64 / (t1 - t0) as f64
+        }
+        _ => 0.0,
+    };
     let mut cpu1 = vec![None; n];
     for &i in &live {
         cpu1[i] = pid_of(state, i).and_then(procstat::cpu_seconds);
@@ -649,6 +678,8 @@ async fn drive(
         client_missed: reports.iter().map(|r| r.missed).sum(),
         client_late_ticks: reports.iter().map(|r| r.late_ticks).sum(),
         client_max_lag_ms: reports.iter().map(|r| r.max_lag_ms).fold(0.0, f64::max),
+        machine_cpu_percent,
+        machine_cores: procstat::cores(),
         node_stats,
         failover,
         timeline,
@@ -686,6 +717,10 @@ pub fn summary(r: &RunReport) -> String {
     s.push_str(&format!(
         " clients: sent {} accepted {} rejected {:?} missed {} late ticks {} max lag {:.1} ms\n",
         r.sent, r.accepted, r.rejected, r.client_missed, r.client_late_ticks, r.client_max_lag_ms
+    ));
+    s.push_str(&format!(
+        " machine CPU during the load: {:.0}% of {} cores x 100%\n",
+        r.machine_cpu_percent, r.machine_cores
     ));
     for nd in &r.node_stats {
         s.push_str(&format!(

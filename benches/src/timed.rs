@@ -32,6 +32,14 @@ pub struct NodeSettings {
     pub base_timeout_ms: Option<u64>,
     /// `section.key=value` overrides passed as `--set`.
     pub sets: Vec<String>,
+    /// Keep each node's database in `<data_root>/<node name>` instead of its home (a
+    /// diagnostic: on tmpfs, fsync costs nothing).
+    #[serde(default)]
+    pub data_root: Option<String>,
+    /// Numeric cluster parameters written into every node's `genesis.json` (e.g.
+    /// `max_block_batches`), the same on every node.
+    #[serde(default)]
+    pub genesis: Vec<(String, u64)>,
 }
 
 /// Microseconds since the Unix epoch.
@@ -80,6 +88,18 @@ pub fn tap_factory(home: &Path) -> Result<TapFactory, BenchError> {
     Ok(Arc::new(move |_: &DriverConfig| tap.clone()))
 }
 
+/// The `--set` overrides for the node whose home is `home`.
+pub fn node_sets(home: &Path, settings: &NodeSettings) -> Vec<String> {
+    let mut sets = settings.sets.clone();
+    if let (Some(root), Some(name)) = (&settings.data_root, home.file_name()) {
+        sets.push(format!(
+            "node.data_dir={}",
+            Path::new(root).join(name).display()
+        ));
+    }
+    sets
+}
+
 /// The run directory of a node home (`<dir>/nodes/<name>`).
 fn run_dir(home: &Path) -> Option<PathBuf> {
     Some(home.parent()?.parent()?.to_path_buf())
@@ -97,6 +117,30 @@ pub fn load_settings(home: &Path) -> Result<NodeSettings, BenchError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(NodeSettings::default()),
         Err(e) => Err(io(format!("reading {}", path.display()))(e)),
     }
+}
+
+/// Writes numeric cluster parameters into `<home>/genesis.json`; each must exist there.
+pub fn apply_genesis(home: &Path, params: &[(String, u64)]) -> Result<(), BenchError> {
+    if params.is_empty() {
+        return Ok(());
+    }
+    let path = home.join("genesis.json");
+    let text = std::fs::read_to_string(&path).map_err(io(format!("reading {}", path.display())))?;
+    let mut v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| BenchError::Invalid(format!("{}: {e}", path.display())))?;
+    for (k, val) in params {
+        match v.get_mut(k) {
+            Some(slot) if slot.is_u64() => *slot = (*val).into(),
+            _ => {
+                return Err(BenchError::Invalid(format!(
+                    "genesis.json has no numeric parameter {k}"
+                )));
+            }
+        }
+    }
+    let out = serde_json::to_string_pretty(&v)
+        .map_err(|e| BenchError::Invalid(format!("genesis: {e}")))?;
+    std::fs::write(&path, out + "\n").map_err(io(format!("writing {}", path.display())))
 }
 
 /// Writes the base timeout into `<home>/genesis.json` (keeping the cap at least the base and

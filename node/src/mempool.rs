@@ -28,11 +28,26 @@ pub fn tx_hash(tx: &[u8]) -> TxHash {
 }
 
 /// The canonical encoding of a batch: prost `proto::v1::Batch` with the transactions in order.
-pub fn encode_batch(txs: &[Vec<u8>]) -> Vec<u8> {
-    proto::v1::Batch {
-        transactions: txs.to_vec(),
+///
+/// Written directly (field 1, length-delimited, per transaction: `0x0a ‖ varint(len) ‖ bytes`,
+/// exactly what prost emits for `repeated bytes transactions = 1`) so the transactions are not
+/// copied into a temporary message first.
+pub fn encode_batch<T: AsRef<[u8]>>(txs: &[T]) -> Vec<u8> {
+    let len: usize = txs
+        .iter()
+        .map(|t| {
+            let n = t.as_ref().len();
+            1 + prost::encoding::encoded_len_varint(n as u64) + n
+        })
+        .sum();
+    let mut out = Vec::with_capacity(len);
+    for t in txs {
+        let t = t.as_ref();
+        out.push(0x0a);
+        prost::encoding::encode_varint(t.len() as u64, &mut out);
+        out.extend_from_slice(t);
     }
-    .encode_to_vec()
+    out
 }
 
 /// A batch's digest: BLAKE3-256 of its canonical encoding.
@@ -54,10 +69,16 @@ pub struct SealedBatch {
 impl SealedBatch {
     /// Builds a batch from transactions.
     pub fn from_txs(txs: &[Vec<u8>]) -> Self {
+        Self::from_txs_hashed(txs, txs.iter().map(|t| tx_hash(t)).collect())
+    }
+
+    /// Builds a batch from transactions whose hashes are already known (`tx_hashes[i]` must be
+    /// [`tx_hash`] of `txs[i]`).
+    fn from_txs_hashed(txs: &[Vec<u8>], tx_hashes: Vec<TxHash>) -> Self {
         let encoded = encode_batch(txs);
         Self {
             digest: batch_digest(&encoded),
-            tx_hashes: txs.iter().map(|t| tx_hash(t)).collect(),
+            tx_hashes,
             encoded,
         }
     }
@@ -173,6 +194,8 @@ struct BatchInfo {
 pub struct Mempool {
     cfg: MempoolConfig,
     open: Vec<Vec<u8>>,
+    /// The hashes of `open`, in the same order.
+    open_hashes: Vec<TxHash>,
     open_bytes: usize,
     open_since: Option<Instant>,
     /// Local pending transactions: their size, the batch they were sealed into, when accepted.
@@ -191,6 +214,7 @@ impl Mempool {
         Self {
             cfg,
             open: Vec::new(),
+            open_hashes: Vec::new(),
             open_bytes: 0,
             open_since: None,
             pending: HashMap::new(),
@@ -295,6 +319,7 @@ impl Mempool {
         }
         self.open_bytes += tx.len();
         self.open.push(tx);
+        self.open_hashes.push(hash);
         if self.open.len() >= self.cfg.max_batch_txs || self.open_bytes >= self.cfg.max_batch_bytes
         {
             self.seal();
@@ -321,9 +346,10 @@ impl Mempool {
             return;
         }
         let txs = std::mem::take(&mut self.open);
+        let hashes = std::mem::take(&mut self.open_hashes);
         self.open_bytes = 0;
         self.open_since = None;
-        let batch = SealedBatch::from_txs(&txs);
+        let batch = SealedBatch::from_txs_hashed(&txs, hashes);
         self.sealed_seq += 1;
         for h in &batch.tx_hashes {
             if let Some(entry) = self.pending.get_mut(h) {
@@ -408,7 +434,8 @@ impl Mempool {
         if batch.is_none() {
             // Committed through another node's batch while still open here: drop it from the
             // open batch so it is not proposed again.
-            if let Some(pos) = self.open.iter().position(|t| tx_hash(t) == *h) {
+            if let Some(pos) = self.open_hashes.iter().position(|x| x == h) {
+                self.open_hashes.remove(pos);
                 let tx = self.open.remove(pos);
                 self.open_bytes -= tx.len();
                 if self.open.is_empty() {
@@ -493,6 +520,28 @@ mod tests {
         assert_eq!(b.digest, *blake3::hash(&b.encoded).as_bytes());
         assert_eq!(b.tx_hashes[1], *blake3::hash(b"bc").as_bytes());
         assert_eq!(SealedBatch::decode_txs(&b.encoded).expect("decode"), txs);
+    }
+
+    #[test]
+    fn direct_encoding_is_prost_encoding() {
+        let cases: Vec<Vec<Vec<u8>>> = vec![
+            vec![],
+            vec![Vec::new()],
+            vec![
+                vec![7; 127],
+                vec![8; 128],
+                vec![9; 300],
+                Vec::new(),
+                vec![1; 70_000],
+            ],
+        ];
+        for txs in cases {
+            let prost_bytes = proto::v1::Batch {
+                transactions: txs.clone(),
+            }
+            .encode_to_vec();
+            assert_eq!(encode_batch(&txs), prost_bytes);
+        }
     }
 
     #[test]
