@@ -119,6 +119,49 @@ fn storage(c: &mut Criterion) {
     group.finish();
 }
 
+/// Executing a committed block of one 2,000-transaction batch (512-byte KV puts) into a store
+/// that already holds earlier blocks: dedup lookups, KV puts, the transaction index and the
+/// commit record, in one fsync'd transaction, as every node does for every block.
+fn execution(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("store");
+    let mut group = c.benchmark_group("app");
+    group.sample_size(20);
+    group.throughput(Throughput::Elements(2000));
+    let mut height = 0u64;
+    group.bench_function("commit_block_2000x512B", |b| {
+        b.iter_batched(
+            || {
+                height += 1;
+                let g = benches::txgen::TxGen::new(&format!("h{height}"), TX);
+                let t: Vec<Vec<u8>> = (0..2000u64).map(|i| g.make(i)).collect();
+                let batch = SealedBatch::from_txs(&t);
+                store
+                    .write(|w| w.put_batch(&batch.digest, &batch.encoded))
+                    .expect("batch");
+                (height, batch.digest)
+            },
+            |(h, digest)| {
+                let mut id = [0u8; 32];
+                id[..8].copy_from_slice(&h.to_le_bytes());
+                node::app::commit_block(
+                    &store,
+                    node::app::CommitInput {
+                        height: h,
+                        id: &id,
+                        block: &[0u8; 200],
+                        proof: &[0u8; 300],
+                        batch_digests: &[digest],
+                    },
+                )
+                .expect("commit")
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
 fn gossip(c: &mut Criterion) {
     let mut group = c.benchmark_group("gossip_validate");
     for n in [4usize, 16] {
@@ -147,5 +190,5 @@ fn gossip(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, batches, blocks, mempool, storage, gossip);
+criterion_group!(benches, batches, blocks, mempool, storage, execution, gossip);
 criterion_main!(benches);
