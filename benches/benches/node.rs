@@ -39,7 +39,11 @@ fn batches(c: &mut Criterion) {
         });
         // What a node does with a peer's batch from gossip: decode, check limits, re-encode
         // canonically, name it.
-        let cfg = MempoolConfig::default();
+        // The genesis default batch limit (1 MiB), as a node runs with.
+        let cfg = MempoolConfig {
+            max_batch_bytes: 1 << 20,
+            ..MempoolConfig::default()
+        };
         group.bench_with_input(BenchmarkId::new("from_wire", n), &enc, |b, e| {
             b.iter(|| {
                 let wire = proto::v1::Batch::decode(black_box(e.as_slice())).expect("batch");
@@ -73,7 +77,13 @@ fn mempool(c: &mut Criterion) {
     group.throughput(Throughput::Elements(t.len() as u64));
     group.bench_function("submit_2000x512B", |b| {
         b.iter_batched(
-            || (Mempool::new(MempoolConfig::default()), t.clone()),
+            || {
+                let cfg = MempoolConfig {
+                    max_batch_bytes: 1 << 20,
+                    ..MempoolConfig::default()
+                };
+                (Mempool::new(cfg), t.clone())
+            },
             |(mut m, t)| {
                 let now = Instant::now();
                 for tx in t {
@@ -190,5 +200,7 @@ fn gossip(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, batches, blocks, mempool, storage, execution, gossip);
+criterion_group!(
+    benches, batches, blocks, mempool, storage, execution, gossip
+);
 criterion_main!(benches);

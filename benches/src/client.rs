@@ -50,6 +50,9 @@ pub struct Sample {
     pub hash: String,
     /// When the request carrying it left (Unix µs).
     pub sent_us: u64,
+    /// When the node's answer (stored with fsync) came back (Unix µs).
+    #[serde(default)]
+    pub acked_us: u64,
 }
 
 /// What a client reports when done.
@@ -179,6 +182,7 @@ pub async fn run(cfg: ClientConfig) -> Result<ClientReport, BenchError> {
                 Err(_) => Err("request_error".to_string()),
             };
             drop(permit);
+            let acked_us = now_us();
             let mut r = report.lock().await;
             r.sent += n;
             r.requests += 1;
@@ -196,6 +200,7 @@ pub async fn run(cfg: ClientConfig) -> Result<ClientReport, BenchError> {
                         r.samples.push(Sample {
                             hash: format!("0x{}", hex::encode(h)),
                             sent_us,
+                            acked_us,
                         });
                     }
                 }

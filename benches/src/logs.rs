@@ -113,6 +113,20 @@ pub fn read_commits(path: &Path) -> Vec<CommitLine> {
         .unwrap_or_default()
 }
 
+/// The waits of the batches a node proposed (`batch proposed waited_ms=..` lines of target
+/// `node::mempool`): ms from the batch being proposable at the leader to its first proposal.
+pub fn read_batch_waits(path: &Path) -> Vec<f64> {
+    std::fs::read_to_string(path)
+        .map(|t| {
+            t.lines()
+                .filter(|l| l.contains("batch proposed"))
+                .filter_map(|l| field(&strip_ansi(l), "waited_ms"))
+                .map(|v| v as f64)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Every proposal of a node's proposal file (a missing file: none).
 pub fn read_proposals(path: &Path) -> Vec<ProposalLine> {
     let Ok(text) = std::fs::read_to_string(path) else {
@@ -174,6 +188,19 @@ mod tests {
                         \u{1b}[2m=\u{1b}[0m7 \u{1b}[3mtxs\u{1b}[0m\u{1b}[2m=\u{1b}[0m12";
         assert_eq!(parse_commit(coloured), Some(c));
         assert_eq!(parse_commit("2026-11-30T05:40:01Z INFO x: started"), None);
+    }
+
+    #[test]
+    fn parses_batch_waits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("node.log");
+        std::fs::write(
+            &p,
+            "2026-11-30T05:40:01.1Z DEBUG node::mempool: batch proposed waited_ms=12 local=true txs=3\n\
+             2026-11-30T05:40:01.2Z DEBUG node::driver: committed height=5 round=7 txs=12\n",
+        )
+        .expect("write");
+        assert_eq!(read_batch_waits(&p), vec![12.0]);
     }
 
     #[test]

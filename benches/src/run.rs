@@ -181,6 +181,14 @@ pub struct RunReport {
     pub e2e_latency_ms_p50: f64,
     /// 99th percentile end-to-end latency (ms).
     pub e2e_latency_ms_p99: f64,
+    /// Median time from a sample's send to its node's answer (stored with fsync), ms: the
+    /// ingest part of the end-to-end latency.
+    pub ack_latency_ms_p50: f64,
+    /// Median time a batch waited at its leader, from proposable (sealed or received) to its
+    /// first proposal, ms.
+    pub batch_wait_ms_p50: f64,
+    /// Mean of the same, ms.
+    pub batch_wait_ms_mean: f64,
     /// Sampled transactions found committed.
     pub samples: usize,
     /// Sampled transactions not found committed.
@@ -301,7 +309,7 @@ pub async fn run(opts: &RunOptions) -> Result<RunReport, BenchError> {
     )
     .map_err(io(format!("writing {}", settings_path.display())))?;
     let mut up = UpOptions::new(dir.clone(), opts.powers.clone());
-    up.node_log_level = "info,node::driver=debug".into();
+    up.node_log_level = "info,node::driver=debug,node::mempool=debug".into();
     up.node_programs = (0..opts.nodes).map(|i| (i, exe.clone())).collect();
     progress(&format!(
         "bringing up {} validators (powers {:?}) in {}",
@@ -534,11 +542,22 @@ async fn drive(
         .map(|nd| logs::read_proposals(&nd.home.join(timed::PROPOSALS_FILE)))
         .collect();
     let commits = logs::merge_commits(&commits_per_node);
+    let batch_waits: Vec<f64> = state
+        .nodes
+        .iter()
+        .flat_map(|nd| logs::read_batch_waits(&nd.home.join("node.log")))
+        .collect();
     let proposals = logs::merge_proposals(&proposals_per_node);
 
     // Samples: committed height by hash, then the height's commit time.
     let mut e2e = Vec::new();
     let mut uncommitted = 0usize;
+    let acks: Vec<f64> = reports
+        .iter()
+        .flat_map(|r| &r.samples)
+        .filter(|s| s.acked_us >= s.sent_us)
+        .map(|s| (s.acked_us - s.sent_us) as f64 / 1000.0)
+        .collect();
     for (k, r) in reports.iter().enumerate() {
         let url = &state.nodes[alive.get(k % alive.len()).copied().unwrap_or(0)].http_url;
         for s in &r.samples {
@@ -661,6 +680,9 @@ async fn drive(
         e2e_latency_ms_mean: mean(&e2e),
         e2e_latency_ms_p50: quantile(&e2e, 0.5),
         e2e_latency_ms_p99: quantile(&e2e, 0.99),
+        ack_latency_ms_p50: quantile(&acks, 0.5),
+        batch_wait_ms_p50: quantile(&batch_waits, 0.5),
+        batch_wait_ms_mean: mean(&batch_waits),
         samples: e2e.len(),
         samples_uncommitted: uncommitted,
         committed_txs,
@@ -709,6 +731,10 @@ pub fn summary(r: &RunReport) -> String {
         r.e2e_latency_ms_p99,
         r.samples,
         r.samples_uncommitted
+    ));
+    s.push_str(&format!(
+        " ingest answer (stored with fsync) p50 {:.1} ms; batches wait for a proposal p50 {:.1} ms, mean {:.1} ms\n",
+        r.ack_latency_ms_p50, r.batch_wait_ms_p50, r.batch_wait_ms_mean
     ));
     s.push_str(&format!(
         " committed {} txs in {} blocks ({:.1} blocks/s), timeouts {} (rounds {})\n",

@@ -10,7 +10,8 @@
 //! Answer (JSON): `{"accepted": n, "rejected": m, "errors": {reason: count},
 //! "rejected_indices": [[index, reason], ...]}` (at most [`MAX_LISTED_REJECTS`] listed, in frame
 //! order). HTTP 202 when at least one transaction was accepted (or the body was empty), 503 when
-//! every transaction was refused because the mempool is full, 400 for a malformed frame
+//! every transaction was refused because the mempool is full or when this node is not a member
+//! of the current validator set (as `POST /txs`), 400 for a malformed frame
 //! sequence or when every transaction was refused otherwise. Transaction hashes are BLAKE3-256
 //! of each transaction's bytes (see [`crate::mempool::tx_hash`]); clients compute them
 //! themselves.
@@ -94,6 +95,9 @@ pub async fn submit_bulk(State(s): State<ApiState>, body: Bytes) -> Response {
                 .into_response();
         }
     };
+    if let Some(refusal) = crate::api::not_a_member(&s) {
+        return refusal;
+    }
     let mut errors: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut listed: Vec<(usize, &'static str)> = Vec::new();
     let mut reject = |i: usize, why: &'static str| {

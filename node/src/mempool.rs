@@ -134,6 +134,11 @@ pub struct MempoolConfig {
     pub max_pending_bytes: usize,
     /// Uncommitted batches (local and from peers) held for proposals, at most.
     pub max_batches: usize,
+    /// Transactions one proposal orders, at most (a leader's local policy, not a validity
+    /// rule): every node executes a committed block on its consensus task, so an unbounded
+    /// block (64 full batches are 128,000 transactions) stalls rounds into timeouts. A single
+    /// batch larger than this is still proposed on its own.
+    pub max_block_txs: usize,
 }
 
 impl Default for MempoolConfig {
@@ -146,6 +151,7 @@ impl Default for MempoolConfig {
             max_pending_txs: 50_000,
             max_pending_bytes: 64 * 1024 * 1024,
             max_batches: 4_096,
+            max_block_txs: 10_000,
         }
     }
 }
@@ -188,6 +194,24 @@ pub enum MempoolError {
 
 struct BatchInfo {
     tx_hashes: Vec<TxHash>,
+    /// When it became proposable here (sealed, restored or received), for the debug line
+    /// `batch proposed waited_ms=..` (target `node::mempool`) a leader logs the first time it
+    /// proposes the batch: how long batches wait for a proposal.
+    ready_at: Instant,
+    /// Sealed by this node (not received from a peer).
+    local: bool,
+    proposed: std::cell::Cell<bool>,
+}
+
+impl BatchInfo {
+    fn new(tx_hashes: Vec<TxHash>, ready_at: Instant, local: bool) -> Self {
+        Self {
+            tx_hashes,
+            ready_at,
+            local,
+            proposed: std::cell::Cell::new(false),
+        }
+    }
 }
 
 /// The mempool of one node.
@@ -272,9 +296,7 @@ impl Mempool {
         }
         self.batches.insert(
             batch.digest,
-            BatchInfo {
-                tx_hashes: batch.tx_hashes.clone(),
-            },
+            BatchInfo::new(batch.tx_hashes.clone(), now, true),
         );
         self.ready.push_back(batch.digest);
         Some(batch)
@@ -322,7 +344,7 @@ impl Mempool {
         self.open_hashes.push(hash);
         if self.open.len() >= self.cfg.max_batch_txs || self.open_bytes >= self.cfg.max_batch_bytes
         {
-            self.seal();
+            self.seal(now);
         }
         Ok(hash)
     }
@@ -332,7 +354,7 @@ impl Mempool {
         if let Some(since) = self.open_since
             && now.saturating_duration_since(since) >= self.cfg.batch_timeout
         {
-            self.seal();
+            self.seal(now);
         }
     }
 
@@ -341,7 +363,7 @@ impl Mempool {
         self.open_since.map(|s| s + self.cfg.batch_timeout)
     }
 
-    fn seal(&mut self) {
+    fn seal(&mut self, now: Instant) {
         if self.open.is_empty() {
             return;
         }
@@ -357,9 +379,7 @@ impl Mempool {
             }
         }
         if let std::collections::hash_map::Entry::Vacant(e) = self.batches.entry(batch.digest) {
-            e.insert(BatchInfo {
-                tx_hashes: batch.tx_hashes.clone(),
-            });
+            e.insert(BatchInfo::new(batch.tx_hashes.clone(), now, true));
             self.ready.push_back(batch.digest);
         }
         self.sealed_out.push(batch);
@@ -378,9 +398,7 @@ impl Mempool {
         }
         self.batches.insert(
             batch.digest,
-            BatchInfo {
-                tx_hashes: batch.tx_hashes.clone(),
-            },
+            BatchInfo::new(batch.tx_hashes.clone(), Instant::now(), false),
         );
         self.ready.push_back(batch.digest);
         true
@@ -392,14 +410,39 @@ impl Mempool {
     }
 
     /// The digests a leader proposes: the oldest held batches not in `exclude` (the batches of
-    /// the uncommitted blocks the proposal extends), at most `max`.
+    /// the uncommitted blocks the proposal extends), at most `max`, and together at most
+    /// [`MempoolConfig::max_block_txs`] transactions (the first batch always fits).
     pub fn payload(&self, max: usize, exclude: &HashSet<Hash32>) -> Vec<Hash32> {
-        self.ready
-            .iter()
-            .filter(|d| !exclude.contains(*d))
-            .take(max)
-            .copied()
-            .collect()
+        let mut out = Vec::new();
+        let mut txs = 0usize;
+        for d in self.ready.iter().filter(|d| !exclude.contains(*d)) {
+            if out.len() >= max {
+                break;
+            }
+            let n = self.batches.get(d).map_or(0, |b| b.tx_hashes.len());
+            if !out.is_empty() && txs + n > self.cfg.max_block_txs {
+                break;
+            }
+            txs += n;
+            out.push(*d);
+        }
+        if tracing::enabled!(target: "node::mempool", tracing::Level::DEBUG) {
+            let now = Instant::now();
+            for d in &out {
+                if let Some(b) = self.batches.get(d)
+                    && !b.proposed.replace(true)
+                {
+                    tracing::debug!(
+                        target: "node::mempool",
+                        waited_ms = now.saturating_duration_since(b.ready_at).as_millis() as u64,
+                        local = b.local,
+                        txs = b.tx_hashes.len(),
+                        "batch proposed"
+                    );
+                }
+            }
+        }
+        out
     }
 
     /// Forgets what a committed block made final: its batches and the transactions executed.
@@ -504,6 +547,7 @@ mod tests {
             max_pending_txs: 5,
             max_pending_bytes: 10_000,
             max_batches: 10,
+            max_block_txs: 10_000,
         }
     }
 
@@ -648,6 +692,28 @@ mod tests {
         let ex: HashSet<_> = [a.digest].into_iter().collect();
         assert_eq!(m.payload(1, &ex), vec![b.digest]);
         assert_eq!(m.payload(10, &ex), vec![b.digest, c.digest]);
+    }
+
+    #[test]
+    fn payload_is_bounded_by_transactions() {
+        let mut cfg = small();
+        cfg.max_block_txs = 3;
+        let mut m = Mempool::new(cfg);
+        let a = SealedBatch::from_txs(&[b"a".to_vec(), b"b".to_vec()]);
+        let b = SealedBatch::from_txs(&[b"c".to_vec(), b"d".to_vec()]);
+        let big =
+            SealedBatch::from_txs(&[b"e".to_vec(), b"f".to_vec(), b"g".to_vec(), b"h".to_vec()]);
+        assert!(m.add_remote(&big));
+        assert!(m.add_remote(&a));
+        assert!(m.add_remote(&b));
+        let none = HashSet::new();
+        assert_eq!(
+            m.payload(10, &none),
+            vec![big.digest],
+            "an oversized batch goes alone"
+        );
+        let ex: HashSet<_> = [big.digest].into_iter().collect();
+        assert_eq!(m.payload(10, &ex), vec![a.digest], "2 + 2 > 3");
     }
 
     #[test]
