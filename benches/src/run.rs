@@ -349,6 +349,7 @@ async fn drive(
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Baselines.
+    let cpu0_at = now_us();
     let mut cpu0 = vec![None; n];
     let mut timeouts0 = vec![0u64; n];
     for &i in &live {
@@ -461,6 +462,7 @@ async fn drive(
     for &i in &live {
         cpu1[i] = pid_of(state, i).and_then(procstat::cpu_seconds);
     }
+    let cpu1_at = now_us();
     progress("load done; waiting for the backlog to commit");
     let alive: Vec<usize> = live
         .iter()
@@ -490,7 +492,8 @@ async fn drive(
 
     // Node figures.
     let mut node_stats = Vec::new();
-    let window_s = (load_end.saturating_sub(start_at)) as f64 / 1e6;
+    // CPU is sampled from just before the clients start to just after they end.
+    let window_s = (cpu1_at.saturating_sub(cpu0_at)) as f64 / 1e6;
     for (i, nd) in state.nodes.iter().enumerate() {
         let is_live = alive.contains(&i);
         let pid = pid_of(state, i);
