@@ -33,13 +33,14 @@ endif
 APT_PACKAGES := iproute2 iptables
 
 .PHONY: help setup deps-apt deps-npm build test test-contracts test-rust testnet contracts \
-        contracts-check fmt lint deploy clean
+        contracts-check fmt lint deploy clean bench
 
 help:
 	@echo "make testnet   set up what is missing, then run a local cluster"
 	@echo "make test      set up what is missing, then run every test"
 	@echo "make contracts rebuild the contract and refresh the committed artifact"
 	@echo "make deploy    deploy the contract to RPC_URL (see README)"
+	@echo "make bench     a short load sweep with SVG plots (.run/bench-sweep)"
 	@echo "make fmt | make lint"
 
 setup: deps-apt deps-npm
@@ -84,6 +85,13 @@ test-rust: setup
 testnet: setup
 	$(CARGO) build $(CARGO_FLAGS) -p testnet -p membership -p node --bins
 	$(BIN)/testnet up $(TESTNET_ARGS)
+
+# A short load sweep (not part of `make test`): n = 4 and 7 at two rates plus a leader kill;
+# reports and SVG plots in .run/bench-sweep. Extra flags through BENCH_ARGS.
+bench: setup
+	$(CARGO) build $(CARGO_FLAGS) -p benches -p node -p membership --bins
+	$(BIN)/bench sweep --nodes 4,7 --rates 2000,10000 --duration 5 --failover-rate 2000 \
+	  --out .run/bench-sweep $(BENCH_ARGS)
 
 contracts: deps-npm
 	bash scripts/contract-artifact.sh write

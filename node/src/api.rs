@@ -119,6 +119,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/blocks/latest", get(block_latest))
         .route("/blocks/{height}", get(block_at))
         .route("/txs", post(submit_tx))
+        .route("/txs/bulk", post(crate::ingest::submit_bulk))
         .route("/txs/{hash}", get(tx_status))
         .route("/kv/{key}", get(kv_get))
         .route("/registration", get(registration))

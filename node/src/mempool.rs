@@ -28,11 +28,26 @@ pub fn tx_hash(tx: &[u8]) -> TxHash {
 }
 
 /// The canonical encoding of a batch: prost `proto::v1::Batch` with the transactions in order.
-pub fn encode_batch(txs: &[Vec<u8>]) -> Vec<u8> {
-    proto::v1::Batch {
-        transactions: txs.to_vec(),
+///
+/// Written directly (field 1, length-delimited, per transaction: `0x0a ‖ varint(len) ‖ bytes`,
+/// exactly what prost emits for `repeated bytes transactions = 1`) so the transactions are not
+/// copied into a temporary message first.
+pub fn encode_batch<T: AsRef<[u8]>>(txs: &[T]) -> Vec<u8> {
+    let len: usize = txs
+        .iter()
+        .map(|t| {
+            let n = t.as_ref().len();
+            1 + prost::encoding::encoded_len_varint(n as u64) + n
+        })
+        .sum();
+    let mut out = Vec::with_capacity(len);
+    for t in txs {
+        let t = t.as_ref();
+        out.push(0x0a);
+        prost::encoding::encode_varint(t.len() as u64, &mut out);
+        out.extend_from_slice(t);
     }
-    .encode_to_vec()
+    out
 }
 
 /// A batch's digest: BLAKE3-256 of its canonical encoding.
@@ -54,10 +69,16 @@ pub struct SealedBatch {
 impl SealedBatch {
     /// Builds a batch from transactions.
     pub fn from_txs(txs: &[Vec<u8>]) -> Self {
+        Self::from_txs_hashed(txs, txs.iter().map(|t| tx_hash(t)).collect())
+    }
+
+    /// Builds a batch from transactions whose hashes are already known (`tx_hashes[i]` must be
+    /// [`tx_hash`] of `txs[i]`).
+    fn from_txs_hashed(txs: &[Vec<u8>], tx_hashes: Vec<TxHash>) -> Self {
         let encoded = encode_batch(txs);
         Self {
             digest: batch_digest(&encoded),
-            tx_hashes: txs.iter().map(|t| tx_hash(t)).collect(),
+            tx_hashes,
             encoded,
         }
     }
@@ -113,6 +134,11 @@ pub struct MempoolConfig {
     pub max_pending_bytes: usize,
     /// Uncommitted batches (local and from peers) held for proposals, at most.
     pub max_batches: usize,
+    /// Transactions one proposal orders, at most (a leader's local policy, not a validity
+    /// rule): every node executes a committed block on its consensus task, so an unbounded
+    /// block (64 full batches are 128,000 transactions) stalls rounds into timeouts. A single
+    /// batch larger than this is still proposed on its own.
+    pub max_block_txs: usize,
 }
 
 impl Default for MempoolConfig {
@@ -125,6 +151,7 @@ impl Default for MempoolConfig {
             max_pending_txs: 50_000,
             max_pending_bytes: 64 * 1024 * 1024,
             max_batches: 4_096,
+            max_block_txs: 10_000,
         }
     }
 }
@@ -167,12 +194,32 @@ pub enum MempoolError {
 
 struct BatchInfo {
     tx_hashes: Vec<TxHash>,
+    /// When it became proposable here (sealed, restored or received), for the debug line
+    /// `batch proposed waited_ms=..` (target `node::mempool`) a leader logs the first time it
+    /// proposes the batch: how long batches wait for a proposal.
+    ready_at: Instant,
+    /// Sealed by this node (not received from a peer).
+    local: bool,
+    proposed: std::cell::Cell<bool>,
+}
+
+impl BatchInfo {
+    fn new(tx_hashes: Vec<TxHash>, ready_at: Instant, local: bool) -> Self {
+        Self {
+            tx_hashes,
+            ready_at,
+            local,
+            proposed: std::cell::Cell::new(false),
+        }
+    }
 }
 
 /// The mempool of one node.
 pub struct Mempool {
     cfg: MempoolConfig,
     open: Vec<Vec<u8>>,
+    /// The hashes of `open`, in the same order.
+    open_hashes: Vec<TxHash>,
     open_bytes: usize,
     open_since: Option<Instant>,
     /// Local pending transactions: their size, the batch they were sealed into, when accepted.
@@ -191,6 +238,7 @@ impl Mempool {
         Self {
             cfg,
             open: Vec::new(),
+            open_hashes: Vec::new(),
             open_bytes: 0,
             open_since: None,
             pending: HashMap::new(),
@@ -248,9 +296,7 @@ impl Mempool {
         }
         self.batches.insert(
             batch.digest,
-            BatchInfo {
-                tx_hashes: batch.tx_hashes.clone(),
-            },
+            BatchInfo::new(batch.tx_hashes.clone(), now, true),
         );
         self.ready.push_back(batch.digest);
         Some(batch)
@@ -295,9 +341,10 @@ impl Mempool {
         }
         self.open_bytes += tx.len();
         self.open.push(tx);
+        self.open_hashes.push(hash);
         if self.open.len() >= self.cfg.max_batch_txs || self.open_bytes >= self.cfg.max_batch_bytes
         {
-            self.seal();
+            self.seal(now);
         }
         Ok(hash)
     }
@@ -307,7 +354,7 @@ impl Mempool {
         if let Some(since) = self.open_since
             && now.saturating_duration_since(since) >= self.cfg.batch_timeout
         {
-            self.seal();
+            self.seal(now);
         }
     }
 
@@ -316,14 +363,15 @@ impl Mempool {
         self.open_since.map(|s| s + self.cfg.batch_timeout)
     }
 
-    fn seal(&mut self) {
+    fn seal(&mut self, now: Instant) {
         if self.open.is_empty() {
             return;
         }
         let txs = std::mem::take(&mut self.open);
+        let hashes = std::mem::take(&mut self.open_hashes);
         self.open_bytes = 0;
         self.open_since = None;
-        let batch = SealedBatch::from_txs(&txs);
+        let batch = SealedBatch::from_txs_hashed(&txs, hashes);
         self.sealed_seq += 1;
         for h in &batch.tx_hashes {
             if let Some(entry) = self.pending.get_mut(h) {
@@ -331,9 +379,7 @@ impl Mempool {
             }
         }
         if let std::collections::hash_map::Entry::Vacant(e) = self.batches.entry(batch.digest) {
-            e.insert(BatchInfo {
-                tx_hashes: batch.tx_hashes.clone(),
-            });
+            e.insert(BatchInfo::new(batch.tx_hashes.clone(), now, true));
             self.ready.push_back(batch.digest);
         }
         self.sealed_out.push(batch);
@@ -352,9 +398,7 @@ impl Mempool {
         }
         self.batches.insert(
             batch.digest,
-            BatchInfo {
-                tx_hashes: batch.tx_hashes.clone(),
-            },
+            BatchInfo::new(batch.tx_hashes.clone(), Instant::now(), false),
         );
         self.ready.push_back(batch.digest);
         true
@@ -366,14 +410,39 @@ impl Mempool {
     }
 
     /// The digests a leader proposes: the oldest held batches not in `exclude` (the batches of
-    /// the uncommitted blocks the proposal extends), at most `max`.
+    /// the uncommitted blocks the proposal extends), at most `max`, and together at most
+    /// [`MempoolConfig::max_block_txs`] transactions (the first batch always fits).
     pub fn payload(&self, max: usize, exclude: &HashSet<Hash32>) -> Vec<Hash32> {
-        self.ready
-            .iter()
-            .filter(|d| !exclude.contains(*d))
-            .take(max)
-            .copied()
-            .collect()
+        let mut out = Vec::new();
+        let mut txs = 0usize;
+        for d in self.ready.iter().filter(|d| !exclude.contains(*d)) {
+            if out.len() >= max {
+                break;
+            }
+            let n = self.batches.get(d).map_or(0, |b| b.tx_hashes.len());
+            if !out.is_empty() && txs + n > self.cfg.max_block_txs {
+                break;
+            }
+            txs += n;
+            out.push(*d);
+        }
+        if tracing::enabled!(target: "node::mempool", tracing::Level::DEBUG) {
+            let now = Instant::now();
+            for d in &out {
+                if let Some(b) = self.batches.get(d)
+                    && !b.proposed.replace(true)
+                {
+                    tracing::debug!(
+                        target: "node::mempool",
+                        waited_ms = now.saturating_duration_since(b.ready_at).as_millis() as u64,
+                        local = b.local,
+                        txs = b.tx_hashes.len(),
+                        "batch proposed"
+                    );
+                }
+            }
+        }
+        out
     }
 
     /// Forgets what a committed block made final: its batches and the transactions executed.
@@ -408,7 +477,8 @@ impl Mempool {
         if batch.is_none() {
             // Committed through another node's batch while still open here: drop it from the
             // open batch so it is not proposed again.
-            if let Some(pos) = self.open.iter().position(|t| tx_hash(t) == *h) {
+            if let Some(pos) = self.open_hashes.iter().position(|x| x == h) {
+                self.open_hashes.remove(pos);
                 let tx = self.open.remove(pos);
                 self.open_bytes -= tx.len();
                 if self.open.is_empty() {
@@ -477,6 +547,7 @@ mod tests {
             max_pending_txs: 5,
             max_pending_bytes: 10_000,
             max_batches: 10,
+            max_block_txs: 10_000,
         }
     }
 
@@ -493,6 +564,28 @@ mod tests {
         assert_eq!(b.digest, *blake3::hash(&b.encoded).as_bytes());
         assert_eq!(b.tx_hashes[1], *blake3::hash(b"bc").as_bytes());
         assert_eq!(SealedBatch::decode_txs(&b.encoded).expect("decode"), txs);
+    }
+
+    #[test]
+    fn direct_encoding_is_prost_encoding() {
+        let cases: Vec<Vec<Vec<u8>>> = vec![
+            vec![],
+            vec![Vec::new()],
+            vec![
+                vec![7; 127],
+                vec![8; 128],
+                vec![9; 300],
+                Vec::new(),
+                vec![1; 70_000],
+            ],
+        ];
+        for txs in cases {
+            let prost_bytes = proto::v1::Batch {
+                transactions: txs.clone(),
+            }
+            .encode_to_vec();
+            assert_eq!(encode_batch(&txs), prost_bytes);
+        }
     }
 
     #[test]
@@ -599,6 +692,28 @@ mod tests {
         let ex: HashSet<_> = [a.digest].into_iter().collect();
         assert_eq!(m.payload(1, &ex), vec![b.digest]);
         assert_eq!(m.payload(10, &ex), vec![b.digest, c.digest]);
+    }
+
+    #[test]
+    fn payload_is_bounded_by_transactions() {
+        let mut cfg = small();
+        cfg.max_block_txs = 3;
+        let mut m = Mempool::new(cfg);
+        let a = SealedBatch::from_txs(&[b"a".to_vec(), b"b".to_vec()]);
+        let b = SealedBatch::from_txs(&[b"c".to_vec(), b"d".to_vec()]);
+        let big =
+            SealedBatch::from_txs(&[b"e".to_vec(), b"f".to_vec(), b"g".to_vec(), b"h".to_vec()]);
+        assert!(m.add_remote(&big));
+        assert!(m.add_remote(&a));
+        assert!(m.add_remote(&b));
+        let none = HashSet::new();
+        assert_eq!(
+            m.payload(10, &none),
+            vec![big.digest],
+            "an oversized batch goes alone"
+        );
+        let ex: HashSet<_> = [big.digest].into_iter().collect();
+        assert_eq!(m.payload(10, &ex), vec![a.digest], "2 + 2 > 3");
     }
 
     #[test]
