@@ -94,12 +94,8 @@ where
 
 /// Installs the tracing subscriber (human or JSON) with the configured filter.
 pub fn init_logging(format: &str, level: &str) {
-    // Every node broadcasts the same epoch-change record and re-broadcasts its timeout while a
-    // round is stuck; gossipsub warns about each repeat it drops, which tells an operator
-    // nothing. Its errors still show.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{level},libp2p_gossipsub::behaviour=error"))
-    });
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let _ = if format == "json" {
         builder.json().try_init()

@@ -300,7 +300,7 @@ impl std::fmt::Debug for Responder {
 pub enum NetEvent {
     /// A well-formed gossip message awaiting the driver's verdict ([`NetHandle::report`]).
     Gossip {
-        /// Gossipsub's id of the message (content-addressed: BLAKE3 of the data).
+        /// Gossipsub's id of the message (BLAKE3 of publisher, sequence number and data).
         id: MessageId,
         /// The peer that forwarded it (the one a Reject penalizes).
         propagation_source: PeerId,
@@ -460,8 +460,20 @@ fn gossipsub_behaviour(
         .validate_messages()
         // Room for the largest envelope plus the RPC framing and signature.
         .max_transmit_size(MAX_GOSSIP_BYTES + 64 * 1024)
+        // The id covers the publisher and its sequence number with the content: a forwarded
+        // copy keeps its id (gossip deduplicates it), but a deliberate re-broadcast (the same
+        // timeout while a round is stuck, DESIGN section 5) is a new message, not a duplicate
+        // gossipsub refuses to publish. Consensus deduplicates by signer, epoch, round and kind.
         .message_id_fn(|m: &gossipsub::Message| {
-            MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
+            let mut h = blake3::Hasher::new();
+            if let Some(source) = &m.source {
+                h.update(&source.to_bytes());
+            }
+            if let Some(seq) = m.sequence_number {
+                h.update(&seq.to_be_bytes());
+            }
+            h.update(&m.data);
+            MessageId::from(h.finalize().as_bytes().to_vec())
         })
         .build()
         .map_err(|e| NetError::Transport(format!("gossipsub config: {e}")))?;
