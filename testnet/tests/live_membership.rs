@@ -1,6 +1,7 @@
 //! Issue 8 end to end, under load: `testnet up --detach --powers 1,1,1,3` and an open-loop KV
 //! load on the initial nodes for the whole run, then, one after the other,
 //! - `add-node`: a 5th node joins at a later epoch on every node and then signs QCs (it votes);
+//! - node1's owner edits its connection URL: every node shows the new URL, no epoch change;
 //! - `transfer` of one of node3's tokens: node3's power drops from 3 to 2 at a later epoch;
 //! - `burn` of node0's only token: node0 leaves the set (it says `removed` itself);
 //! - node3, holding the most power (2 of 5, so it leads two rounds in five, the closing ones
@@ -19,8 +20,11 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use alloy::primitives::Address;
+use alloy::signers::local::PrivateKeySigner;
 use alloy::transports::http::reqwest;
 use common::{NodeRef, get_json, nodes_of, run_testnet, show, wait_set};
+use membership::contract::DstackMembershipNFT;
 
 const BUDGET: Duration = Duration::from_secs(240);
 /// The load's length: it spans every membership change.
@@ -143,6 +147,71 @@ async fn membership_follows_the_nft_under_load() {
     }
     eprintln!(
         "node4 signs QCs {:.1} s after joining",
+        t.elapsed().as_secs_f64()
+    );
+
+    // 1b. a connection-URL edit reaches every node without an epoch change.
+    let st: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
+    let owner: PrivateKeySigner = st["nodes"][1]["owner_key"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let rpc = st["chain"]["rpc_url"].as_str().unwrap();
+    let contract: Address = st["chain"]["contract"].as_str().unwrap().parse().unwrap();
+    let peer_id = get_json(&client, &format!("{}/status", all[1].http_url))
+        .await
+        .unwrap_or_default()["peer_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let new_url = format!(
+        "{}/p2p/{peer_id}",
+        st["nodes"][1]["p2p_url"].as_str().unwrap()
+    );
+    let c = DstackMembershipNFT::new(contract, testnet::chain::wallet(rpc, &owner).unwrap());
+    c.updateConnectionUrl(all[1].address.parse().unwrap(), new_url.clone())
+        .send()
+        .await
+        .expect("updateConnectionUrl")
+        .get_receipt()
+        .await
+        .expect("mined");
+    let t = Instant::now();
+    loop {
+        let mut last = serde_json::Value::Null;
+        let mut seen = 0;
+        for n in &all {
+            let v = get_json(&client, &format!("{}/validators", n.http_url))
+                .await
+                .unwrap_or_default();
+            let url = v["validators"].as_array().and_then(|vs| {
+                vs.iter()
+                    .find(|m| m["address"].as_str() == Some(all[1].address.as_str()))
+                    .and_then(|m| m["connection_url"].as_str().map(str::to_string))
+            });
+            assert_eq!(
+                v["epoch"].as_u64(),
+                Some(e1),
+                "a URL edit changed the epoch: {v}"
+            );
+            if url.as_deref() == Some(new_url.as_str()) {
+                seen += 1;
+            }
+            last = v;
+        }
+        if seen == all.len() {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "node1's new URL not on every node: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "URL edit on every node after {:.1} s, epoch unchanged",
         t.elapsed().as_secs_f64()
     );
 
