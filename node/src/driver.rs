@@ -158,6 +158,8 @@ pub struct Driver {
     epoch_b0: Option<BlockId>,
     /// Whether this node was a member of any epoch it saw.
     ever_member: bool,
+    /// The PeerIds last given to the network as members (sent again only when they change).
+    heard: HashSet<PeerId>,
     net: NetHandle,
     mempool: Arc<Mutex<Mempool>>,
     mempool_wake: Arc<Notify>,
@@ -255,6 +257,7 @@ impl Driver {
             registered: cfg.members.clone(),
             epoch_b0: restored.epoch_b0,
             ever_member,
+            heard: HashSet::new(),
             net: parts.net,
             mempool: parts.mempool,
             mempool_wake: parts.mempool_wake,
@@ -585,7 +588,11 @@ impl Driver {
             .chain(self.prev_members.iter())
             .filter_map(|m| self.by_addr.get(&m.info.address).copied())
             .collect();
-        self.outbox.push(Outgoing::SetMembers(heard));
+        // Every oracle poll lands here; the network hears of the set only when it changed.
+        if heard != self.heard {
+            self.heard = heard.clone();
+            self.outbox.push(Outgoing::SetMembers(heard));
+        }
     }
 
     /// The epoch ended at the record's B0 (already durable): the new set, schedule and peers
