@@ -162,6 +162,7 @@ fn execution(c: &mut Criterion) {
                         block: &[0u8; 200],
                         proof: &[0u8; 300],
                         batch_digests: &[digest],
+                        known_hashes: &[],
                     },
                 )
                 .expect("commit")

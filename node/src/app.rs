@@ -17,6 +17,8 @@
 //! not parse (only a faulty node's batch can carry one: the API refuses them) is recorded as
 //! committed and changes nothing, so every node executes the same sequence.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::mempool::{SealedBatch, TxHash, tx_hash};
@@ -109,6 +111,10 @@ pub struct CommitInput<'a> {
     pub proof: &'a [u8],
     /// The batches it orders, in order; all must be stored.
     pub batch_digests: &'a [Hash32],
+    /// The transaction hashes of each batch where the caller already has them (the mempool
+    /// computed them when the batch was sealed or received), index-aligned with
+    /// `batch_digests`; missing or mismatched entries are computed here.
+    pub known_hashes: &'a [Option<Vec<TxHash>>],
 }
 
 /// What executing a committed block did.
@@ -123,40 +129,73 @@ pub struct CommitResult {
 }
 
 /// Records a block as committed and executes its transactions, all in one durable transaction.
+///
+/// The order of effects is the block's, but the writes are grouped for the storage engine:
+/// index entries go in sorted by hash (neighbouring keys share B-tree pages) and the state
+/// changes are folded to each key's last write, applied sorted by key. The result is the same
+/// as applying the transactions one by one.
 pub fn commit_block(store: &Store, input: CommitInput<'_>) -> Result<CommitResult, AppError> {
     let mut app_err = None;
     let result = store.write(|w| {
         w.commit_block(input.height, input.id, input.proof)?;
         w.put_block(input.id, input.block)?;
-        let mut out = CommitResult::default();
-        let mut seen = std::collections::HashSet::new();
+        let mut stored = Vec::with_capacity(input.batch_digests.len());
         for digest in input.batch_digests {
             w.forget_local_batch(digest)?;
             let Some(bytes) = w.get_batch(digest)? else {
                 app_err = Some(AppError::MissingBatch(*digest));
                 return Err(StorageError::Malformed("missing batch".into()));
             };
-            let Ok(txs) = SealedBatch::decode_txs(&bytes) else {
+            stored.push(bytes);
+        }
+        let mut txs: Vec<&[u8]> = Vec::new();
+        let mut hashes: Vec<TxHash> = Vec::new();
+        for (k, (digest, bytes)) in input.batch_digests.iter().zip(&stored).enumerate() {
+            let Ok(batch) = SealedBatch::tx_slices(bytes) else {
                 app_err = Some(AppError::MalformedBatch(*digest));
                 return Err(StorageError::Malformed("batch".into()));
             };
-            for tx in txs {
-                let h = tx_hash(&tx);
-                if !seen.insert(h) || w.tx_height(&h)?.is_some() {
-                    out.duplicates += 1;
-                    continue;
+            match input.known_hashes.get(k) {
+                Some(Some(known)) if known.len() == batch.len() => hashes.extend_from_slice(known),
+                _ => hashes.extend(batch.iter().map(|tx| tx_hash(tx))),
+            }
+            txs.extend(batch);
+        }
+        // Committed once, executed once: the first occurrence in block order of a hash never
+        // committed before is new. Sorting by (hash, position) visits it first.
+        let mut order: Vec<u32> = (0..txs.len() as u32).collect();
+        order.sort_unstable_by(|a, b| hashes[*a as usize].cmp(&hashes[*b as usize]).then(a.cmp(b)));
+        let mut is_new = vec![false; txs.len()];
+        let mut tables = w.exec_tables()?;
+        for i in order {
+            is_new[i as usize] = tables.index_new(&hashes[i as usize], input.height)?;
+        }
+        let mut out = CommitResult::default();
+        let mut last_write: BTreeMap<String, Option<String>> = BTreeMap::new();
+        for (i, tx) in txs.iter().enumerate() {
+            if !is_new[i] {
+                out.duplicates += 1;
+                continue;
+            }
+            match KvTx::decode(tx) {
+                Ok(KvTx::Put { key, value, .. }) => {
+                    last_write.insert(key, Some(value));
                 }
-                match KvTx::decode(&tx) {
-                    Ok(KvTx::Put { key, value, .. }) => {
-                        w.kv_put(key.as_bytes(), value.as_bytes())?
-                    }
-                    Ok(KvTx::Delete { key, .. }) => w.kv_delete(key.as_bytes())?,
-                    Err(_) => out.invalid += 1,
+                Ok(KvTx::Delete { key, .. }) => {
+                    last_write.insert(key, None);
                 }
-                out.committed.push(h);
+                Err(_) => out.invalid += 1,
+            }
+            out.committed.push(hashes[i]);
+        }
+        for (key, value) in &last_write {
+            match value {
+                Some(v) => tables.kv_put(key.as_bytes(), v.as_bytes())?,
+                None => tables.kv_delete(key.as_bytes())?,
             }
         }
-        w.index_txs(input.height, &out.committed)?;
+        drop(tables);
+        w.put_block_txs(input.height, &out.committed)?;
         Ok(out)
     });
     match (result, app_err) {
@@ -203,6 +242,7 @@ mod tests {
                 block: b"block",
                 proof: b"proof",
                 batch_digests: digests,
+                known_hashes: &[],
             },
         )
     }

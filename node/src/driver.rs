@@ -49,7 +49,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use crate::api::{SharedStatus, ValidatorInfo};
 use crate::app::{self, CommitInput};
 use crate::chain::{ChainSet, ChainView};
-use crate::mempool::{Mempool, SealedBatch};
+use crate::mempool::{Mempool, SealedBatch, TxHash};
 use crate::metrics::Metrics;
 use crate::net::{NetEvent, NetHandle, Responder, peer_id_from_public_key};
 use crate::storage::{StorageError, Store, meta};
@@ -1019,6 +1019,10 @@ impl Driver {
         proof_bytes: &[u8],
     ) -> Result<(), DriverError> {
         let digests: Vec<[u8; 32]> = block.payload().iter().map(|d| d.0).collect();
+        let known_hashes: Vec<Option<Vec<TxHash>>> = {
+            let pool = lock(&self.mempool);
+            digests.iter().map(|d| pool.batch_tx_hashes(d)).collect()
+        };
         let block_bytes = wire::block_to_wire(block).encode_to_vec();
         let result = app::commit_block(
             &self.store,
@@ -1028,6 +1032,7 @@ impl Driver {
                 block: &block_bytes,
                 proof: proof_bytes,
                 batch_digests: &digests,
+                known_hashes: &known_hashes,
             },
         )?;
         let root_round = block.round();

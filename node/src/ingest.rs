@@ -28,7 +28,7 @@ use serde_json::json;
 
 use crate::api::ApiState;
 use crate::app::KvTx;
-use crate::mempool::MempoolError;
+use crate::mempool::{MempoolError, TxHash, tx_hash};
 
 /// Most rejected transactions listed by index in an answer.
 pub const MAX_LISTED_REJECTS: usize = 100;
@@ -108,7 +108,13 @@ pub async fn submit_bulk(State(s): State<ApiState>, body: Bytes) -> Response {
     };
     // Application checks outside the mempool lock.
     let valid: Vec<bool> = frames.iter().map(|tx| KvTx::decode(tx).is_ok()).collect();
-    let store = s.store.clone();
+    let hashes: Vec<TxHash> = frames.iter().map(|tx| tx_hash(tx)).collect();
+    // One read transaction for the whole request; a failed lookup is treated as "not
+    // committed" (execution de-duplicates again, so nothing runs twice).
+    let committed = s
+        .store
+        .tx_heights(&hashes)
+        .unwrap_or_else(|_| vec![None; hashes.len()]);
     let mut accepted = 0u64;
     let mut need_seq = 0u64;
     {
@@ -123,7 +129,7 @@ pub async fn submit_bulk(State(s): State<ApiState>, body: Bytes) -> Response {
                 continue;
             }
             let seq = pool.open_batch_seq();
-            match pool.submit(tx.to_vec(), now, |h| store.tx_height(h).ok().flatten()) {
+            match pool.submit_hashed(tx.to_vec(), hashes[i], committed[i], now) {
                 Ok(_) => {
                     accepted += 1;
                     need_seq = need_seq.max(seq);

@@ -438,6 +438,17 @@ impl Store {
         Ok(out)
     }
 
+    /// [`Store::tx_height`] of many transactions in one read transaction (the ingest path checks
+    /// a whole request at once), in the order given.
+    pub fn tx_heights(&self, hashes: &[Hash32]) -> Result<Vec<Option<u64>>, StorageError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(TX_INDEX)?;
+        hashes
+            .iter()
+            .map(|h| Ok(t.get(h)?.map(|v| v.value())))
+            .collect()
+    }
+
     /// The height at which the transaction `hash` was committed, if it was.
     pub fn tx_height(&self, hash: &Hash32) -> Result<Option<u64>, StorageError> {
         let txn = self.db.begin_read()?;
@@ -541,32 +552,33 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// The height at which a transaction was committed, as seen inside this transaction.
-    pub fn tx_height(&self, hash: &Hash32) -> Result<Option<u64>, StorageError> {
-        let t = self.txn.open_table(TX_INDEX)?;
-        let h = t.get(hash)?.map(|v| v.value());
-        Ok(h)
+    /// A batch by digest, as seen inside this transaction.
+    pub fn get_batch(&self, digest: &Hash32) -> Result<Option<Vec<u8>>, StorageError> {
+        let t = self.txn.open_table(BATCHES)?;
+        let v = t.get(digest)?.map(|v| v.value().to_vec());
+        Ok(v)
     }
 
-    /// Records the transactions executed at `height` (for de-duplication and the API).
-    pub fn index_txs(&mut self, height: u64, hashes: &[Hash32]) -> Result<(), StorageError> {
-        let mut index = self.txn.open_table(TX_INDEX)?;
+    /// The tables executing a block writes, opened once for the whole block rather than once
+    /// per transaction (opening a table is a B-tree lookup of its own).
+    pub fn exec_tables(&self) -> Result<ExecTables<'_>, StorageError> {
+        Ok(ExecTables {
+            index: self.txn.open_table(TX_INDEX)?,
+            kv: self.txn.open_table(APP_KV)?,
+        })
+    }
+
+    /// Records the list of transactions executed at `height` (the index entries themselves are
+    /// written by [`ExecTables::index_new`]).
+    pub fn put_block_txs(&mut self, height: u64, hashes: &[Hash32]) -> Result<(), StorageError> {
         let mut all = Vec::with_capacity(hashes.len() * 32);
         for h in hashes {
-            index.insert(h, height)?;
             all.extend_from_slice(h);
         }
         self.txn
             .open_table(BLOCK_TXS)?
             .insert(height, all.as_slice())?;
         Ok(())
-    }
-
-    /// A batch by digest, as seen inside this transaction.
-    pub fn get_batch(&self, digest: &Hash32) -> Result<Option<Vec<u8>>, StorageError> {
-        let t = self.txn.open_table(BATCHES)?;
-        let v = t.get(digest)?.map(|v| v.value().to_vec());
-        Ok(v)
     }
 
     /// Sets an application key.
@@ -578,6 +590,41 @@ impl Writer<'_> {
     /// Deletes an application key (a no-op when absent).
     pub fn kv_delete(&mut self, key: &[u8]) -> Result<(), StorageError> {
         self.txn.open_table(APP_KV)?.remove(key)?;
+        Ok(())
+    }
+}
+
+/// The transaction index and the application state of one write transaction, open together
+/// while a block executes.
+pub struct ExecTables<'t> {
+    index: redb::Table<'t, &'static [u8; 32], u64>,
+    kv: redb::Table<'t, &'static [u8], &'static [u8]>,
+}
+
+impl ExecTables<'_> {
+    /// Records transaction `hash` as committed at `height` unless it was committed before
+    /// (earlier, or earlier in this transaction); returns whether it is new. One insert instead
+    /// of a lookup followed by an insert: a duplicate, which is rare, puts the old height back.
+    pub fn index_new(&mut self, hash: &Hash32, height: u64) -> Result<bool, StorageError> {
+        let old = self.index.insert(hash, height)?.map(|v| v.value());
+        match old {
+            None => Ok(true),
+            Some(first) => {
+                self.index.insert(hash, first)?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Sets an application key.
+    pub fn kv_put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        self.kv.insert(key, value)?;
+        Ok(())
+    }
+
+    /// Deletes an application key (a no-op when absent).
+    pub fn kv_delete(&mut self, key: &[u8]) -> Result<(), StorageError> {
+        self.kv.remove(key)?;
         Ok(())
     }
 }
@@ -596,7 +643,12 @@ mod tests {
                 w.put_qc(&[1; 32], b"qc")?;
                 w.put_meta(meta::SAFETY, b"safe")?;
                 w.commit_block(1, &[1; 32], b"proof")?;
-                w.index_txs(1, &[[7; 32], [8; 32]])?;
+                let mut t = w.exec_tables()?;
+                assert!(t.index_new(&[7; 32], 1)?);
+                assert!(t.index_new(&[8; 32], 1)?);
+                assert!(!t.index_new(&[8; 32], 1)?, "second time is a duplicate");
+                drop(t);
+                w.put_block_txs(1, &[[7; 32], [8; 32]])?;
                 w.put_epoch_change(0, b"rec0")?;
                 w.put_epoch_change(1, b"rec1")
             })
@@ -616,6 +668,10 @@ mod tests {
         assert_eq!(s.block_txs(1).expect("txs"), vec![[7; 32], [8; 32]]);
         assert_eq!(s.tx_height(&[8; 32]).expect("tx"), Some(1));
         assert_eq!(s.tx_height(&[9; 32]).expect("tx"), None);
+        assert_eq!(
+            s.tx_heights(&[[9; 32], [7; 32]]).expect("txs"),
+            vec![None, Some(1)]
+        );
         let recs = s.epoch_changes_since(1, 10).expect("recs");
         assert_eq!(recs, vec![(1, b"rec1".to_vec())]);
     }

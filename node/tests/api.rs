@@ -195,6 +195,7 @@ async fn every_route_answers_as_specified() {
             block: &block.encode_to_vec(),
             proof: b"proof",
             batch_digests: &[batch.digest],
+            known_hashes: &[],
         },
     )
     .expect("commit");
