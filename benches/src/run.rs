@@ -115,6 +115,9 @@ pub struct NodeReport {
     pub cpu_percent: f64,
     /// Peak RSS (`VmHWM`), MiB.
     pub peak_rss_mib: f64,
+    /// CPU seconds it used from the load start until the backlog was committed.
+    #[serde(default)]
+    pub cpu_seconds: f64,
     /// Round timeouts it signed during the window.
     pub timeouts: u64,
     /// Its committed height at the end.
@@ -195,6 +198,12 @@ pub struct RunReport {
     pub samples_uncommitted: usize,
     /// Transactions committed in the window.
     pub committed_txs: u64,
+    /// CPU a node spent per committed transaction, µs: its CPU time from the load start until
+    /// the backlog was committed over the transactions committed, averaged over the nodes that
+    /// ran throughout. Unlike TPS it barely moves when other processes share the machine, so it
+    /// compares builds on a busy machine.
+    #[serde(default)]
+    pub node_cpu_us_per_tx: f64,
     /// Blocks committed in the window.
     pub blocks: u64,
     /// Blocks per second in the window.
@@ -487,6 +496,10 @@ async fn drive(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let mut cpu2 = vec![None; n];
+    for &i in &live {
+        cpu2[i] = pid_of(state, i).and_then(procstat::cpu_seconds);
+    }
     // Let the last commits reach every node's log.
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
@@ -523,6 +536,10 @@ async fn drive(
             dead: dead.contains(&i),
             killed: killed == Some(i),
             cpu_percent: cpu,
+            cpu_seconds: match (cpu0[i], cpu2[i]) {
+                (Some(a), Some(b)) => b - a,
+                _ => 0.0,
+            },
             peak_rss_mib: if is_live {
                 pid.and_then(procstat::peak_rss_mib).unwrap_or(0.0)
             } else {
@@ -689,6 +706,18 @@ async fn drive(
         samples: e2e.len(),
         samples_uncommitted: uncommitted,
         committed_txs,
+        node_cpu_us_per_tx: {
+            let full: Vec<f64> = node_stats
+                .iter()
+                .filter(|nd| !nd.dead && !nd.killed && nd.cpu_seconds > 0.0)
+                .map(|nd| nd.cpu_seconds)
+                .collect();
+            if full.is_empty() || committed_txs == 0 {
+                0.0
+            } else {
+                1e6 * full.iter().sum::<f64>() / full.len() as f64 / committed_txs as f64
+            }
+        },
         blocks,
         blocks_per_sec: if block_window > 0.0 {
             blocks as f64 / block_window
@@ -740,8 +769,8 @@ pub fn summary(r: &RunReport) -> String {
         r.ack_latency_ms_p50, r.batch_wait_ms_p50, r.batch_wait_ms_mean
     ));
     s.push_str(&format!(
-        " committed {} txs in {} blocks ({:.1} blocks/s), timeouts {} (rounds {})\n",
-        r.committed_txs, r.blocks, r.blocks_per_sec, r.timeouts, r.timeout_rounds
+        " committed {} txs in {} blocks ({:.1} blocks/s), timeouts {} (rounds {}); node CPU {:.1} µs per tx\n",
+        r.committed_txs, r.blocks, r.blocks_per_sec, r.timeouts, r.timeout_rounds, r.node_cpu_us_per_tx
     ));
     s.push_str(&format!(
         " clients: sent {} accepted {} rejected {:?} missed {} late ticks {} max lag {:.1} ms\n",

@@ -1260,7 +1260,11 @@ impl Driver {
                         self.store
                             .write_lazy(|w| w.put_batch(&batch.digest, &batch.encoded))?;
                         lock(&self.mempool).add_remote(&batch);
-                        MessageAcceptance::Accept
+                        // Kept, but not forwarded: its publisher flood-publishes it to every
+                        // member directly (members dial each other), so a forwarded copy would
+                        // only make each node receive, decrypt, verify and hash every batch
+                        // once per member. A node that missed one fetches it before voting.
+                        MessageAcceptance::Ignore
                     }
                     Err(_) => {
                         self.metrics.reject("bad_batch");
