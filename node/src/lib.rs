@@ -13,6 +13,7 @@ pub mod mempool;
 pub mod metrics;
 pub mod net;
 pub mod node;
+pub mod seen_filter;
 pub mod storage;
 pub mod tap;
 pub mod wire;

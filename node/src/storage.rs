@@ -17,9 +17,11 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::seen_filter::SeenFilter;
 
 /// A 32-byte identifier: block ids, batch digests, transaction hashes.
 pub type Hash32 = [u8; 32];
@@ -150,6 +152,8 @@ impl DirLock {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
+    /// Every hash of the transaction index, as a Bloom filter (see [`SeenFilter`]).
+    seen: Arc<RwLock<SeenFilter>>,
     _lock: Arc<DirLock>,
 }
 
@@ -189,13 +193,27 @@ impl Store {
         };
         let store = Self {
             db: Arc::new(db),
+            seen: Arc::new(RwLock::new(SeenFilter::new())),
             _lock: Arc::new(lock),
         };
         store.init_schema().map_err(|e| match e {
             StorageError::Malformed(what) => corrupt(format!("bad {what}")),
             other => other,
         })?;
+        store.load_seen_filter()?;
         Ok(store)
+    }
+
+    /// Fills the filter from the transaction index (one sequential scan at open).
+    fn load_seen_filter(&self) -> Result<(), StorageError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(TX_INDEX)?;
+        let mut seen = self.seen.write().unwrap_or_else(PoisonError::into_inner);
+        for entry in t.iter()? {
+            let (k, _) = entry?;
+            seen.insert(k.value());
+        }
+        Ok(())
     }
 
     /// Creates every table and stamps or checks the layout version.
@@ -263,7 +281,10 @@ impl Store {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(durability)?;
         let out = {
-            let mut w = Writer { txn: &txn };
+            let mut w = Writer {
+                txn: &txn,
+                seen: &self.seen,
+            };
             f(&mut w)?
         };
         txn.commit()?;
@@ -441,16 +462,35 @@ impl Store {
     /// [`Store::tx_height`] of many transactions in one read transaction (the ingest path checks
     /// a whole request at once), in the order given.
     pub fn tx_heights(&self, hashes: &[Hash32]) -> Result<Vec<Option<u64>>, StorageError> {
+        let maybe: Vec<bool> = {
+            let seen = self.seen.read().unwrap_or_else(PoisonError::into_inner);
+            hashes.iter().map(|h| seen.may_contain(h)).collect()
+        };
+        if !maybe.contains(&true) {
+            return Ok(vec![None; hashes.len()]);
+        }
         let txn = self.db.begin_read()?;
         let t = txn.open_table(TX_INDEX)?;
         hashes
             .iter()
-            .map(|h| Ok(t.get(h)?.map(|v| v.value())))
+            .zip(maybe)
+            .map(|(h, maybe)| match maybe {
+                true => Ok(t.get(h)?.map(|v| v.value())),
+                false => Ok(None),
+            })
             .collect()
     }
 
     /// The height at which the transaction `hash` was committed, if it was.
     pub fn tx_height(&self, hash: &Hash32) -> Result<Option<u64>, StorageError> {
+        if !self
+            .seen
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .may_contain(hash)
+        {
+            return Ok(None);
+        }
         let txn = self.db.begin_read()?;
         let t = txn.open_table(TX_INDEX)?;
         Ok(t.get(hash)?.map(|v| v.value()))
@@ -460,6 +500,7 @@ impl Store {
 /// The handle a [`Store::write`] closure writes through; everything it writes commits together.
 pub struct Writer<'a> {
     txn: &'a redb::WriteTransaction,
+    seen: &'a RwLock<SeenFilter>,
 }
 
 impl Writer<'_> {
@@ -565,6 +606,7 @@ impl Writer<'_> {
         Ok(ExecTables {
             index: self.txn.open_table(TX_INDEX)?,
             kv: self.txn.open_table(APP_KV)?,
+            seen: self.seen,
         })
     }
 
@@ -599,6 +641,7 @@ impl Writer<'_> {
 pub struct ExecTables<'t> {
     index: redb::Table<'t, &'static [u8; 32], u64>,
     kv: redb::Table<'t, &'static [u8], &'static [u8]>,
+    seen: &'t RwLock<SeenFilter>,
 }
 
 impl ExecTables<'_> {
@@ -608,7 +651,15 @@ impl ExecTables<'_> {
     pub fn index_new(&mut self, hash: &Hash32, height: u64) -> Result<bool, StorageError> {
         let old = self.index.insert(hash, height)?.map(|v| v.value());
         match old {
-            None => Ok(true),
+            None => {
+                // Before the transaction is durable, so the filter never misses a committed
+                // hash; an aborted write only leaves a harmless false positive.
+                self.seen
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(hash);
+                Ok(true)
+            }
             Some(first) => {
                 self.index.insert(hash, first)?;
                 Ok(false)
