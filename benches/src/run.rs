@@ -318,7 +318,14 @@ pub async fn run(opts: &RunOptions) -> Result<RunReport, BenchError> {
     )
     .map_err(io(format!("writing {}", settings_path.display())))?;
     let mut up = UpOptions::new(dir.clone(), opts.powers.clone());
-    up.node_log_level = "info,node::driver=debug,node::mempool=debug".into();
+    // The harness reads the driver's and the mempool's debug lines; BENCH_NODE_LOG adds to them
+    // (RUST_LOG syntax, e.g. `libp2p_gossipsub=debug` to diagnose a run).
+    up.node_log_level = match std::env::var("BENCH_NODE_LOG") {
+        Ok(extra) if !extra.is_empty() => {
+            format!("info,node::driver=debug,node::mempool=debug,{extra}")
+        }
+        _ => "info,node::driver=debug,node::mempool=debug".into(),
+    };
     up.node_programs = (0..opts.nodes).map(|i| (i, exe.clone())).collect();
     progress(&format!(
         "bringing up {} validators (powers {:?}) in {}",

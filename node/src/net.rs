@@ -489,7 +489,14 @@ fn gossipsub_behaviour(
     .map_err(|e| NetError::Transport(format!("gossipsub: {e}")))?;
     // Scoring: only invalid deliveries (our Rejects) cost score. Mesh-delivery-rate penalties are
     // off: a quiet cluster or a lagging node must never look like a misbehaving one.
-    let mut params = gossipsub::PeerScoreParams::default();
+    let mut params = gossipsub::PeerScoreParams {
+        // No penalty for many peers behind one IP address: membership is an NFT-authorised key,
+        // not an address, and validators legitimately share one (a local testnet, a NAT, one
+        // host running several TEEs). With the default, more than 10 peers on 127.0.0.1 pushed
+        // every score below the graylist threshold and gossip among 16 nodes stopped.
+        ip_colocation_factor_weight: 0.0,
+        ..Default::default()
+    };
     for t in [&topics.consensus, &topics.batches] {
         let tp = gossipsub::TopicScoreParams {
             topic_weight: 1.0,
