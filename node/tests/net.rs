@@ -273,3 +273,65 @@ async fn sync_request_round_trip_and_member_only_votes() {
     assert!(err.to_string().contains("malformed"), "{err}");
     server.abort();
 }
+
+/// Thirteen members on one IP address (as in a local testnet): the hub hears a timeout from each
+/// of the other twelve and no peer's score drops. Gossipsub's default IP-colocation penalty
+/// graylisted every peer beyond ten per address, which stalled a 16-node cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_members_on_one_address_are_not_penalized() {
+    const N: u8 = 13;
+    let mut hub = node(1, Vec::new()).await;
+    let members: HashSet<PeerId> = (1..=N).map(peer_id).collect();
+    hub.net.set_members(members.clone()).await.expect("members");
+    let mut spokes = Vec::new();
+    for seed in 2..=N {
+        let s = node(seed, hub.net.listen_addrs.clone()).await;
+        s.net.set_members(members.clone()).await.expect("members");
+        spokes.push(s);
+    }
+    let mut subscribed = HashSet::new();
+    while subscribed.len() < spokes.len() {
+        let p = wait_for(&mut hub.events, |e| match e {
+            NetEvent::PeerSubscribed(p, TopicKind::Consensus) => Some(p),
+            _ => None,
+        })
+        .await;
+        subscribed.insert(p);
+    }
+    // Let a few heartbeats (100 ms) apply the scores before anything is published.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (k, s) in spokes.iter().enumerate() {
+        s.net
+            .publish(timeout_msg(10 + k as u64))
+            .await
+            .expect("publish");
+    }
+    let mut heard = HashSet::new();
+    while heard.len() < spokes.len() {
+        let (id, src, round) = wait_for(&mut hub.events, |e| match e {
+            NetEvent::Gossip {
+                id,
+                propagation_source,
+                body,
+                ..
+            } => match *body {
+                GossipBody::Timeout(t) => Some((id, propagation_source, t.round)),
+                _ => None,
+            },
+            _ => None,
+        })
+        .await;
+        hub.net
+            .report(id, src, MessageAcceptance::Accept)
+            .await
+            .expect("report");
+        heard.insert(round);
+    }
+    for seed in 2..=N {
+        let score = hub.net.peer_score(peer_id(seed)).await.expect("score");
+        assert!(
+            score.unwrap_or(0.0) >= 0.0,
+            "peer {seed} penalized: score {score:?}"
+        );
+    }
+}
