@@ -49,9 +49,9 @@ use tokio::sync::{Notify, mpsc, watch};
 use crate::api::{SharedStatus, ValidatorInfo};
 use crate::app::{self, CommitInput};
 use crate::chain::{ChainSet, ChainView};
-use crate::mempool::{Mempool, SealedBatch, TxHash};
+use crate::mempool::{self, Mempool, SealedBatch, TxHash};
 use crate::metrics::Metrics;
-use crate::net::{NetEvent, NetHandle, Responder, peer_id_from_public_key};
+use crate::net::{NetEvent, NetHandle, Responder, TopicKind, peer_id_from_public_key};
 use crate::storage::{StorageError, Store, meta};
 use crate::tap::OutboundTap;
 use crate::wire;
@@ -191,6 +191,8 @@ enum Outgoing {
     Dial(libp2p::Multiaddr),
     Vote(PeerId, v1::Vote),
     Gossip(Box<GossipBody>),
+    /// A batch's gossip envelope, already encoded ([`proto::batch_gossip`]).
+    GossipBatch(Vec<u8>),
     Fetch(Box<dyn FnOnce(NetHandle, mpsc::Sender<Completion>) -> FetchFuture + Send>),
 }
 
@@ -1079,11 +1081,9 @@ impl Driver {
         })?;
         self.durable.send_replace(last_seq);
         for b in sealed {
-            let txs = SealedBatch::decode_txs(&b.encoded).unwrap_or_default();
+            // The canonical bytes go out as they are (no decode and re-encode per transaction).
             self.outbox
-                .push(Outgoing::Gossip(Box::new(GossipBody::Batch(v1::Batch {
-                    transactions: txs,
-                }))));
+                .push(Outgoing::GossipBatch(proto::batch_gossip(&b.encoded)));
         }
         Ok(())
     }
@@ -1139,6 +1139,11 @@ impl Driver {
                 }
                 Outgoing::Gossip(body) => {
                     if let Err(e) = self.net.publish(*body).await {
+                        tracing::debug!(error = %e, "publish failed");
+                    }
+                }
+                Outgoing::GossipBatch(bytes) => {
+                    if let Err(e) = self.net.publish_raw(TopicKind::Batches, bytes).await {
                         tracing::debug!(error = %e, "publish failed");
                     }
                 }
@@ -1226,6 +1231,14 @@ impl Driver {
                 };
                 self.report(id, propagation_source, verdict);
             }
+            NetEvent::Batch {
+                id,
+                propagation_source,
+                canonical,
+            } => {
+                let verdict = self.on_batch(canonical)?;
+                self.report(id, propagation_source, verdict);
+            }
             NetEvent::Request {
                 peer,
                 body,
@@ -1243,6 +1256,28 @@ impl Driver {
         });
     }
 
+    /// A member's batch, as canonical bytes: checked against the batch limits, stored (lazily:
+    /// it can be fetched again) and offered to the mempool.
+    fn on_batch(&mut self, canonical: Vec<u8>) -> Result<MessageAcceptance, DriverError> {
+        let cfg = lock(&self.mempool).config().clone();
+        Ok(match SealedBatch::from_canonical(canonical, &cfg) {
+            Ok(batch) => {
+                self.store
+                    .write_lazy(|w| w.put_batch(&batch.digest, &batch.encoded))?;
+                lock(&self.mempool).add_remote(&batch);
+                // Kept, but not forwarded: its publisher flood-publishes it to every member
+                // directly (members dial each other), so a forwarded copy would only make each
+                // node receive, decrypt and hash every batch once per member. A node that missed
+                // one fetches it before voting.
+                MessageAcceptance::Ignore
+            }
+            Err(_) => {
+                self.metrics.reject("bad_batch");
+                MessageAcceptance::Reject
+            }
+        })
+    }
+
     fn on_gossip(
         &mut self,
         body: GossipBody,
@@ -1254,23 +1289,9 @@ impl Driver {
             GossipBody::Timeout(t) => wire::timeout_from_wire(&t).map(Message::Timeout),
             GossipBody::Tc(tc) => wire::tc_from_wire(&tc).map(Message::TimeoutCert),
             GossipBody::Batch(b) => {
-                let cfg = lock(&self.mempool).config().clone();
-                return Ok(match SealedBatch::from_wire(b, &cfg) {
-                    Ok(batch) => {
-                        self.store
-                            .write_lazy(|w| w.put_batch(&batch.digest, &batch.encoded))?;
-                        lock(&self.mempool).add_remote(&batch);
-                        // Kept, but not forwarded: its publisher flood-publishes it to every
-                        // member directly (members dial each other), so a forwarded copy would
-                        // only make each node receive, decrypt, verify and hash every batch
-                        // once per member. A node that missed one fetches it before voting.
-                        MessageAcceptance::Ignore
-                    }
-                    Err(_) => {
-                        self.metrics.reject("bad_batch");
-                        MessageAcceptance::Reject
-                    }
-                });
+                // An envelope the network could not take apart as canonical bytes (another
+                // encoder's field order, say): re-encode and check it the same way.
+                return self.on_batch(mempool::encode_batch(&b.transactions));
             }
             GossipBody::EpochChange(r) => {
                 return Ok(match wire::record_from_wire(&r) {

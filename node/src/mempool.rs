@@ -108,6 +108,38 @@ impl SealedBatch {
         Ok(Self::from_txs(&batch.transactions))
     }
 
+    /// Builds a batch from a peer's canonical bytes (as gossip carries them), checking the
+    /// limits of `cfg` like [`SealedBatch::from_wire`] and refusing any other encoding: the
+    /// bytes are kept as they are, hashed once, and no transaction is copied.
+    pub fn from_canonical(encoded: Vec<u8>, cfg: &MempoolConfig) -> Result<Self, MempoolError> {
+        let txs = Self::tx_slices(&encoded)?;
+        if txs.len() > cfg.max_batch_txs {
+            return Err(MempoolError::BatchTooLarge);
+        }
+        let mut total = 0usize;
+        for tx in &txs {
+            if tx.is_empty() {
+                return Err(MempoolError::EmptyTx);
+            }
+            if tx.len() > cfg.max_tx_bytes {
+                return Err(MempoolError::TxTooLarge {
+                    len: tx.len(),
+                    max: cfg.max_tx_bytes,
+                });
+            }
+            total = total.saturating_add(tx.len());
+        }
+        if total > cfg.max_batch_bytes {
+            return Err(MempoolError::BatchTooLarge);
+        }
+        let tx_hashes = txs.iter().map(|t| tx_hash(t)).collect();
+        Ok(Self {
+            digest: batch_digest(&encoded),
+            encoded,
+            tx_hashes,
+        })
+    }
+
     /// The transactions of canonical batch bytes, borrowed instead of copied (execution reads
     /// every committed byte once; this saves an allocation and a copy per transaction).
     /// Refuses anything that is not exactly the canonical encoding [`encode_batch`] writes.
@@ -553,6 +585,30 @@ impl Mempool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn from_canonical_matches_from_wire_and_checks_limits() {
+        let cfg = MempoolConfig::default();
+        let txs = vec![b"a".to_vec(), vec![7u8; 300]];
+        let b = SealedBatch::from_canonical(encode_batch(&txs), &cfg).expect("valid");
+        assert_eq!(b, SealedBatch::from_txs(&txs));
+        let small = MempoolConfig {
+            max_batch_txs: 1,
+            ..MempoolConfig::default()
+        };
+        assert_eq!(
+            SealedBatch::from_canonical(encode_batch(&txs), &small),
+            Err(MempoolError::BatchTooLarge)
+        );
+        assert_eq!(
+            SealedBatch::from_canonical(encode_batch(&[Vec::<u8>::new()]), &cfg),
+            Err(MempoolError::EmptyTx)
+        );
+        assert_eq!(
+            SealedBatch::from_canonical(vec![0x12, 0], &cfg),
+            Err(MempoolError::MalformedBatch)
+        );
+    }
 
     #[test]
     fn tx_slices_borrow_exactly_the_canonical_encoding() {

@@ -304,12 +304,23 @@ pub enum NetEvent {
         id: MessageId,
         /// The peer that forwarded it (the one a Reject penalizes).
         propagation_source: PeerId,
-        /// The peer that published it (signed by its libp2p key).
+        /// The peer that published it, as the message claims (gossip is not signed; consensus
+        /// messages carry their own signatures).
         source: Option<PeerId>,
         /// Whether the publisher is a member of the current set.
         from_member: bool,
         /// The decoded body (boxed: proposals are large, other events small).
         body: Box<GossipBody>,
+    },
+    /// A batch from a member, straight from its publisher, as its canonical bytes (not decoded
+    /// into transactions): the driver checks, stores and reports it like any gossip.
+    Batch {
+        /// Gossipsub's id of the message.
+        id: MessageId,
+        /// The member that published and sent it.
+        propagation_source: PeerId,
+        /// The `v1::Batch` encoding.
+        canonical: Vec<u8>,
     },
     /// A well-formed request; answer with [`NetHandle::respond`].
     Request {
@@ -379,7 +390,8 @@ impl NetHandle {
         self.publish_raw(kind, bytes).await
     }
 
-    /// Publishes raw bytes on a topic (tools and tests: malformed input must be handled).
+    /// Publishes raw bytes on a topic: an envelope built elsewhere (a batch's, around its
+    /// canonical bytes), or malformed input in tests.
     pub async fn publish_raw(&self, kind: TopicKind, bytes: Vec<u8>) -> Result<(), NetError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Publish { kind, bytes, reply }).await?;
@@ -756,6 +768,25 @@ impl Task {
                     self.ignore_gossip(&message_id, &propagation_source, "unknown_topic");
                     return;
                 };
+                if kind == TopicKind::Batches
+                    && let Some(range) = proto::batch_in_gossip(&message.data)
+                {
+                    let from_member = message.source.is_some_and(|s| self.members.contains(&s));
+                    if !(from_member && message.source == Some(propagation_source)) {
+                        self.ignore_gossip(&message_id, &propagation_source, "non_member");
+                        return;
+                    }
+                    let mut canonical = message.data;
+                    canonical.truncate(range.end);
+                    canonical.drain(..range.start);
+                    self.emit(NetEvent::Batch {
+                        id: message_id,
+                        propagation_source,
+                        canonical,
+                    })
+                    .await;
+                    return;
+                }
                 let body = match proto::v1::GossipMessage::decode_checked(&message.data) {
                     Ok(b) => b,
                     Err(e @ WireError::Version(_)) => {
