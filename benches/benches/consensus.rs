@@ -72,7 +72,7 @@ fn qc_verification(c: &mut Criterion) {
     group.finish();
 }
 
-/// The next leader receives the votes of a round until they form a QC.
+/// A validator receives the votes of a round until they form a QC (every validator aggregates).
 fn vote_handling(c: &mut Criterion) {
     let mut group = c.benchmark_group("vote_handling");
     for n in [4usize, 16, 64] {

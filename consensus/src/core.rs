@@ -189,14 +189,9 @@ pub enum Action {
     },
     /// Make the safety state durable (before anything signed leaves).
     PersistSafety(SafetyState),
-    /// Send to one validator (a vote to the next leader).
-    SendTo {
-        /// Recipient.
-        to: Address,
-        /// Message.
-        message: Message,
-    },
-    /// Send to every other validator (the core already processed it locally).
+    /// Send to every other validator (the core already processed it locally). Proposals,
+    /// timeouts and TCs go by gossip; votes go to every current member directly, since every
+    /// validator aggregates them into QCs.
     Broadcast(Message),
     /// (Re)arm the round timer; replaces any earlier timer.
     SetTimer {
@@ -923,31 +918,18 @@ impl Core {
         }
     }
 
+    /// Sends a freshly signed vote to every other validator (after its safety state is durable)
+    /// and counts it locally: every validator aggregates the votes of a round, so a QC forms even
+    /// when the next leader is down (one timeout per crashed leader, not two).
     fn send_vote_signed(&mut self, v: Vote) {
-        let to = self.ctx.set().leader(v.round + 1);
-        if to == self.me {
-            if let Some(s) = self.safety.take_dirty() {
-                self.out.push(Action::PersistSafety(s));
-            }
-            self.on_vote(v);
-        } else {
-            self.emit_signed(Action::SendTo {
-                to,
-                message: Message::Vote(v),
-            });
-        }
+        self.emit_signed(Action::Broadcast(Message::Vote(v.clone())));
+        self.on_vote(v);
     }
 
+    /// Re-sends a vote signed before a restart (already durable) and counts it locally.
     fn send_vote(&mut self, v: Vote) {
-        let to = self.ctx.set().leader(v.round + 1);
-        if to == self.me {
-            self.on_vote(v);
-        } else {
-            self.out.push(Action::SendTo {
-                to,
-                message: Message::Vote(v),
-            });
-        }
+        self.out.push(Action::Broadcast(Message::Vote(v.clone())));
+        self.on_vote(v);
     }
 
     fn on_batches(&mut self, block_id: BlockId) {
@@ -969,9 +951,6 @@ impl Core {
         let r = self.pm.round();
         if v.round + 1 < r || v.round > r.saturating_add(self.config.round_window) {
             return self.discard(false, "vote outside the round window");
-        }
-        if self.ctx.set().leader(v.round + 1) != self.me {
-            return self.discard(false, "vote for another leader");
         }
         let Some(i) = self.ctx.set().index_of(&v.signer) else {
             return self.discard(false, "vote from a non-member");
@@ -1032,7 +1011,9 @@ impl Core {
                 signatures: entry.1.values().copied().collect(),
             };
             rv.qc_formed = true;
-            self.process_qc(&qc, None);
+            // The last signer voted for the block, so it holds it (if this node does not yet).
+            let hint = (v.signer != self.me).then_some(v.signer);
+            self.process_qc(&qc, hint);
         }
     }
 

@@ -642,7 +642,7 @@ impl Decode for Timeout {
 pub enum Message {
     /// A leader's proposal (broadcast).
     Proposal(Proposal),
-    /// A vote (to the next leader).
+    /// A vote (to every validator: each one aggregates votes into QCs).
     Vote(Vote),
     /// A timeout (broadcast).
     Timeout(Timeout),

@@ -81,9 +81,14 @@ fn execute(schedule: &[[u8; HOSTS]], heal: usize) -> Result<u64, String> {
         queue.extend(later.drain(..));
         for phase in 0..2 {
             if phase == 1 {
+                // The step's round ends: whoever is still in it (or behind) times out. A node
+                // that already entered a later round (by a QC it formed from this round's votes,
+                // which every validator collects) has not spent any time there yet.
                 for (h, n) in nodes.iter().enumerate() {
                     let round = n.core.round();
-                    queue.push_back((h, Event::TimerFired { round, now_ms: 0 }));
+                    if round <= limit {
+                        queue.push_back((h, Event::TimerFired { round, now_ms: 0 }));
+                    }
                 }
             }
             let mut budget = 100_000;
@@ -126,19 +131,6 @@ fn apply(
     match a {
         Action::PersistBlock(b) => {
             nodes[h].store.insert(b.id(), b);
-        }
-        Action::SendTo { to, message } => {
-            for j in 0..HOSTS {
-                if j != h && nodes[j].addr == to && groups[j] == groups[h] {
-                    queue.push_back((
-                        j,
-                        Event::Message {
-                            from,
-                            message: message.clone(),
-                        },
-                    ));
-                }
-            }
         }
         Action::Broadcast(message) => {
             for j in 0..HOSTS {

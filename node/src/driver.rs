@@ -726,8 +726,7 @@ impl Driver {
 
     fn act(&mut self, a: Action) -> Result<(), DriverError> {
         match a {
-            Action::SendTo { to, message } => self.send_message(Some(to), &message),
-            Action::Broadcast(message) => self.send_message(None, &message),
+            Action::Broadcast(message) => self.send_message(&message),
             Action::SetTimer { round, duration_ms } => {
                 let at = tokio::time::Instant::now() + Duration::from_millis(duration_ms);
                 self.timer = Some((round, at));
@@ -1088,31 +1087,40 @@ impl Driver {
         Ok(())
     }
 
-    /// Queues a consensus message: a vote to `to`'s peer, anything else by gossip; then whatever
-    /// the tap adds, the same way.
-    fn send_message(&mut self, to: Option<Address>, message: &Message) {
-        self.queue_one(to, message);
+    /// Queues a consensus message: a vote to every other current member's peer (request-response),
+    /// anything else by gossip; then whatever the tap adds, the same way.
+    fn send_message(&mut self, message: &Message) {
+        self.queue_one(message);
         if let Some(tap) = self.tap.clone() {
             for extra in tap.extra(message) {
-                self.queue_one(to, &extra);
+                self.queue_one(&extra);
             }
         }
     }
 
-    fn queue_one(&mut self, to: Option<Address>, message: &Message) {
-        let out = match (message, to) {
-            (Message::Vote(v), Some(to)) => match self.by_addr.get(&to) {
-                Some(peer) => Outgoing::Vote(*peer, wire::vote_to_wire(v)),
-                None => return,
-            },
-            (Message::Vote(_), None) => return,
-            (Message::Proposal(p), _) => {
+    fn queue_one(&mut self, message: &Message) {
+        let out = match message {
+            Message::Vote(v) => {
+                // Every member aggregates votes into QCs (so one forms even when the next leader
+                // is down): the vote goes to each other current member directly.
+                let vote = wire::vote_to_wire(v);
+                for m in &self.members {
+                    if m.info.address == self.me {
+                        continue;
+                    }
+                    if let Some(peer) = self.by_addr.get(&m.info.address) {
+                        self.outbox.push(Outgoing::Vote(*peer, vote.clone()));
+                    }
+                }
+                return;
+            }
+            Message::Proposal(p) => {
                 Outgoing::Gossip(Box::new(GossipBody::Proposal(wire::proposal_to_wire(p))))
             }
-            (Message::Timeout(t), _) => {
+            Message::Timeout(t) => {
                 Outgoing::Gossip(Box::new(GossipBody::Timeout(wire::timeout_to_wire(t))))
             }
-            (Message::TimeoutCert(tc), _) => {
+            Message::TimeoutCert(tc) => {
                 Outgoing::Gossip(Box::new(GossipBody::Tc(wire::tc_to_wire(tc))))
             }
         };

@@ -1,6 +1,6 @@
 //! The libp2p network of a node (DESIGN section 7): TCP + Noise + Yamux, identify, gossipsub
-//! (with `validate_messages()` and peer scoring) and request-response (votes to the leader, batch
-//! fetch, block sync) with a size-bounded codec.
+//! (with `validate_messages()` and peer scoring) and request-response (votes to every member,
+//! batch fetch, block sync) with a size-bounded codec.
 //!
 //! The swarm runs in its own tokio task; the driver talks to it through a [`NetHandle`] and
 //! receives [`NetEvent`]s. The network checks what it can without consensus: size, wire version

@@ -755,13 +755,11 @@ impl Sim {
         let r = core.round();
         let ctx = core.context();
         let e = ctx.epoch();
-        let me = self.hosts[to].address;
         let key = match m {
             Message::Vote(v)
                 if v.epoch == e
                     && v.round + 1 >= r
                     && v.round <= r + self.config.round_window
-                    && ctx.set().leader(v.round + 1) == me
                     && ctx.verify_vote(v).is_ok() =>
             {
                 ((to, 1u8, v.signer, (e << 40) | v.round), v.block_id)
@@ -989,12 +987,6 @@ impl Sim {
                 s.view.highest_timeout_round = st.highest_timeout_round;
                 s.view.last_proposal_round = st.last_proposal.as_ref().map_or(0, |p| p.round());
                 s.safety = st;
-            }
-            Action::SendTo { to, message } => {
-                if let Some(js) = self.by_address.get(&to) {
-                    let js: Vec<usize> = js.iter().copied().filter(|&j| j != i).collect();
-                    self.send_out(i, js, message);
-                }
             }
             Action::Broadcast(message) => {
                 let all = (0..self.hosts.len()).filter(|&j| j != i).collect();
