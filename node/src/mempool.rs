@@ -27,6 +27,31 @@ pub fn tx_hash(tx: &[u8]) -> TxHash {
     *blake3::hash(tx).as_bytes()
 }
 
+/// Refuses a peer's batch that exceeds what an honest node would seal under `cfg`.
+fn check_peer_batch<T: AsRef<[u8]>>(txs: &[T], cfg: &MempoolConfig) -> Result<(), MempoolError> {
+    if txs.len() > cfg.max_batch_txs {
+        return Err(MempoolError::BatchTooLarge);
+    }
+    let mut total = 0usize;
+    for tx in txs {
+        let len = tx.as_ref().len();
+        if len == 0 {
+            return Err(MempoolError::EmptyTx);
+        }
+        if len > cfg.max_tx_bytes {
+            return Err(MempoolError::TxTooLarge {
+                len,
+                max: cfg.max_tx_bytes,
+            });
+        }
+        total = total.saturating_add(len);
+    }
+    if total > cfg.max_batch_bytes {
+        return Err(MempoolError::BatchTooLarge);
+    }
+    Ok(())
+}
+
 /// The canonical encoding of a batch: prost `proto::v1::Batch` with the transactions in order.
 ///
 /// Written directly (field 1, length-delimited, per transaction: `0x0a ‖ varint(len) ‖ bytes`,
@@ -86,25 +111,7 @@ impl SealedBatch {
     /// Builds a batch from a decoded wire batch, checking the limits of `cfg`: a peer's batch is
     /// refused when it exceeds what an honest node would seal.
     pub fn from_wire(batch: proto::v1::Batch, cfg: &MempoolConfig) -> Result<Self, MempoolError> {
-        if batch.transactions.len() > cfg.max_batch_txs {
-            return Err(MempoolError::BatchTooLarge);
-        }
-        let mut total = 0usize;
-        for tx in &batch.transactions {
-            if tx.is_empty() {
-                return Err(MempoolError::EmptyTx);
-            }
-            if tx.len() > cfg.max_tx_bytes {
-                return Err(MempoolError::TxTooLarge {
-                    len: tx.len(),
-                    max: cfg.max_tx_bytes,
-                });
-            }
-            total = total.saturating_add(tx.len());
-        }
-        if total > cfg.max_batch_bytes {
-            return Err(MempoolError::BatchTooLarge);
-        }
+        check_peer_batch(&batch.transactions, cfg)?;
         Ok(Self::from_txs(&batch.transactions))
     }
 
@@ -113,25 +120,7 @@ impl SealedBatch {
     /// bytes are kept as they are, hashed once, and no transaction is copied.
     pub fn from_canonical(encoded: Vec<u8>, cfg: &MempoolConfig) -> Result<Self, MempoolError> {
         let txs = Self::tx_slices(&encoded)?;
-        if txs.len() > cfg.max_batch_txs {
-            return Err(MempoolError::BatchTooLarge);
-        }
-        let mut total = 0usize;
-        for tx in &txs {
-            if tx.is_empty() {
-                return Err(MempoolError::EmptyTx);
-            }
-            if tx.len() > cfg.max_tx_bytes {
-                return Err(MempoolError::TxTooLarge {
-                    len: tx.len(),
-                    max: cfg.max_tx_bytes,
-                });
-            }
-            total = total.saturating_add(tx.len());
-        }
-        if total > cfg.max_batch_bytes {
-            return Err(MempoolError::BatchTooLarge);
-        }
+        check_peer_batch(&txs, cfg)?;
         let tx_hashes = txs.iter().map(|t| tx_hash(t)).collect();
         Ok(Self {
             digest: batch_digest(&encoded),
