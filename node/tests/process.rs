@@ -641,8 +641,15 @@ async fn hostile_messages_are_refused_by_reason_and_lag_is_not_punished() {
         .await
         .expect("publish after the stale burst");
 
-    // Malformed gossip, a batch on the consensus topic, an oversized message, and a
-    // far-future epoch.
+    // A far-future epoch (ignored), then malformed gossip, a batch on the consensus topic and
+    // an oversized message (rejected). The ignored one goes first: each Reject costs the
+    // rogue gossip score, and after three it is graylisted, so a message sent after them may
+    // be dropped before validation, depending on when the verdicts land.
+    rogue
+        .net
+        .publish(rogue.timeout(1_000, 5))
+        .await
+        .expect("publish future epoch");
     rogue
         .net
         .publish_raw(TopicKind::Consensus, vec![0xff, 0xff, 0xff, 0x0f])
@@ -665,11 +672,6 @@ async fn hostile_messages_are_refused_by_reason_and_lag_is_not_punished() {
         )
         .await
         .expect("publish oversized");
-    rogue
-        .net
-        .publish(rogue.timeout(1_000, 5))
-        .await
-        .expect("publish future epoch");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let text = p.metrics(3).await;
