@@ -11,6 +11,40 @@ use crate::run::RunReport;
 
 const COLORS: [RGBColor; 6] = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
 
+type Chart<'a, 'b> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// A chart on `area` with the plots' margins, the given ranges and axis labels, mesh drawn.
+fn axes<'a, 'b>(
+    area: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    caption: Option<(&str, u32)>,
+    ranges: (std::ops::Range<f64>, std::ops::Range<f64>),
+    labels: (&str, &str),
+    x_label_area: u32,
+    e: &impl Fn(String) -> BenchError,
+) -> Result<Chart<'a, 'b>, BenchError> {
+    let mut builder = ChartBuilder::on(area);
+    if let Some((text, size)) = caption {
+        builder.caption(text, ("sans-serif", size));
+    }
+    let mut chart = builder
+        .margin(15)
+        .x_label_area_size(x_label_area)
+        .y_label_area_size(70)
+        .build_cartesian_2d(ranges.0, ranges.1)
+        .map_err(|x| e(x.to_string()))?;
+    chart
+        .configure_mesh()
+        .x_desc(labels.0)
+        .y_desc(labels.1)
+        .draw()
+        .map_err(|x| e(x.to_string()))?;
+    Ok(chart)
+}
+
 fn err(path: &Path) -> impl Fn(String) -> BenchError + '_ {
     move |msg| BenchError::Plot {
         path: path.display().to_string(),
@@ -34,22 +68,17 @@ pub fn latency_vs_throughput(runs: &[RunReport], path: &Path) -> Result<(), Benc
         * 1.1;
     let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
+    let mut chart = axes(
+        &root,
+        Some((
             "End-to-end latency vs throughput (p50 solid, p99 dashed)",
-            ("sans-serif", 22),
-        )
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0f64..max_x, 0f64..max_y)
-        .map_err(|x| e(x.to_string()))?;
-    chart
-        .configure_mesh()
-        .x_desc("end-to-end throughput (tx/s)")
-        .y_desc("end-to-end latency (ms)")
-        .draw()
-        .map_err(|x| e(x.to_string()))?;
+            22,
+        )),
+        (0f64..max_x, 0f64..max_y),
+        ("end-to-end throughput (tx/s)", "end-to-end latency (ms)"),
+        45,
+        &e,
+    )?;
     for (k, (n, rs)) in by_n.iter_mut().enumerate() {
         rs.sort_by(|a, b| a.input_rate.total_cmp(&b.input_rate));
         let c = COLORS[k % COLORS.len()];
@@ -94,22 +123,14 @@ pub fn throughput_vs_committee(runs: &[RunReport], path: &Path) -> Result<(), Be
     let max_y = best.values().copied().fold(1.0, f64::max) * 1.15;
     let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "Best end-to-end throughput by committee size",
-            ("sans-serif", 22),
-        )
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0f64..max_x, 0f64..max_y)
-        .map_err(|x| e(x.to_string()))?;
-    chart
-        .configure_mesh()
-        .x_desc("validators")
-        .y_desc("end-to-end throughput (tx/s)")
-        .draw()
-        .map_err(|x| e(x.to_string()))?;
+    let mut chart = axes(
+        &root,
+        Some(("Best end-to-end throughput by committee size", 22)),
+        (0f64..max_x, 0f64..max_y),
+        ("validators", "end-to-end throughput (tx/s)"),
+        45,
+        &e,
+    )?;
     let pts: Vec<(f64, f64)> = best.iter().map(|(&n, &t)| (n as f64, t)).collect();
     chart
         .draw_series(LineSeries::new(pts.clone(), BLUE.stroke_width(2)))
@@ -146,18 +167,14 @@ pub fn failover_timeline(run: &RunReport, path: &Path) -> Result<(), BenchError>
     };
     let h_min = run.timeline.first().map(|p| p.height).unwrap_or(0) as f64;
     let h_max = run.timeline.iter().map(|p| p.height).max().unwrap_or(1) as f64 + 1.0;
-    let mut c1 = ChartBuilder::on(&top)
-        .caption(title, ("sans-serif", 20))
-        .margin(15)
-        .x_label_area_size(35)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0f64..t_max, h_min..h_max)
-        .map_err(|x| e(x.to_string()))?;
-    c1.configure_mesh()
-        .x_desc("seconds since the load started")
-        .y_desc("committed height")
-        .draw()
-        .map_err(|x| e(x.to_string()))?;
+    let mut c1 = axes(
+        &top,
+        Some((&title, 20)),
+        (0f64..t_max, h_min..h_max),
+        ("seconds since the load started", "committed height"),
+        35,
+        &e,
+    )?;
     c1.draw_series(LineSeries::new(
         run.timeline.iter().map(|p| (p.t_s + 1.0, p.height as f64)),
         BLUE.stroke_width(2),
@@ -171,17 +188,14 @@ pub fn failover_timeline(run: &RunReport, path: &Path) -> Result<(), BenchError>
         .map_err(|x| e(x.to_string()))?;
     }
     let y_max = run.timeline.iter().map(|p| p.tps).fold(1.0, f64::max) * 1.15;
-    let mut c2 = ChartBuilder::on(&bottom)
-        .margin(15)
-        .x_label_area_size(35)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0f64..t_max, 0f64..y_max)
-        .map_err(|x| e(x.to_string()))?;
-    c2.configure_mesh()
-        .x_desc("seconds since the load started")
-        .y_desc("committed tx per second")
-        .draw()
-        .map_err(|x| e(x.to_string()))?;
+    let mut c2 = axes(
+        &bottom,
+        None,
+        (0f64..t_max, 0f64..y_max),
+        ("seconds since the load started", "committed tx per second"),
+        35,
+        &e,
+    )?;
     c2.draw_series(
         run.timeline
             .iter()

@@ -607,6 +607,7 @@ impl Writer<'_> {
             index: self.txn.open_table(TX_INDEX)?,
             kv: self.txn.open_table(APP_KV)?,
             seen: self.seen,
+            fresh: Vec::new(),
         })
     }
 
@@ -642,6 +643,20 @@ pub struct ExecTables<'t> {
     index: redb::Table<'t, &'static [u8; 32], u64>,
     kv: redb::Table<'t, &'static [u8], &'static [u8]>,
     seen: &'t RwLock<SeenFilter>,
+    /// Hashes new to the index, added to the filter together when the tables close.
+    fresh: Vec<Hash32>,
+}
+
+impl Drop for ExecTables<'_> {
+    /// Fills the filter with this block's new hashes under one lock, before the write
+    /// transaction commits (the tables close first), so the filter never misses a durable hash;
+    /// an aborted write only leaves harmless false positives.
+    fn drop(&mut self) {
+        let mut seen = self.seen.write().unwrap_or_else(PoisonError::into_inner);
+        for h in &self.fresh {
+            seen.insert(h);
+        }
+    }
 }
 
 impl ExecTables<'_> {
@@ -652,12 +667,7 @@ impl ExecTables<'_> {
         let old = self.index.insert(hash, height)?.map(|v| v.value());
         match old {
             None => {
-                // Before the transaction is durable, so the filter never misses a committed
-                // hash; an aborted write only leaves a harmless false positive.
-                self.seen
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(hash);
+                self.fresh.push(*hash);
                 Ok(true)
             }
             Some(first) => {
