@@ -163,6 +163,7 @@ fn execution(c: &mut Criterion) {
                         proof: &[0u8; 300],
                         batch_digests: &[digest],
                         known_hashes: &[],
+                        prune_round: None,
                     },
                 )
                 .expect("commit")

@@ -11,16 +11,21 @@
 //! distinct (transactions are de-duplicated by hash). Keys are 1 to [`MAX_KEY_BYTES`] bytes,
 //! values at most [`MAX_VALUE_BYTES`] bytes; unknown fields are refused.
 //!
-//! Execution happens in [`commit_block`], in the same durable redb transaction that records the
-//! block as committed, so a crash can neither lose nor repeat an execution. A transaction whose
+//! Execution happens in [`commit_block`], right after the durable write that records the block
+//! as committed. Its effects are grouped across blocks before they reach the disk (see
+//! [`crate::exec_overlay`]); a crash loses none of them, because the executed height is stored
+//! with them and a restart executes the committed heights above it again ([`execute_committed`]),
+//! and none is repeated, because that height moves only with them. A transaction whose
 //! hash was already committed is skipped (committed once, executed once); a transaction that does
 //! not parse (only a faulty node's batch can carry one: the API refuses them) is recorded as
 //! committed and changes nothing, so every node executes the same sequence.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
+use crate::exec_overlay::Executed;
 use crate::mempool::{SealedBatch, TxHash, tx_hash};
 use crate::storage::{Hash32, StorageError, Store};
 
@@ -53,6 +58,21 @@ pub enum KvTx {
     },
 }
 
+/// A transaction as it is written, decoded in one pass: serde's internally tagged enums buffer
+/// every field before choosing the variant, and this is the execution hot path.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKvTx<'a> {
+    #[serde(borrow)]
+    op: Cow<'a, str>,
+    #[serde(borrow)]
+    key: Cow<'a, str>,
+    #[serde(default, borrow)]
+    value: Option<Cow<'a, str>>,
+    #[serde(default)]
+    nonce: Option<u64>,
+}
+
 /// Why a transaction is not a valid KV transaction, or why a commit failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -73,8 +93,28 @@ pub enum AppError {
 impl KvTx {
     /// Parses and checks a transaction.
     pub fn decode(bytes: &[u8]) -> Result<Self, AppError> {
-        let tx: KvTx =
+        let raw: RawKvTx<'_> =
             serde_json::from_slice(bytes).map_err(|e| AppError::Invalid(e.to_string()))?;
+        let tx = match (raw.op.as_ref(), raw.value) {
+            ("put", Some(value)) => KvTx::Put {
+                key: raw.key.into_owned(),
+                value: value.into_owned(),
+                nonce: raw.nonce,
+            },
+            ("put", None) => return Err(AppError::Invalid("missing field `value`".into())),
+            ("delete", None) => KvTx::Delete {
+                key: raw.key.into_owned(),
+                nonce: raw.nonce,
+            },
+            ("delete", Some(_)) => {
+                return Err(AppError::Invalid("a delete takes no `value`".into()));
+            }
+            (op, _) => {
+                return Err(AppError::Invalid(format!(
+                    "unknown op `{op}`, expected `put` or `delete`"
+                )));
+            }
+        };
         let (key, value) = match &tx {
             KvTx::Put { key, value, .. } => (key, Some(value)),
             KvTx::Delete { key, .. } => (key, None),
@@ -115,6 +155,9 @@ pub struct CommitInput<'a> {
     /// computed them when the batch was sealed or received), index-aligned with
     /// `batch_digests`; missing or mismatched entries are computed here.
     pub known_hashes: &'a [Option<Vec<TxHash>>],
+    /// Pending blocks at or below this round are forgotten in the same write (the committed
+    /// root's round), if given.
+    pub prune_round: Option<u64>,
 }
 
 /// What executing a committed block did.
@@ -128,81 +171,99 @@ pub struct CommitResult {
     pub invalid: usize,
 }
 
-/// Records a block as committed and executes its transactions, all in one durable transaction.
+/// Records a block as committed, durably, then executes its transactions.
 ///
-/// The order of effects is the block's, but the writes are grouped for the storage engine:
-/// index entries go in sorted by hash (neighbouring keys share B-tree pages) and the state
-/// changes are folded to each key's last write, applied sorted by key. The result is the same
-/// as applying the transactions one by one.
+/// The record (height, id, proof, block bytes) is durable when this returns; the effects of
+/// execution are visible at once and become durable with the store's next group write (see
+/// [`crate::exec_overlay`]): a crash in between is repaired by [`execute_committed`] at restart.
 pub fn commit_block(store: &Store, input: CommitInput<'_>) -> Result<CommitResult, AppError> {
-    let mut app_err = None;
-    let result = store.write(|w| {
+    let batches = stored_batches(store, input.batch_digests)?;
+    store.write(|w| {
         w.commit_block(input.height, input.id, input.proof)?;
         w.put_block(input.id, input.block)?;
-        let mut stored = Vec::with_capacity(input.batch_digests.len());
         for digest in input.batch_digests {
             w.forget_local_batch(digest)?;
-            let Some(bytes) = w.get_batch(digest)? else {
-                app_err = Some(AppError::MissingBatch(*digest));
-                return Err(StorageError::Malformed("missing batch".into()));
-            };
-            stored.push(bytes);
         }
-        let mut txs: Vec<&[u8]> = Vec::new();
-        let mut hashes: Vec<TxHash> = Vec::new();
-        for (k, (digest, bytes)) in input.batch_digests.iter().zip(&stored).enumerate() {
-            let Ok(batch) = SealedBatch::tx_slices(bytes) else {
-                app_err = Some(AppError::MalformedBatch(*digest));
-                return Err(StorageError::Malformed("batch".into()));
-            };
-            match input.known_hashes.get(k) {
-                Some(Some(known)) if known.len() == batch.len() => hashes.extend_from_slice(known),
-                _ => hashes.extend(batch.iter().map(|tx| tx_hash(tx))),
-            }
-            txs.extend(batch);
+        if let Some(round) = input.prune_round {
+            w.prune_pending(round)?;
         }
-        // Committed once, executed once: the first occurrence in block order of a hash never
-        // committed before is new. Sorting by (hash, position) visits it first.
-        let mut order: Vec<u32> = (0..txs.len() as u32).collect();
-        order.sort_unstable_by(|a, b| hashes[*a as usize].cmp(&hashes[*b as usize]).then(a.cmp(b)));
-        let mut is_new = vec![false; txs.len()];
-        let mut tables = w.exec_tables()?;
-        for i in order {
-            is_new[i as usize] = tables.index_new(&hashes[i as usize], input.height)?;
+        Ok(())
+    })?;
+    execute(
+        store,
+        input.height,
+        input.batch_digests,
+        &batches,
+        input.known_hashes,
+    )
+}
+
+/// Executes the committed block at `height` again from its stored batches: what a restart does
+/// for every committed height above [`Store::executed_height`].
+pub fn execute_committed(
+    store: &Store,
+    height: u64,
+    batch_digests: &[Hash32],
+) -> Result<CommitResult, AppError> {
+    let batches = stored_batches(store, batch_digests)?;
+    execute(store, height, batch_digests, &batches, &[])
+}
+
+fn stored_batches(store: &Store, digests: &[Hash32]) -> Result<Vec<Vec<u8>>, AppError> {
+    store
+        .get_batches(digests)?
+        .into_iter()
+        .zip(digests)
+        .map(|(b, d)| b.ok_or(AppError::MissingBatch(*d)))
+        .collect()
+}
+
+/// Executes one block's batches into the store's overlay.
+///
+/// Committed once, executed once: the first occurrence in block order of a hash never
+/// committed before is new. The state changes are folded to each key's last write, so the
+/// result is the same as applying the transactions one by one.
+fn execute(
+    store: &Store,
+    height: u64,
+    digests: &[Hash32],
+    batches: &[Vec<u8>],
+    known_hashes: &[Option<Vec<TxHash>>],
+) -> Result<CommitResult, AppError> {
+    let mut txs: Vec<&[u8]> = Vec::new();
+    let mut hashes: Vec<TxHash> = Vec::new();
+    for (k, (digest, bytes)) in digests.iter().zip(batches).enumerate() {
+        let batch = SealedBatch::tx_slices(bytes).map_err(|_| AppError::MalformedBatch(*digest))?;
+        match known_hashes.get(k) {
+            Some(Some(known)) if known.len() == batch.len() => hashes.extend_from_slice(known),
+            _ => hashes.extend(batch.iter().map(|tx| tx_hash(tx))),
         }
-        let mut out = CommitResult::default();
-        let mut last_write: BTreeMap<String, Option<String>> = BTreeMap::new();
-        for (i, tx) in txs.iter().enumerate() {
-            if !is_new[i] {
-                out.duplicates += 1;
-                continue;
-            }
-            match KvTx::decode(tx) {
-                Ok(KvTx::Put { key, value, .. }) => {
-                    last_write.insert(key, Some(value));
-                }
-                Ok(KvTx::Delete { key, .. }) => {
-                    last_write.insert(key, None);
-                }
-                Err(_) => out.invalid += 1,
-            }
-            out.committed.push(hashes[i]);
-        }
-        for (key, value) in &last_write {
-            match value {
-                Some(v) => tables.kv_put(key.as_bytes(), v.as_bytes())?,
-                None => tables.kv_delete(key.as_bytes())?,
-            }
-        }
-        drop(tables);
-        w.put_block_txs(input.height, &out.committed)?;
-        Ok(out)
-    });
-    match (result, app_err) {
-        (Ok(r), _) => Ok(r),
-        (Err(_), Some(e)) => Err(e),
-        (Err(e), None) => Err(e.into()),
+        txs.extend(batch);
     }
+    let before = store.tx_heights(&hashes)?;
+    let mut in_block: HashSet<&TxHash> = HashSet::with_capacity(hashes.len());
+    let mut out = CommitResult::default();
+    let mut done = Executed::default();
+    for ((tx, hash), before) in txs.iter().zip(&hashes).zip(before) {
+        if before.is_some() || !in_block.insert(hash) {
+            out.duplicates += 1;
+            continue;
+        }
+        match KvTx::decode(tx) {
+            Ok(KvTx::Put { key, value, .. }) => {
+                done.writes
+                    .insert(key.into_bytes(), Some(value.into_bytes()));
+            }
+            Ok(KvTx::Delete { key, .. }) => {
+                done.writes.insert(key.into_bytes(), None);
+            }
+            Err(_) => out.invalid += 1,
+        }
+        out.committed.push(*hash);
+    }
+    done.committed = out.committed.clone();
+    store.apply_executed(height, done)?;
+    Ok(out)
 }
 
 /// The value of `key` in the cluster state.
@@ -243,6 +304,7 @@ mod tests {
                 proof: b"proof",
                 batch_digests: digests,
                 known_hashes: &[],
+                prune_round: None,
             },
         )
     }
@@ -268,6 +330,10 @@ mod tests {
             br#"{"op":"put","key":"a"}"#,
             br#"{"op":"put","key":"a","value":"b","extra":1}"#,
             br#"{"op":"merge","key":"a"}"#,
+            br#"{"op":"delete","key":"a","value":"b"}"#,
+            br#"{"key":"a","value":"b"}"#,
+            br#"{"op":"put","key":"a","key":"b","value":"c"}"#,
+            br#"{"op":"put","key":"a","value":"b","nonce":-1}"#,
             b"not json",
         ] {
             assert!(
@@ -312,6 +378,38 @@ mod tests {
         );
         assert_eq!(store.block_txs(1).expect("txs"), r.committed);
         assert_eq!(store.committed_height().expect("h"), 3);
+    }
+
+    #[test]
+    fn a_restart_executes_again_what_a_crash_lost_and_nothing_twice() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (b1, b2);
+        {
+            let store = Store::open(dir.path()).expect("open");
+            b1 = store_batch(&store, &[put("a", "1"), put("b", "1")]);
+            b2 = store_batch(&store, &[put("a", "2"), put("b", "1")]);
+            commit(&store, 1, &[b1]).expect("commit 1");
+            store.flush_executed().expect("flush");
+            let r = commit(&store, 2, &[b2]).expect("commit 2");
+            assert_eq!(r.duplicates, 1);
+            assert_eq!(get(&store, "a").expect("get").as_deref(), Some("2"));
+            // Dropped before the group write: a crash after height 2's record was durable.
+        }
+        let store = Store::open(dir.path()).expect("reopen");
+        assert_eq!(store.committed_height().expect("h"), 2);
+        assert_eq!(store.executed_height(), 1);
+        assert_eq!(get(&store, "a").expect("get").as_deref(), Some("1"));
+        let again = execute_committed(&store, 2, &[b2]).expect("execute 2 again");
+        assert_eq!(again.committed, vec![tx_hash(&put("a", "2"))]);
+        assert_eq!(
+            again.duplicates, 1,
+            "height 1's transaction stays executed once"
+        );
+        assert_eq!(get(&store, "a").expect("get").as_deref(), Some("2"));
+        assert!(matches!(
+            execute_committed(&store, 2, &[b2]),
+            Err(AppError::Storage(StorageError::HeightGap { .. }))
+        ));
     }
 
     #[test]

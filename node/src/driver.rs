@@ -295,6 +295,7 @@ impl Driver {
                     .insert(b.id(), (b.round(), b.payload().to_vec()));
             }
         }
+        d.execute_unexecuted()?;
         d.enqueue_commit_blocks(restored.unapplied);
         d.restore_local_batches()?;
         d.refresh_peers();
@@ -485,7 +486,10 @@ impl Driver {
                     }
                 }
                 _ = self.mempool_wake.notified() => self.seal_batches(false)?,
-                _ = tick.tick() => self.seal_batches(true)?,
+                _ = tick.tick() => {
+                    self.seal_batches(true)?;
+                    self.store.flush_executed_if_due()?;
+                }
                 _ = sync_check.tick() => self.maybe_sync(),
                 _ = redial.tick() => self.dial_members().await,
             }
@@ -496,6 +500,8 @@ impl Driver {
         if let Some(t) = self.oracle_task.take() {
             t.abort();
         }
+        self.store.flush_executed()?;
+        self.store.wait_index_merge();
         tracing::info!("driver stopped");
         Ok(())
     }
@@ -960,6 +966,35 @@ impl Driver {
         }
     }
 
+    /// Executes the committed heights whose effects a crash lost (they were waiting to be
+    /// written in a group, see [`crate::exec_overlay`]), from the stored blocks and batches.
+    fn execute_unexecuted(&mut self) -> Result<(), DriverError> {
+        let committed = self.store.committed_height()?;
+        let from = self.store.executed_height() + 1;
+        if from > committed {
+            return Ok(());
+        }
+        tracing::info!(
+            from,
+            to = committed,
+            "executing committed blocks again after a restart"
+        );
+        for height in from..=committed {
+            let block = self
+                .store
+                .committed_id(height)?
+                .and_then(|id| self.store.get_block(&id).transpose())
+                .transpose()?
+                .as_deref()
+                .and_then(decode_block)
+                .ok_or(DriverError::Corrupt("committed block"))?;
+            let digests: Vec<[u8; 32]> = block.payload().iter().map(|d| d.0).collect();
+            app::execute_committed(&self.store, height, &digests)?;
+        }
+        self.store.flush_executed()?;
+        Ok(())
+    }
+
     /// Queues blocks a restart found committed by the core but not yet applied to the ledger.
     fn enqueue_commit_blocks(&mut self, blocks: Vec<CommittedBlock>) {
         for cb in blocks {
@@ -1034,10 +1069,10 @@ impl Driver {
                 proof: proof_bytes,
                 batch_digests: &digests,
                 known_hashes: &known_hashes,
+                prune_round: Some(block.round()),
             },
         )?;
         let root_round = block.round();
-        self.store.write_lazy(|w| w.prune_pending(root_round))?;
         self.uncommitted.retain(|_, (r, _)| *r > root_round);
         let now = Instant::now();
         let latencies = lock(&self.mempool).on_committed(&digests, &result.committed, now);

@@ -7,6 +7,7 @@ pub mod app;
 pub mod chain;
 pub mod config;
 pub mod driver;
+pub mod exec_overlay;
 pub mod ingest;
 pub mod launch;
 pub mod mempool;

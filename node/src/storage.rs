@@ -12,15 +12,21 @@
 //! lost in a crash (batches received from peers, which can be fetched again): it becomes durable
 //! with the next immediate commit.
 //!
+//! Execution is the exception: its effects (the transaction index, the block transaction lists
+//! and the application state) wait in an [`ExecOverlay`] and are written in groups, and the
+//! `executed_height` meta value says how far they are durable (see [`crate::exec_overlay`]).
+//!
 //! The data directory is locked by an exclusive lock on `<dir>/LOCK` for the life of the store,
 //! so two nodes can never share one directory.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Instant;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
+use crate::exec_overlay::{ExecOverlay, Executed, FlushPolicy};
 use crate::seen_filter::SeenFilter;
 
 /// A 32-byte identifier: block ids, batch digests, transaction hashes.
@@ -33,7 +39,12 @@ const ID_HEIGHTS: TableDefinition<&[u8; 32], u64> = TableDefinition::new("id_hei
 const COMMIT_PROOFS: TableDefinition<u64, &[u8]> = TableDefinition::new("commit_proofs");
 const BLOCK_TXS: TableDefinition<u64, &[u8]> = TableDefinition::new("block_txs");
 const BATCHES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("batches");
+/// The transaction index: in the index file, and in the main file of stores written before the
+/// index moved (read only there).
 const TX_INDEX: TableDefinition<&[u8; 32], u64> = TableDefinition::new("tx_index");
+/// The index file's own record: [`INDEXED`], the height up to which it holds every entry.
+const INDEX_META: TableDefinition<&str, u64> = TableDefinition::new("index_meta");
+const INDEXED: &str = "indexed_height";
 const EPOCH_CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("epoch_changes");
 const APP_KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("app_kv");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -57,6 +68,8 @@ pub mod meta {
     pub const SCHEMA: &str = "schema_version";
     /// The consensus core's own durable record (anything it asks to persist under its name).
     pub const CORE_STATE: &str = "core_state";
+    /// The highest height whose execution effects are durable (8 bytes, big-endian).
+    pub const EXECUTED: &str = "executed_height";
 }
 
 /// The on-disk layout this build reads and writes.
@@ -64,6 +77,9 @@ pub const SCHEMA_VERSION: u32 = 1;
 
 /// The file name of the database inside the data directory.
 pub const DB_FILE: &str = "node.redb";
+/// The file name of the transaction index inside the data directory: a database of its own so
+/// that merging a run into it never holds the main database's single writer.
+pub const INDEX_FILE: &str = "txindex.redb";
 /// The file name of the directory lock inside the data directory.
 pub const LOCK_FILE: &str = "LOCK";
 
@@ -154,6 +170,16 @@ pub struct Store {
     db: Arc<Database>,
     /// Every hash of the transaction index, as a Bloom filter (see [`SeenFilter`]).
     seen: Arc<RwLock<SeenFilter>>,
+    /// Executed effects not yet written.
+    exec: Arc<RwLock<ExecOverlay>>,
+    /// When the overlay is written.
+    flush_policy: FlushPolicy,
+    /// The transaction index file.
+    index_db: Arc<Database>,
+    /// Whether the main file still holds index entries of an older layout.
+    legacy_index: bool,
+    /// The thread merging a frozen run into the index file, if one was started.
+    merge: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     _lock: Arc<DirLock>,
 }
 
@@ -177,47 +203,94 @@ impl Store {
             path: path.clone(),
             detail,
         };
-        let db = match Database::create(&path) {
-            Ok(db) => db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(StorageError::Locked(dir.to_path_buf()));
-            }
-            Err(redb::DatabaseError::Storage(redb::StorageError::Io(source))) => {
-                // redb reports a foreign or damaged header as InvalidData.
-                if source.kind() == std::io::ErrorKind::InvalidData {
-                    return Err(corrupt(source.to_string()));
-                }
-                return Err(StorageError::Io { path, source });
-            }
-            Err(e) => return Err(corrupt(e.to_string())),
-        };
-        let store = Self {
+        let db = open_db(dir, &path)?;
+        let index_path = dir.join(INDEX_FILE);
+        let index_db = open_db(dir, &index_path)?;
+        let mut store = Self {
             db: Arc::new(db),
             seen: Arc::new(RwLock::new(SeenFilter::new())),
+            exec: Arc::new(RwLock::new(ExecOverlay::new(0))),
+            flush_policy: FlushPolicy::default(),
+            index_db: Arc::new(index_db),
+            legacy_index: false,
+            merge: Arc::new(Mutex::new(None)),
             _lock: Arc::new(lock),
         };
-        store.init_schema().map_err(|e| match e {
+        let executed = store.init_schema().map_err(|e| match e {
             StorageError::Malformed(what) => corrupt(format!("bad {what}")),
             other => other,
         })?;
+        store.legacy_index = {
+            let txn = store.db.begin_read()?;
+            txn.open_table(TX_INDEX)?.first()?.is_some()
+        };
+        let indexed = store.init_index(executed).map_err(|e| match e {
+            StorageError::Malformed(what) => StorageError::Corrupt {
+                path: index_path.clone(),
+                detail: format!("bad {what}"),
+            },
+            other => other,
+        })?;
+        let mut overlay = ExecOverlay::new(executed);
+        for height in indexed.saturating_add(1)..=executed {
+            overlay.restore_index(height, &store.block_txs(height)?);
+        }
+        *store.exec.write().unwrap_or_else(PoisonError::into_inner) = overlay;
         store.load_seen_filter()?;
         Ok(store)
     }
 
-    /// Fills the filter from the transaction index (one sequential scan at open).
-    fn load_seen_filter(&self) -> Result<(), StorageError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(TX_INDEX)?;
-        let mut seen = self.seen.write().unwrap_or_else(PoisonError::into_inner);
-        for entry in t.iter()? {
-            let (k, _) = entry?;
-            seen.insert(k.value());
+    /// Creates the index file's tables, or reads how far it holds every entry. A new file
+    /// starts at the main file's executed height: older entries are in the main file's own
+    /// index (a store from before the index file) or there are none (a new store).
+    fn init_index(&self, executed: u64) -> Result<u64, StorageError> {
+        {
+            let txn = self.index_db.begin_read()?;
+            if let Ok(t) = txn.open_table(INDEX_META)
+                && let Some(h) = t.get(INDEXED)?
+            {
+                let h = h.value();
+                if h > executed {
+                    return Err(StorageError::Malformed(format!(
+                        "index height {h} above the executed height {executed}"
+                    )));
+                }
+                return Ok(h);
+            }
         }
+        let mut txn = self.index_db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        txn.open_table(TX_INDEX)?;
+        txn.open_table(INDEX_META)?.insert(INDEXED, executed)?;
+        txn.commit()?;
+        Ok(executed)
+    }
+
+    /// The same store writing executed effects under `policy` instead of the default.
+    pub fn with_flush_policy(mut self, policy: FlushPolicy) -> Self {
+        self.flush_policy = policy;
+        self
+    }
+
+    /// Fills the filter from the transaction index (sequential scans at open) and from the
+    /// entries the overlay restored.
+    fn load_seen_filter(&self) -> Result<(), StorageError> {
+        let mut seen = self.seen.write().unwrap_or_else(PoisonError::into_inner);
+        for db in [&self.db, &self.index_db] {
+            let txn = db.begin_read()?;
+            let t = txn.open_table(TX_INDEX)?;
+            for entry in t.iter()? {
+                let (k, _) = entry?;
+                seen.insert(k.value());
+            }
+        }
+        self.overlay().for_each_indexed(|h| seen.insert(h));
         Ok(())
     }
 
-    /// Creates every table and stamps or checks the layout version.
-    fn init_schema(&self) -> Result<(), StorageError> {
+    /// Creates every table and stamps or checks the layout version; returns the height whose
+    /// execution effects are durable.
+    fn init_schema(&self) -> Result<u64, StorageError> {
         let version = self.get_meta(meta::SCHEMA)?;
         match version {
             Some(v) => {
@@ -234,7 +307,16 @@ impl Store {
                 // Tables added since this layout version was stamped (no format change).
                 self.write(|w| {
                     w.txn.open_table(LOCAL_BATCHES)?;
-                    Ok(())
+                    match w.get_meta(meta::EXECUTED)? {
+                        Some(v) => decode_height(&v),
+                        None => {
+                            // Written before execution was grouped: every committed block
+                            // executed in its own commit.
+                            let h = w.committed_height()?;
+                            w.put_meta(meta::EXECUTED, &h.to_be_bytes())?;
+                            Ok(h)
+                        }
+                    }
                 })
             }
             None => self.write(|w| {
@@ -250,7 +332,9 @@ impl Store {
                 w.txn.open_table(APP_KV)?;
                 w.txn.open_table(UNCOMMITTED)?;
                 w.txn.open_table(LOCAL_BATCHES)?;
-                w.put_meta(meta::SCHEMA, &SCHEMA_VERSION.to_be_bytes())
+                w.put_meta(meta::EXECUTED, &0u64.to_be_bytes())?;
+                w.put_meta(meta::SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
+                Ok(0)
             }),
         }
     }
@@ -281,10 +365,7 @@ impl Store {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(durability)?;
         let out = {
-            let mut w = Writer {
-                txn: &txn,
-                seen: &self.seen,
-            };
+            let mut w = Writer { txn: &txn };
             f(&mut w)?
         };
         txn.commit()?;
@@ -353,6 +434,11 @@ impl Store {
 
     /// The application's value of `key`.
     pub fn kv_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        // The overlay first, then the database: a flush clears the overlay only after its
+        // write is visible, so this order never misses a value.
+        if let Some(v) = self.overlay().kv(key) {
+            return Ok(v.map(<[u8]>::to_vec));
+        }
         let txn = self.db.begin_read()?;
         let t = txn.open_table(APP_KV)?;
         Ok(t.get(key)?.map(|v| v.value().to_vec()))
@@ -402,6 +488,9 @@ impl Store {
 
     /// The hashes of the transactions executed at `height`, in order.
     pub fn block_txs(&self, height: u64) -> Result<Vec<Hash32>, StorageError> {
+        if let Some(txs) = self.overlay().block_txs(height) {
+            return Ok(txs.to_vec());
+        }
         let Some(bytes) = self.get_n(BLOCK_TXS, height)? else {
             return Ok(Vec::new());
         };
@@ -462,45 +551,243 @@ impl Store {
     /// [`Store::tx_height`] of many transactions in one read transaction (the ingest path checks
     /// a whole request at once), in the order given.
     pub fn tx_heights(&self, hashes: &[Hash32]) -> Result<Vec<Option<u64>>, StorageError> {
-        let maybe: Vec<bool> = {
+        // Answered by the overlay, or certainly absent by the filter, or to look up.
+        let mut out: Vec<Option<u64>> = vec![None; hashes.len()];
+        let mut lookup = Vec::new();
+        {
+            let overlay = self.overlay();
             let seen = self.seen.read().unwrap_or_else(PoisonError::into_inner);
-            hashes.iter().map(|h| seen.may_contain(h)).collect()
-        };
-        if !maybe.contains(&true) {
-            return Ok(vec![None; hashes.len()]);
+            for (i, h) in hashes.iter().enumerate() {
+                match overlay.tx_height(h) {
+                    Some(height) => out[i] = Some(height),
+                    None if seen.may_contain(h) => lookup.push(i),
+                    None => {}
+                }
+            }
         }
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(TX_INDEX)?;
-        hashes
-            .iter()
-            .zip(maybe)
-            .map(|(h, maybe)| match maybe {
-                true => Ok(t.get(h)?.map(|v| v.value())),
-                false => Ok(None),
-            })
-            .collect()
+        if lookup.is_empty() {
+            return Ok(out);
+        }
+        let dbs: &[&Arc<Database>] = if self.legacy_index {
+            &[&self.index_db, &self.db]
+        } else {
+            &[&self.index_db]
+        };
+        for db in dbs {
+            let txn = db.begin_read()?;
+            let t = txn.open_table(TX_INDEX)?;
+            for &i in &lookup {
+                if out[i].is_none() {
+                    out[i] = t.get(&hashes[i])?.map(|v| v.value());
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The height at which the transaction `hash` was committed, if it was.
     pub fn tx_height(&self, hash: &Hash32) -> Result<Option<u64>, StorageError> {
-        if !self
-            .seen
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .may_contain(hash)
-        {
-            return Ok(None);
-        }
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(TX_INDEX)?;
-        Ok(t.get(hash)?.map(|v| v.value()))
+        Ok(self.tx_heights(std::slice::from_ref(hash))?[0])
     }
+
+    /// Many batches by digest, in one read transaction, in the order given.
+    pub fn get_batches(&self, digests: &[Hash32]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(BATCHES)?;
+        digests
+            .iter()
+            .map(|d| Ok(t.get(d)?.map(|v| v.value().to_vec())))
+            .collect()
+    }
+
+    fn overlay(&self) -> std::sync::RwLockReadGuard<'_, ExecOverlay> {
+        self.exec.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The highest executed height (its effects are visible to every read, durable or not).
+    pub fn executed_height(&self) -> u64 {
+        self.overlay().executed()
+    }
+
+    /// Records the effects of executing the committed block at `height`, which must follow the
+    /// executed height. They are visible at once and written to the database in a group, now if
+    /// the flush policy says so (see [`crate::exec_overlay`]).
+    pub fn apply_executed(&self, height: u64, block: Executed) -> Result<(), StorageError> {
+        {
+            let mut seen = self.seen.write().unwrap_or_else(PoisonError::into_inner);
+            for h in &block.committed {
+                seen.insert(h);
+            }
+        }
+        let now = Instant::now();
+        let due = {
+            let mut overlay = self.exec.write().unwrap_or_else(PoisonError::into_inner);
+            overlay
+                .apply(height, block, now)
+                .map_err(|expected| StorageError::HeightGap {
+                    got: height,
+                    expected,
+                })?;
+            overlay.is_due(&self.flush_policy, now)
+        };
+        if due {
+            self.flush_executed()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the waiting executed effects if the flush policy's age limit has passed.
+    pub fn flush_executed_if_due(&self) -> Result<(), StorageError> {
+        if self.overlay().is_due(&self.flush_policy, Instant::now()) {
+            self.flush_executed()?;
+        }
+        Ok(())
+    }
+
+    /// Writes every waiting executed effect in one durable transaction, index entries sorted by
+    /// hash and state writes by key, with the new executed height. One caller at a time (the
+    /// driver): readers keep reading the overlay until the write is visible.
+    pub fn flush_executed(&self) -> Result<(), StorageError> {
+        let overlay = self.overlay();
+        if overlay.is_empty() {
+            return Ok(());
+        }
+        self.write(|w| {
+            {
+                let mut kv = w.txn.open_table(APP_KV)?;
+                for (k, v) in overlay.writes() {
+                    match v {
+                        Some(v) => kv.insert(k, v)?,
+                        None => kv.remove(k)?,
+                    };
+                }
+            }
+            for (height, txs) in overlay.heights() {
+                w.put_block_txs(height, txs)?;
+            }
+            w.put_meta(meta::EXECUTED, &overlay.executed().to_be_bytes())
+        })?;
+        drop(overlay);
+        let run = {
+            let mut overlay = self.exec.write().unwrap_or_else(PoisonError::into_inner);
+            overlay.clear();
+            let executed = overlay.executed();
+            let retry = overlay.frozen().filter(|_| self.merge_failed());
+            overlay
+                .freeze_index(&self.flush_policy)
+                .or(retry)
+                .map(|run| (run, executed))
+        };
+        if let Some((run, upto)) = run {
+            self.start_merge(run, upto);
+        }
+        Ok(())
+    }
+
+    /// Merges a frozen run of index entries (every entry up to height `upto`) into the index
+    /// file on a thread of its own; the overlay forgets the run once the file holds it.
+    fn start_merge(&self, run: Arc<Vec<(Hash32, u64)>>, upto: u64) {
+        let mut slot = self.merge.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(previous) = slot.take() {
+            // At most one at a time: freezing waits for the previous run to be merged.
+            let _ = previous.join();
+        }
+        let db = self.index_db.clone();
+        let exec = self.exec.clone();
+        *slot = Some(std::thread::spawn(move || {
+            let started = Instant::now();
+            match merge_run(&db, &run, upto) {
+                Ok(()) => {
+                    exec.write()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .merged(&run);
+                    tracing::debug!(
+                        entries = run.len(),
+                        upto,
+                        ms = started.elapsed().as_millis() as u64,
+                        "merged a run into the transaction index"
+                    );
+                }
+                // The run stays in memory and readable; a restart rebuilds it from the stored
+                // transaction lists.
+                Err(e) => tracing::error!(error = %e, "merging into the transaction index failed"),
+            }
+        }));
+    }
+
+    /// Whether the last merge thread ended while its run is still frozen (it failed).
+    fn merge_failed(&self) -> bool {
+        self.merge
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(std::thread::JoinHandle::is_finished)
+    }
+
+    /// Waits for a running index merge to finish (at shutdown).
+    pub fn wait_index_merge(&self) {
+        if let Some(handle) = self
+            .merge
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Writes a sorted run into the index file with its new height, durably, in one transaction.
+fn merge_run(db: &Database, run: &[(Hash32, u64)], upto: u64) -> Result<(), StorageError> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    {
+        let mut t = txn.open_table(TX_INDEX)?;
+        for (h, height) in run {
+            t.insert(h, *height)?;
+        }
+        txn.open_table(INDEX_META)?.insert(INDEXED, upto)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// Opens (or creates) one database file of the data directory `dir`.
+fn open_db(dir: &Path, path: &Path) -> Result<Database, StorageError> {
+    let corrupt = |detail: String| StorageError::Corrupt {
+        path: path.to_path_buf(),
+        detail,
+    };
+    match Database::create(path) {
+        Ok(db) => Ok(db),
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+            Err(StorageError::Locked(dir.to_path_buf()))
+        }
+        Err(redb::DatabaseError::Storage(redb::StorageError::Io(source))) => {
+            // redb reports a foreign or damaged header as InvalidData.
+            if source.kind() == std::io::ErrorKind::InvalidData {
+                return Err(corrupt(source.to_string()));
+            }
+            Err(StorageError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+        Err(e) => Err(corrupt(e.to_string())),
+    }
+}
+
+/// A height stored as 8 big-endian bytes.
+fn decode_height(bytes: &[u8]) -> Result<u64, StorageError> {
+    let b: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| StorageError::Malformed(meta::EXECUTED.into()))?;
+    Ok(u64::from_be_bytes(b))
 }
 
 /// The handle a [`Store::write`] closure writes through; everything it writes commits together.
 pub struct Writer<'a> {
     txn: &'a redb::WriteTransaction,
-    seen: &'a RwLock<SeenFilter>,
 }
 
 impl Writer<'_> {
@@ -553,6 +840,13 @@ impl Writer<'_> {
         Ok(())
     }
 
+    /// A value of the `meta` table, as seen inside this transaction.
+    pub fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let t = self.txn.open_table(META)?;
+        let v = t.get(key)?.map(|v| v.value().to_vec());
+        Ok(v)
+    }
+
     /// Stores a value of the `meta` table (see [`meta`]).
     pub fn put_meta(&mut self, key: &str, bytes: &[u8]) -> Result<(), StorageError> {
         self.txn.open_table(META)?.insert(key, bytes)?;
@@ -600,20 +894,8 @@ impl Writer<'_> {
         Ok(v)
     }
 
-    /// The tables executing a block writes, opened once for the whole block rather than once
-    /// per transaction (opening a table is a B-tree lookup of its own).
-    pub fn exec_tables(&self) -> Result<ExecTables<'_>, StorageError> {
-        Ok(ExecTables {
-            index: self.txn.open_table(TX_INDEX)?,
-            kv: self.txn.open_table(APP_KV)?,
-            seen: self.seen,
-            fresh: Vec::new(),
-        })
-    }
-
-    /// Records the list of transactions executed at `height` (the index entries themselves are
-    /// written by [`ExecTables::index_new`]).
-    pub fn put_block_txs(&mut self, height: u64, hashes: &[Hash32]) -> Result<(), StorageError> {
+    /// Records the list of transactions executed at `height` (the overlay's flush writes it).
+    fn put_block_txs(&mut self, height: u64, hashes: &[Hash32]) -> Result<(), StorageError> {
         let mut all = Vec::with_capacity(hashes.len() * 32);
         for h in hashes {
             all.extend_from_slice(h);
@@ -621,71 +903,6 @@ impl Writer<'_> {
         self.txn
             .open_table(BLOCK_TXS)?
             .insert(height, all.as_slice())?;
-        Ok(())
-    }
-
-    /// Sets an application key.
-    pub fn kv_put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
-        self.txn.open_table(APP_KV)?.insert(key, value)?;
-        Ok(())
-    }
-
-    /// Deletes an application key (a no-op when absent).
-    pub fn kv_delete(&mut self, key: &[u8]) -> Result<(), StorageError> {
-        self.txn.open_table(APP_KV)?.remove(key)?;
-        Ok(())
-    }
-}
-
-/// The transaction index and the application state of one write transaction, open together
-/// while a block executes.
-pub struct ExecTables<'t> {
-    index: redb::Table<'t, &'static [u8; 32], u64>,
-    kv: redb::Table<'t, &'static [u8], &'static [u8]>,
-    seen: &'t RwLock<SeenFilter>,
-    /// Hashes new to the index, added to the filter together when the tables close.
-    fresh: Vec<Hash32>,
-}
-
-impl Drop for ExecTables<'_> {
-    /// Fills the filter with this block's new hashes under one lock, before the write
-    /// transaction commits (the tables close first), so the filter never misses a durable hash;
-    /// an aborted write only leaves harmless false positives.
-    fn drop(&mut self) {
-        let mut seen = self.seen.write().unwrap_or_else(PoisonError::into_inner);
-        for h in &self.fresh {
-            seen.insert(h);
-        }
-    }
-}
-
-impl ExecTables<'_> {
-    /// Records transaction `hash` as committed at `height` unless it was committed before
-    /// (earlier, or earlier in this transaction); returns whether it is new. One insert instead
-    /// of a lookup followed by an insert: a duplicate, which is rare, puts the old height back.
-    pub fn index_new(&mut self, hash: &Hash32, height: u64) -> Result<bool, StorageError> {
-        let old = self.index.insert(hash, height)?.map(|v| v.value());
-        match old {
-            None => {
-                self.fresh.push(*hash);
-                Ok(true)
-            }
-            Some(first) => {
-                self.index.insert(hash, first)?;
-                Ok(false)
-            }
-        }
-    }
-
-    /// Sets an application key.
-    pub fn kv_put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
-        self.kv.insert(key, value)?;
-        Ok(())
-    }
-
-    /// Deletes an application key (a no-op when absent).
-    pub fn kv_delete(&mut self, key: &[u8]) -> Result<(), StorageError> {
-        self.kv.remove(key)?;
         Ok(())
     }
 }
@@ -704,18 +921,17 @@ mod tests {
                 w.put_qc(&[1; 32], b"qc")?;
                 w.put_meta(meta::SAFETY, b"safe")?;
                 w.commit_block(1, &[1; 32], b"proof")?;
-                let mut t = w.exec_tables()?;
-                assert!(t.index_new(&[7; 32], 1)?);
-                assert!(t.index_new(&[8; 32], 1)?);
-                assert!(!t.index_new(&[8; 32], 1)?, "second time is a duplicate");
-                drop(t);
-                w.put_block_txs(1, &[[7; 32], [8; 32]])?;
                 w.put_epoch_change(0, b"rec0")?;
                 w.put_epoch_change(1, b"rec1")
             })
             .expect("write");
+            s.apply_executed(1, executed(&[7, 8], &[("k", Some("v"))]))
+                .expect("execute");
+            s.flush_executed().expect("flush");
         }
         let s = Store::open(dir.path()).expect("reopen");
+        assert_eq!(s.executed_height(), 1);
+        assert_eq!(s.kv_get(b"k").expect("kv"), Some(b"v".to_vec()));
         assert_eq!(s.get_block(&[1; 32]).expect("get"), Some(b"block".to_vec()));
         assert_eq!(s.get_qc(&[1; 32]).expect("get"), Some(b"qc".to_vec()));
         assert_eq!(
@@ -820,14 +1036,122 @@ mod tests {
         assert_eq!(s.get_block(&[1; 32]).expect("get"), Some(b"r5".to_vec()));
     }
 
+    fn executed(hashes: &[u8], writes: &[(&str, Option<&str>)]) -> Executed {
+        Executed {
+            committed: hashes.iter().map(|b| [*b; 32]).collect(),
+            writes: writes
+                .iter()
+                .map(|(k, v)| (k.as_bytes().to_vec(), v.map(|v| v.as_bytes().to_vec())))
+                .collect(),
+        }
+    }
+
     #[test]
-    fn kv_put_and_delete() {
+    fn executed_effects_are_read_at_once_and_lost_in_a_crash_only_above_the_flush() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let s = Store::open(dir.path()).expect("open");
-        s.write(|w| w.kv_put(b"k", b"v")).expect("put");
-        assert_eq!(s.kv_get(b"k").expect("get"), Some(b"v".to_vec()));
-        s.write(|w| w.kv_delete(b"k")).expect("del");
-        assert_eq!(s.kv_get(b"k").expect("get"), None);
+        {
+            let s = Store::open(dir.path()).expect("open");
+            assert_eq!(s.executed_height(), 0);
+            s.apply_executed(1, executed(&[1], &[("a", Some("1")), ("b", Some("1"))]))
+                .expect("1");
+            s.flush_executed().expect("flush");
+            s.apply_executed(2, executed(&[2], &[("a", None), ("c", Some("2"))]))
+                .expect("2");
+            // Waiting effects read like durable ones.
+            assert_eq!(s.kv_get(b"a").expect("a"), None);
+            assert_eq!(s.kv_get(b"b").expect("b"), Some(b"1".to_vec()));
+            assert_eq!(s.kv_get(b"c").expect("c"), Some(b"2".to_vec()));
+            assert_eq!(
+                s.tx_heights(&[[1; 32], [2; 32], [3; 32]]).expect("idx"),
+                vec![Some(1), Some(2), None]
+            );
+            assert_eq!(s.block_txs(2).expect("txs"), vec![[2; 32]]);
+            assert!(matches!(
+                s.apply_executed(4, Executed::default()),
+                Err(StorageError::HeightGap {
+                    got: 4,
+                    expected: 3
+                })
+            ));
+            // Dropped without a flush: a crash.
+        }
+        let s = Store::open(dir.path()).expect("reopen");
+        assert_eq!(s.executed_height(), 1, "height 2 was never written");
+        assert_eq!(s.kv_get(b"a").expect("a"), Some(b"1".to_vec()));
+        assert_eq!(s.kv_get(b"c").expect("c"), None);
+        assert_eq!(s.tx_height(&[2; 32]).expect("idx"), None);
+        assert_eq!(s.tx_height(&[1; 32]).expect("idx"), Some(1));
+    }
+
+    #[test]
+    fn a_store_from_before_grouped_execution_counts_its_commits_as_executed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = Store::open(dir.path()).expect("open");
+            s.write(|w| {
+                w.commit_block(1, &[1; 32], b"p")?;
+                w.commit_block(2, &[2; 32], b"p")?;
+                w.txn.open_table(META)?.remove(meta::EXECUTED)?;
+                w.txn.open_table(TX_INDEX)?.insert(&[7; 32], 2)?;
+                Ok(())
+            })
+            .expect("old layout");
+        }
+        std::fs::remove_file(dir.path().join(INDEX_FILE)).expect("no index file then");
+        let s = Store::open(dir.path()).expect("reopen");
+        assert_eq!(s.executed_height(), 2);
+        assert_eq!(s.tx_height(&[7; 32]).expect("old index"), Some(2));
+        assert_eq!(s.tx_height(&[8; 32]).expect("absent"), None);
+    }
+
+    #[test]
+    fn index_runs_merge_into_the_index_file_and_a_crash_rebuilds_the_rest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let policy = FlushPolicy {
+            max_txs: 1,
+            max_blocks: 1,
+            max_age: std::time::Duration::from_secs(60),
+            max_index: 3,
+        };
+        {
+            let s = Store::open(dir.path())
+                .expect("open")
+                .with_flush_policy(policy);
+            s.apply_executed(1, executed(&[1, 2], &[])).expect("1");
+            s.apply_executed(2, executed(&[3], &[]))
+                .expect("2: flushes and freezes 1..=2");
+            s.wait_index_merge();
+            s.apply_executed(3, executed(&[4], &[])).expect("3");
+            assert_eq!(
+                s.tx_heights(&[[1; 32], [3; 32], [4; 32], [5; 32]])
+                    .expect("idx"),
+                vec![Some(1), Some(2), Some(3), None]
+            );
+            let txn = s.index_db.begin_read().expect("read");
+            assert_eq!(
+                txn.open_table(INDEX_META)
+                    .expect("meta")
+                    .get(INDEXED)
+                    .expect("get")
+                    .map(|v| v.value()),
+                Some(2)
+            );
+            assert!(
+                txn.open_table(TX_INDEX)
+                    .expect("t")
+                    .get(&[4; 32])
+                    .expect("get")
+                    .is_none(),
+                "height 3 is not merged"
+            );
+        }
+        let s = Store::open(dir.path()).expect("reopen");
+        assert_eq!(s.executed_height(), 3);
+        assert_eq!(
+            s.tx_heights(&[[2; 32], [4; 32], [5; 32]]).expect("idx"),
+            vec![Some(1), Some(3), None],
+            "height 3's entry comes back from its stored transaction list"
+        );
     }
 
     #[test]

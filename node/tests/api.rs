@@ -196,6 +196,7 @@ async fn every_route_answers_as_specified() {
             proof: b"proof",
             batch_digests: &[batch.digest],
             known_hashes: &[],
+            prune_round: None,
         },
     )
     .expect("commit");
