@@ -212,19 +212,23 @@ impl ExecOverlay {
     }
 }
 
+/// Test effects: transaction hashes `[b; 32]` for each byte `b`, and text key-value writes.
+#[cfg(test)]
+pub(crate) fn test_block(hashes: &[u8], writes: &[(&str, Option<&str>)]) -> Executed {
+    Executed {
+        committed: hashes.iter().map(|b| [*b; 32]).collect(),
+        writes: writes
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.map(|v| v.as_bytes().to_vec())))
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn block(hashes: &[u8], writes: &[(&str, Option<&str>)]) -> Executed {
-        Executed {
-            committed: hashes.iter().map(|b| [*b; 32]).collect(),
-            writes: writes
-                .iter()
-                .map(|(k, v)| (k.as_bytes().to_vec(), v.map(|v| v.as_bytes().to_vec())))
-                .collect(),
-        }
-    }
+    use super::test_block as block;
 
     #[test]
     fn later_heights_win_and_the_first_height_of_a_hash_stays() {

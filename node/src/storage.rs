@@ -910,6 +910,7 @@ impl Writer<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exec_overlay::test_block as executed;
 
     #[test]
     fn writes_survive_reopen() {
@@ -1034,16 +1035,6 @@ mod tests {
         s.write(|w| w.prune_pending(6)).expect("prune");
         assert_eq!(s.uncommitted_blocks().expect("list"), vec![b"r7".to_vec()]);
         assert_eq!(s.get_block(&[1; 32]).expect("get"), Some(b"r5".to_vec()));
-    }
-
-    fn executed(hashes: &[u8], writes: &[(&str, Option<&str>)]) -> Executed {
-        Executed {
-            committed: hashes.iter().map(|b| [*b; 32]).collect(),
-            writes: writes
-                .iter()
-                .map(|(k, v)| (k.as_bytes().to_vec(), v.map(|v| v.as_bytes().to_vec())))
-                .collect(),
-        }
     }
 
     #[test]
