@@ -752,13 +752,23 @@ fn merge_run(db: &Database, run: &[(Hash32, u64)], upto: u64) -> Result<(), Stor
     Ok(())
 }
 
+/// redb's page cache per database file. Its default (1 GiB) made each node's memory grow by
+/// about a gigabyte over a 30 s load, and touching that fresh memory cost more than the cache
+/// saved: at 50,000 tx/s for 30 s, n = 4 went from 36,439 tx/s (1.6 GiB per node) to 45,618
+/// tx/s (0.4 GiB) with 64 MiB; 16 MiB and 256 MiB measured the same within 3 %. The hot pages
+/// (B-tree branches, the rightmost leaves) fit easily, and the OS page cache holds the rest.
+const CACHE_BYTES: usize = 64 << 20;
+
 /// Opens (or creates) one database file of the data directory `dir`.
 fn open_db(dir: &Path, path: &Path) -> Result<Database, StorageError> {
     let corrupt = |detail: String| StorageError::Corrupt {
         path: path.to_path_buf(),
         detail,
     };
-    match Database::create(path) {
+    match redb::Builder::new()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+    {
         Ok(db) => Ok(db),
         Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
             Err(StorageError::Locked(dir.to_path_buf()))
