@@ -224,7 +224,11 @@ impl Store {
             let txn = store.db.begin_read()?;
             txn.open_table(TX_INDEX)?.first()?.is_some()
         };
-        let indexed = store.init_index(executed).map_err(|e| match e {
+        // A new index file holds nothing: everything executed before it is in the main file's
+        // old index, or, when there is none (a new store, or a lost index file), is rebuilt
+        // from the stored transaction lists below.
+        let start = if store.legacy_index { executed } else { 0 };
+        let indexed = store.init_index(start, executed).map_err(|e| match e {
             StorageError::Malformed(what) => StorageError::Corrupt {
                 path: index_path.clone(),
                 detail: format!("bad {what}"),
@@ -240,10 +244,9 @@ impl Store {
         Ok(store)
     }
 
-    /// Creates the index file's tables, or reads how far it holds every entry. A new file
-    /// starts at the main file's executed height: older entries are in the main file's own
-    /// index (a store from before the index file) or there are none (a new store).
-    fn init_index(&self, executed: u64) -> Result<u64, StorageError> {
+    /// Creates the index file's tables, starting at height `start`, or reads how far it holds
+    /// every entry (never above `executed`).
+    fn init_index(&self, start: u64, executed: u64) -> Result<u64, StorageError> {
         {
             let txn = self.index_db.begin_read()?;
             if let Ok(t) = txn.open_table(INDEX_META)
@@ -261,9 +264,9 @@ impl Store {
         let mut txn = self.index_db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         txn.open_table(TX_INDEX)?;
-        txn.open_table(INDEX_META)?.insert(INDEXED, executed)?;
+        txn.open_table(INDEX_META)?.insert(INDEXED, start)?;
         txn.commit()?;
-        Ok(executed)
+        Ok(start)
     }
 
     /// The same store writing executed effects under `policy` instead of the default.
@@ -275,7 +278,13 @@ impl Store {
     /// Fills the filter from the transaction index (sequential scans at open) and from the
     /// entries the overlay restored.
     fn load_seen_filter(&self) -> Result<(), StorageError> {
+        let mut restored = Vec::new();
+        self.overlay().for_each_indexed(|h| restored.push(*h));
+        // Never the overlay's lock inside the filter's: readers take them the other way round.
         let mut seen = self.seen.write().unwrap_or_else(PoisonError::into_inner);
+        for h in &restored {
+            seen.insert(h);
+        }
         for db in [&self.db, &self.index_db] {
             let txn = db.begin_read()?;
             let t = txn.open_table(TX_INDEX)?;
@@ -284,7 +293,6 @@ impl Store {
                 seen.insert(k.value());
             }
         }
-        self.overlay().for_each_indexed(|h| seen.insert(h));
         Ok(())
     }
 
@@ -1146,12 +1154,21 @@ mod tests {
                 "height 3 is not merged"
             );
         }
-        let s = Store::open(dir.path()).expect("reopen");
-        assert_eq!(s.executed_height(), 3);
+        {
+            let s = Store::open(dir.path()).expect("reopen");
+            assert_eq!(s.executed_height(), 3);
+            assert_eq!(
+                s.tx_heights(&[[2; 32], [4; 32], [5; 32]]).expect("idx"),
+                vec![Some(1), Some(3), None],
+                "height 3's entry comes back from its stored transaction list"
+            );
+        }
+        std::fs::remove_file(dir.path().join(INDEX_FILE)).expect("lose the index file");
+        let s = Store::open(dir.path()).expect("reopen without the index file");
         assert_eq!(
-            s.tx_heights(&[[2; 32], [4; 32], [5; 32]]).expect("idx"),
-            vec![Some(1), Some(3), None],
-            "height 3's entry comes back from its stored transaction list"
+            s.tx_heights(&[[1; 32], [3; 32], [4; 32]]).expect("idx"),
+            vec![Some(1), Some(2), Some(3)],
+            "rebuilt from every stored transaction list"
         );
     }
 
