@@ -23,6 +23,13 @@ fn core(c: &Cluster, i: usize, durable: DurableState) -> Core {
     Core::new(Config::default(), ctx(c), c.signer_of(i), durable).expect("core starts")
 }
 
+/// A validator of a four-member cluster that leads neither round 1 nor round 2.
+fn plain_voter(c: &Cluster) -> usize {
+    (0..4)
+        .find(|&i| i != c.leader(1) && i != c.leader(2))
+        .expect("a plain voter")
+}
+
 /// What a host would have persisted from a list of actions.
 fn persisted(actions: &[Action], into: &mut DurableState) {
     for a in actions {
@@ -95,9 +102,7 @@ fn leader_persists_block_and_safety_before_broadcast_and_replays_after_restart()
 fn voter_persists_then_broadcasts_vote_and_resends_same_vote_after_restart() {
     let c = Cluster::new(Scheme::Fast, &[1, 1, 1, 1], 50);
     let p = c.proposal(c.block(1, c.ctx.genesis_qc(), vec![]), None);
-    let voter = (0..4)
-        .find(|&i| i != c.leader(1) && i != c.leader(2))
-        .expect("a plain voter");
+    let voter = plain_voter(&c);
     let mut node = core(&c, voter, DurableState::default());
     let start = node.handle(Event::Start { now_ms: 0 });
     let from = c.signers[c.leader(1)].address();
@@ -140,9 +145,7 @@ fn any_validator_forms_the_qc_from_broadcast_votes() {
     // formed itself.
     let c = Cluster::new(Scheme::Fast, &[1, 1, 1, 1], 55);
     let p = c.proposal(c.block(1, c.ctx.genesis_qc(), vec![]), None);
-    let me = (0..4)
-        .find(|&i| i != c.leader(1) && i != c.leader(2))
-        .expect("a plain voter");
+    let me = plain_voter(&c);
     let mut node = core(&c, me, DurableState::default());
     node.handle(Event::Start { now_ms: 0 });
     node.handle(Event::Message {

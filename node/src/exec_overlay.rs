@@ -130,7 +130,8 @@ impl ExecOverlay {
     }
 
     /// Index entries held in memory (waiting or being merged).
-    pub fn index_len(&self) -> usize {
+    #[cfg(test)]
+    fn index_len(&self) -> usize {
         self.index.len() + self.frozen.len()
     }
 

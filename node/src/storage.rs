@@ -905,13 +905,6 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// A batch by digest, as seen inside this transaction.
-    pub fn get_batch(&self, digest: &Hash32) -> Result<Option<Vec<u8>>, StorageError> {
-        let t = self.txn.open_table(BATCHES)?;
-        let v = t.get(digest)?.map(|v| v.value().to_vec());
-        Ok(v)
-    }
-
     /// Records the list of transactions executed at `height` (the overlay's flush writes it).
     fn put_block_txs(&mut self, height: u64, hashes: &[Hash32]) -> Result<(), StorageError> {
         let mut all = Vec::with_capacity(hashes.len() * 32);
