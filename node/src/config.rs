@@ -96,6 +96,19 @@ pub struct MempoolSettings {
     pub max_pending_txs: usize,
     /// Bytes of local pending transactions at most.
     pub max_pending_bytes: usize,
+    /// A non-empty batch is sealed this many milliseconds after its first transaction (sooner
+    /// when full). Longer waits make fewer, larger batches: less work per transaction on every
+    /// node, more latency at low load.
+    #[serde(default = "default_batch_timeout_ms")]
+    pub batch_timeout_ms: u64,
+}
+
+/// The longest batch timeout a config may set: beyond it a lone transaction would wait longer
+/// than any client reasonably waits for its acknowledgement.
+pub const MAX_BATCH_TIMEOUT_MS: u64 = 10_000;
+
+fn default_batch_timeout_ms() -> u64 {
+    50
 }
 
 /// The whole `config.toml`.
@@ -153,6 +166,7 @@ impl Default for Config {
             mempool: MempoolSettings {
                 max_pending_txs: 50_000,
                 max_pending_bytes: 64 * 1024 * 1024,
+                batch_timeout_ms: default_batch_timeout_ms(),
             },
         }
     }
@@ -255,6 +269,8 @@ level = {level}
 max_pending_txs = {mpt}
 # Bytes of those transactions, at most.
 max_pending_bytes = {mpb}
+# A batch is sealed this long (ms) after its first transaction, or sooner when full.
+batch_timeout_ms = {bt}
 "#,
         rpc = toml_str(&cfg.chain.rpc_url),
         genesis = toml_str(&cfg.cluster.genesis),
@@ -271,6 +287,7 @@ max_pending_bytes = {mpb}
         level = toml_str(&cfg.log.level),
         mpt = cfg.mempool.max_pending_txs,
         mpb = cfg.mempool.max_pending_bytes,
+        bt = cfg.mempool.batch_timeout_ms,
     )
 }
 
@@ -373,6 +390,15 @@ impl Config {
                     detail: format!("{addr:?} is not an ip:port address"),
                 });
             }
+        }
+        if !(1..=MAX_BATCH_TIMEOUT_MS).contains(&self.mempool.batch_timeout_ms) {
+            return Err(ConfigError::Invalid {
+                key: "mempool.batch_timeout_ms".into(),
+                detail: format!(
+                    "{} is outside 1..={MAX_BATCH_TIMEOUT_MS}",
+                    self.mempool.batch_timeout_ms
+                ),
+            });
         }
         Ok(())
     }
@@ -542,6 +568,31 @@ mod tests {
         assert!(e.to_string().contains("mempool.max_pending_txs"), "{e}");
         let e = Config::load(dir.path(), Vec::new(), &["log.format=xml".into()]).expect_err("fmt");
         assert!(e.to_string().contains("log.format"), "{e}");
+        for bad in ["0", "10001"] {
+            let set = [format!("mempool.batch_timeout_ms={bad}")];
+            let e = Config::load(dir.path(), Vec::new(), &set).expect_err("bad batch timeout");
+            assert!(e.to_string().contains("mempool.batch_timeout_ms"), "{e}");
+        }
+        let set = ["mempool.batch_timeout_ms=200".to_string()];
+        let cfg = Config::load(dir.path(), Vec::new(), &set).expect("200 ms");
+        assert_eq!(cfg.mempool.batch_timeout_ms, 200);
+    }
+
+    #[test]
+    fn a_config_without_the_batch_timeout_loads_with_the_default() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        init(dir.path(), None).expect("init");
+        let path = dir.path().join("config.toml");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let older: String = text
+            .lines()
+            .filter(|l| !l.starts_with("batch_timeout_ms"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_ne!(older, text, "init writes the key");
+        std::fs::write(&path, older).expect("write");
+        let cfg = Config::load(dir.path(), Vec::new(), &[]).expect("load");
+        assert_eq!(cfg.mempool.batch_timeout_ms, 50);
     }
 
     #[test]

@@ -279,6 +279,7 @@ pub async fn run_start_hooked(
             max_batch_bytes: usize::try_from(genesis.max_batch_bytes).unwrap_or(usize::MAX),
             max_pending_txs: cfg.mempool.max_pending_txs,
             max_pending_bytes: cfg.mempool.max_pending_bytes,
+            batch_timeout: Duration::from_millis(cfg.mempool.batch_timeout_ms),
             ..MempoolConfig::default()
         },
         registration,
