@@ -2,12 +2,14 @@
 //! "certificates are checked against the current epoch". An [`EpochContext`] bundles what a check
 //! needs (epoch number, genesis block, validator set, signing domain, scheme) and remembers the
 //! certificates it already verified, so a QC seen in a proposal, then in a timeout, then in a
-//! block costs its signature checks once.
+//! block costs its signature checks once. It also remembers single signatures of votes and
+//! timeouts, so a certificate built from messages this node already checked costs no new
+//! signature checks (at n = 16 a QC is 11 or more of them, each ~160 µs with secp256k1).
 
 use crate::codec::Encode;
 use crate::crypto::{Scheme, Verifier};
 use crate::domain::{Domain, keccak256};
-use crate::types::{BlockId, Proposal, QuorumCert, Timeout, TimeoutCert, Vote};
+use crate::types::{BlockId, Proposal, QuorumCert, Signature, Timeout, TimeoutCert, Vote};
 use crate::validators::ValidatorSet;
 use std::cell::RefCell;
 use std::collections::{HashSet, VecDeque};
@@ -91,9 +93,13 @@ pub enum MessageError {
     Cert(#[from] CertError),
 }
 
-const CACHE_SIZE: usize = 256;
+/// Certificates and single signatures remembered as verified, at most (the oldest go first). A
+/// round brings at most one signature per member and a few certificates: this holds several
+/// rounds of a large committee.
+const CACHE_SIZE: usize = 2_048;
 
-/// Digests of certificates already verified, with their insertion order for eviction.
+/// Keys of certificates and signatures already verified, with their insertion order for
+/// eviction.
 type VerifiedSet = (HashSet<[u8; 32]>, VecDeque<[u8; 32]>);
 
 /// Everything needed to check messages of one epoch.
@@ -106,6 +112,9 @@ pub struct EpochContext {
     scheme: Scheme,
     chain_block: u64,
     verified: RefCell<VerifiedSet>,
+    /// Signature checks run (tests assert what the cache saves).
+    #[cfg(test)]
+    checks: std::cell::Cell<u64>,
 }
 
 impl EpochContext {
@@ -125,6 +134,8 @@ impl EpochContext {
             scheme,
             chain_block: 0,
             verified: RefCell::new((HashSet::new(), VecDeque::new())),
+            #[cfg(test)]
+            checks: std::cell::Cell::new(0),
         }
     }
     /// The same context with the number of the chain block its set was read at (epoch 0: the
@@ -178,6 +189,36 @@ impl EpochContext {
         }
     }
 
+    /// Whether member `i` signed `digest` with `sig`: a signature verified before under this
+    /// context is not checked again. Only valid signatures are remembered.
+    fn signed_by(&self, i: usize, digest: &[u8; 32], sig: &Signature, cache: bool) -> bool {
+        let Some(m) = self.set.get(i) else {
+            return false;
+        };
+        let check = || {
+            #[cfg(test)]
+            self.checks.set(self.checks.get() + 1);
+            self.scheme.verify(&m.key, digest, sig)
+        };
+        if !cache {
+            return check();
+        }
+        let mut key_input = Vec::with_capacity(1 + 8 + 32 + 65);
+        key_input.push(b'S');
+        key_input.extend_from_slice(&(i as u64).to_be_bytes());
+        key_input.extend_from_slice(digest);
+        key_input.extend_from_slice(&sig.0);
+        let key = keccak256(&key_input);
+        if self.cached(&key) {
+            return true;
+        }
+        let ok = check();
+        if ok {
+            self.remember(key);
+        }
+        ok
+    }
+
     fn check_signers(
         &self,
         signers: &crate::types::SignerBitmap,
@@ -208,7 +249,7 @@ impl EpochContext {
         if self.cached(&key) {
             return Ok(());
         }
-        self.verify_qc_uncached(qc)?;
+        self.check_qc(qc, true)?;
         self.remember(key);
         Ok(())
     }
@@ -216,6 +257,12 @@ impl EpochContext {
     /// [`Self::verify_qc`] without the cache: every signature is checked (for benchmarks and
     /// one-off checks).
     pub fn verify_qc_uncached(&self, qc: &QuorumCert) -> Result<(), CertError> {
+        self.check_qc(qc, false)
+    }
+
+    /// Checks a QC; with `cache`, signatures verified before (its votes, say) are not checked
+    /// again and new valid ones are remembered.
+    fn check_qc(&self, qc: &QuorumCert, cache: bool) -> Result<(), CertError> {
         #[cfg(feature = "mutant-accept-old-epoch-qc")]
         if qc.epoch < self.epoch {
             // Mutant: a certificate of an earlier epoch is taken on trust.
@@ -240,8 +287,10 @@ impl EpochContext {
         self.check_signers(&qc.signers, qc.signatures.len())?;
         let digest = self.domain.vote_digest(qc.epoch, qc.round, &qc.block_id);
         for (i, sig) in qc.signers.iter().zip(&qc.signatures) {
-            let v = self.set.get(i).ok_or(CertError::BadBitmap)?;
-            if !self.scheme.verify(&v.key, &digest, sig) {
+            if self.set.get(i).is_none() {
+                return Err(CertError::BadBitmap);
+            }
+            if !self.signed_by(i, &digest, sig, cache) {
                 return Err(CertError::BadSignature(i));
             }
         }
@@ -292,9 +341,11 @@ impl EpochContext {
             .zip(&tc.signatures)
             .zip(&tc.high_qc_rounds)
         {
-            let v = self.set.get(i).ok_or(CertError::BadBitmap)?;
+            if self.set.get(i).is_none() {
+                return Err(CertError::BadBitmap);
+            }
             let digest = self.domain.timeout_digest(tc.epoch, tc.round, *hqr);
-            if !self.scheme.verify(&v.key, &digest, sig) {
+            if !self.signed_by(i, &digest, sig, true) {
                 return Err(CertError::BadSignature(i));
             }
         }
@@ -323,9 +374,10 @@ impl EpochContext {
             return Err(MessageError::Malformed("vote for round 0"));
         }
         let digest = self.domain.vote_digest(v.epoch, v.round, &v.block_id);
-        match self.set.get(i) {
-            Some(m) if self.scheme.verify(&m.key, &digest, &v.signature) => Ok(i),
-            _ => Err(MessageError::BadSignature),
+        if self.signed_by(i, &digest, &v.signature, true) {
+            Ok(i)
+        } else {
+            Err(MessageError::BadSignature)
         }
     }
 
@@ -357,9 +409,8 @@ impl EpochContext {
         let digest = self
             .domain
             .timeout_digest(t.epoch, t.round, t.high_qc.round);
-        match self.set.get(i) {
-            Some(m) if self.scheme.verify(&m.key, &digest, &t.signature) => {}
-            _ => return Err(MessageError::BadSignature),
+        if !self.signed_by(i, &digest, &t.signature, true) {
+            return Err(MessageError::BadSignature);
         }
         self.verify_qc(&t.high_qc)?;
         if let Some(tc) = &t.high_tc {
@@ -477,6 +528,50 @@ mod tests {
             c.ctx.verify_qc(&other_epoch),
             Err(CertError::WrongEpoch { .. })
         ));
+    }
+
+    #[test]
+    fn a_qc_of_votes_already_checked_costs_no_new_signature_check() {
+        let c = cluster();
+        let b = BlockId([7; 32]);
+        let small = (0..4).find(|&i| i != big(&c)).expect("a small member");
+        let other = (0..4)
+            .find(|&i| i != big(&c) && i != small)
+            .expect("another");
+        let who = [big(&c), small];
+        for &i in &who {
+            assert_eq!(c.ctx.verify_vote(&c.vote(i, 5, b)), Ok(i));
+        }
+        let qc = c.qc(5, b, &who);
+        let before = c.ctx.checks.get();
+        assert_eq!(c.ctx.verify_qc(&qc), Ok(()));
+        assert_eq!(
+            c.ctx.checks.get(),
+            before,
+            "every signature was a checked vote's"
+        );
+        // A remembered signature proves nothing for another digest or signer.
+        let mut moved = qc.clone();
+        moved.round = 6;
+        assert!(matches!(
+            c.ctx.verify_qc(&moved),
+            Err(CertError::BadSignature(_))
+        ));
+        let mut swapped = qc.clone();
+        swapped.signatures.swap(0, 1);
+        assert!(matches!(
+            c.ctx.verify_qc(&swapped),
+            Err(CertError::BadSignature(_))
+        ));
+        // A QC with one signer whose vote was never seen: that signature alone is new.
+        let wider = c.qc(5, b, &[big(&c), small, other]);
+        let before = c.ctx.checks.get();
+        assert_eq!(c.ctx.verify_qc(&wider), Ok(()));
+        assert_eq!(c.ctx.checks.get(), before + 1, "one new signature");
+        // The uncached check still checks every signature.
+        let before = c.ctx.checks.get();
+        assert_eq!(c.ctx.verify_qc_uncached(&wider), Ok(()));
+        assert_eq!(c.ctx.checks.get(), before + 3);
     }
 
     #[test]
