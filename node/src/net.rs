@@ -477,6 +477,10 @@ fn gossipsub_behaviour(
         .validate_messages()
         // Room for the largest envelope plus the RPC framing and signature.
         .max_transmit_size(MAX_GOSSIP_BYTES + 64 * 1024)
+        // No IDONTWANT (gossipsub 1.2) for any size. Batches, the only large messages, are never
+        // forwarded, so announcing "do not send me this" to every mesh peer on each receipt only
+        // cost control messages: at n = 16 each node sent about six per batch it received.
+        .idontwant_message_size_threshold(usize::MAX)
         // The id covers the publisher and its sequence number with the content: a forwarded
         // copy keeps its id (gossip deduplicates it), but a deliberate re-broadcast (the same
         // timeout while a round is stuck, DESIGN section 5) is a new message, not a duplicate
