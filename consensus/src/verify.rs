@@ -7,7 +7,7 @@
 //! signature checks (at n = 16 a QC is 11 or more of them, each ~160 µs with secp256k1).
 
 use crate::codec::Encode;
-use crate::crypto::{Scheme, Verifier};
+use crate::crypto::{PreparedKey, Scheme, Verifier};
 use crate::domain::{Domain, keccak256};
 use crate::types::{BlockId, Proposal, QuorumCert, Signature, Timeout, TimeoutCert, Vote};
 use crate::validators::ValidatorSet;
@@ -189,25 +189,29 @@ impl EpochContext {
         }
     }
 
-    /// Whether member `i` signed `digest` with `sig`: a signature verified before under this
-    /// context is not checked again. Only valid signatures are remembered.
-    fn signed_by(&self, i: usize, digest: &[u8; 32], sig: &Signature, cache: bool) -> bool {
-        let Some(m) = self.set.get(i) else {
-            return false;
-        };
+    /// Whether member `i`, whose key is `key`, signed `digest` with `sig`: a signature verified
+    /// before under this context is not checked again. Only valid signatures are remembered.
+    fn signed_by(
+        &self,
+        i: usize,
+        key: &PreparedKey,
+        digest: &[u8; 32],
+        sig: &Signature,
+        cache: bool,
+    ) -> bool {
         let check = || {
             #[cfg(test)]
             self.checks.set(self.checks.get() + 1);
-            self.scheme.verify(&m.key, digest, sig)
+            self.scheme.verify(key, digest, sig)
         };
         if !cache {
             return check();
         }
-        let mut key_input = Vec::with_capacity(1 + 8 + 32 + 65);
-        key_input.push(b'S');
-        key_input.extend_from_slice(&(i as u64).to_be_bytes());
-        key_input.extend_from_slice(digest);
-        key_input.extend_from_slice(&sig.0);
+        let mut key_input = [0u8; 1 + 8 + 32 + 65];
+        key_input[0] = b'S';
+        key_input[1..9].copy_from_slice(&(i as u64).to_be_bytes());
+        key_input[9..41].copy_from_slice(digest);
+        key_input[41..].copy_from_slice(&sig.0);
         let key = keccak256(&key_input);
         if self.cached(&key) {
             return true;
@@ -287,10 +291,8 @@ impl EpochContext {
         self.check_signers(&qc.signers, qc.signatures.len())?;
         let digest = self.domain.vote_digest(qc.epoch, qc.round, &qc.block_id);
         for (i, sig) in qc.signers.iter().zip(&qc.signatures) {
-            if self.set.get(i).is_none() {
-                return Err(CertError::BadBitmap);
-            }
-            if !self.signed_by(i, &digest, sig, cache) {
+            let v = self.set.get(i).ok_or(CertError::BadBitmap)?;
+            if !self.signed_by(i, &v.key, &digest, sig, cache) {
                 return Err(CertError::BadSignature(i));
             }
         }
@@ -341,11 +343,9 @@ impl EpochContext {
             .zip(&tc.signatures)
             .zip(&tc.high_qc_rounds)
         {
-            if self.set.get(i).is_none() {
-                return Err(CertError::BadBitmap);
-            }
+            let v = self.set.get(i).ok_or(CertError::BadBitmap)?;
             let digest = self.domain.timeout_digest(tc.epoch, tc.round, *hqr);
-            if !self.signed_by(i, &digest, sig, true) {
+            if !self.signed_by(i, &v.key, &digest, sig, true) {
                 return Err(CertError::BadSignature(i));
             }
         }
@@ -374,10 +374,9 @@ impl EpochContext {
             return Err(MessageError::Malformed("vote for round 0"));
         }
         let digest = self.domain.vote_digest(v.epoch, v.round, &v.block_id);
-        if self.signed_by(i, &digest, &v.signature, true) {
-            Ok(i)
-        } else {
-            Err(MessageError::BadSignature)
+        match self.set.get(i) {
+            Some(m) if self.signed_by(i, &m.key, &digest, &v.signature, true) => Ok(i),
+            _ => Err(MessageError::BadSignature),
         }
     }
 
@@ -409,8 +408,9 @@ impl EpochContext {
         let digest = self
             .domain
             .timeout_digest(t.epoch, t.round, t.high_qc.round);
-        if !self.signed_by(i, &digest, &t.signature, true) {
-            return Err(MessageError::BadSignature);
+        match self.set.get(i) {
+            Some(m) if self.signed_by(i, &m.key, &digest, &t.signature, true) => {}
+            _ => return Err(MessageError::BadSignature),
         }
         self.verify_qc(&t.high_qc)?;
         if let Some(tc) = &t.high_tc {
