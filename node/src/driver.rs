@@ -1305,8 +1305,7 @@ impl Driver {
         let cfg = lock(&self.mempool).config().clone();
         Ok(match SealedBatch::from_canonical(canonical, &cfg) {
             Ok(batch) => {
-                self.store
-                    .write_lazy(|w| w.put_batch(&batch.digest, &batch.encoded))?;
+                self.store.put_batch_lazy(&batch.digest, &batch.encoded)?;
                 lock(&self.mempool).add_remote(&batch);
                 // Kept, but not forwarded: its publisher flood-publishes it to every member
                 // directly (members dial each other), so a forwarded copy would only make each
@@ -1914,9 +1913,7 @@ async fn fetch_batches(
                         continue;
                     };
                     if missing.contains(&batch.digest)
-                        && store
-                            .write_lazy(|w| w.put_batch(&batch.digest, &batch.encoded))
-                            .is_ok()
+                        && store.put_batch_lazy(&batch.digest, &batch.encoded).is_ok()
                     {
                         missing.remove(&batch.digest);
                     }

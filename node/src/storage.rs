@@ -12,6 +12,11 @@
 //! lost in a crash (batches received from peers, which can be fetched again): it becomes durable
 //! with the next immediate commit.
 //!
+//! Batches are the other exception: they live in an append-only log beside the database
+//! ([`crate::batch_log`], `<dir>/batches/`), because a B-tree copied each of them several times.
+//! Every durable commit syncs the log first, so a batch stored before it is as durable as the
+//! commit. Batches of stores written before the log are still read from the database.
+//!
 //! Execution is the exception: its effects (the transaction index, the block transaction lists
 //! and the application state) wait in an [`ExecOverlay`] and are written in groups, and the
 //! `executed_height` meta value says how far they are durable (see [`crate::exec_overlay`]).
@@ -26,6 +31,7 @@ use std::time::Instant;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
+use crate::batch_log::{BatchLog, BatchLogError};
 use crate::exec_overlay::{ExecOverlay, Executed, FlushPolicy};
 use crate::seen_filter::SeenFilter;
 
@@ -38,6 +44,7 @@ const HEIGHT_IDS: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("height
 const ID_HEIGHTS: TableDefinition<&[u8; 32], u64> = TableDefinition::new("id_heights");
 const COMMIT_PROOFS: TableDefinition<u64, &[u8]> = TableDefinition::new("commit_proofs");
 const BLOCK_TXS: TableDefinition<u64, &[u8]> = TableDefinition::new("block_txs");
+/// Batches of stores written before the batch log (read only).
 const BATCHES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("batches");
 /// The transaction index: in the index file, and in the main file of stores written before the
 /// index moved (read only there).
@@ -80,6 +87,8 @@ pub const DB_FILE: &str = "node.redb";
 /// The file name of the transaction index inside the data directory: a database of its own so
 /// that merging a run into it never holds the main database's single writer.
 pub const INDEX_FILE: &str = "txindex.redb";
+/// The directory of the batch log inside the data directory.
+pub const BATCH_DIR: &str = "batches";
 /// The file name of the directory lock inside the data directory.
 pub const LOCK_FILE: &str = "LOCK";
 
@@ -119,6 +128,9 @@ pub enum StorageError {
     /// Any other redb error.
     #[error("storage error: {0}")]
     Db(#[from] redb::Error),
+    /// The batch log failed (I/O, or a segment that does not parse).
+    #[error(transparent)]
+    BatchLog(#[from] BatchLogError),
 }
 
 macro_rules! from_redb {
@@ -168,6 +180,8 @@ impl DirLock {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
+    /// The batches.
+    batches: Arc<BatchLog>,
     /// Every hash of the transaction index, as a Bloom filter (see [`SeenFilter`]).
     seen: Arc<RwLock<SeenFilter>>,
     /// Executed effects not yet written.
@@ -206,8 +220,10 @@ impl Store {
         let db = open_db(dir, &path)?;
         let index_path = dir.join(INDEX_FILE);
         let index_db = open_db(dir, &index_path)?;
+        let batches = BatchLog::open(&dir.join(BATCH_DIR))?;
         let mut store = Self {
             db: Arc::new(db),
+            batches: Arc::new(batches),
             seen: Arc::new(RwLock::new(SeenFilter::new())),
             exec: Arc::new(RwLock::new(ExecOverlay::new(0))),
             flush_policy: FlushPolicy::default(),
@@ -373,9 +389,16 @@ impl Store {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(durability)?;
         let out = {
-            let mut w = Writer { txn: &txn };
+            let mut w = Writer {
+                txn: &txn,
+                batches: &self.batches,
+            };
             f(&mut w)?
         };
+        if matches!(durability, Durability::Immediate) {
+            // Batches first: a durable record may name them (a local batch, a committed block).
+            self.batches.sync()?;
+        }
         txn.commit()?;
         Ok(out)
     }
@@ -425,14 +448,26 @@ impl Store {
 
     /// A batch by digest.
     pub fn get_batch(&self, digest: &Hash32) -> Result<Option<Vec<u8>>, StorageError> {
-        self.get_h(BATCHES, digest)
+        Ok(self
+            .get_batches(std::slice::from_ref(digest))?
+            .pop()
+            .flatten())
     }
 
     /// Whether a batch is stored.
     pub fn has_batch(&self, digest: &Hash32) -> Result<bool, StorageError> {
+        if self.batches.contains(digest) {
+            return Ok(true);
+        }
         let txn = self.db.begin_read()?;
         let t = txn.open_table(BATCHES)?;
         Ok(t.get(digest)?.is_some())
+    }
+
+    /// Stores a batch that may be lost in a crash (one received from a peer: it can be fetched
+    /// again): no database transaction, and durable with the next [`Store::write`].
+    pub fn put_batch_lazy(&self, digest: &Hash32, bytes: &[u8]) -> Result<(), StorageError> {
+        Ok(self.batches.append(digest, bytes)?)
     }
 
     /// The commit proof of the block at `height`.
@@ -538,22 +573,23 @@ impl Store {
     /// The local batches not yet seen committed (seal sequence, digest, stored bytes), in seal
     /// order.
     pub fn local_batches(&self) -> Result<Vec<(u64, Hash32, Vec<u8>)>, StorageError> {
-        let txn = self.db.begin_read()?;
-        let local = txn.open_table(LOCAL_BATCHES)?;
-        let batches = txn.open_table(BATCHES)?;
         let mut digests = Vec::new();
-        for item in local.iter()? {
-            let (k, v) = item?;
-            digests.push((v.value(), *k.value()));
-        }
-        digests.sort_unstable();
-        let mut out = Vec::with_capacity(digests.len());
-        for (seq, d) in digests {
-            if let Some(b) = batches.get(&d)? {
-                out.push((seq, d, b.value().to_vec()));
+        {
+            let txn = self.db.begin_read()?;
+            let local = txn.open_table(LOCAL_BATCHES)?;
+            for item in local.iter()? {
+                let (k, v) = item?;
+                digests.push((v.value(), *k.value()));
             }
         }
-        Ok(out)
+        digests.sort_unstable();
+        let ds: Vec<Hash32> = digests.iter().map(|(_, d)| *d).collect();
+        let bytes = self.get_batches(&ds)?;
+        Ok(digests
+            .into_iter()
+            .zip(bytes)
+            .filter_map(|((seq, d), b)| b.map(|b| (seq, d, b)))
+            .collect())
     }
 
     /// [`Store::tx_height`] of many transactions in one read transaction (the ingest path checks
@@ -600,12 +636,21 @@ impl Store {
 
     /// Many batches by digest, in one read transaction, in the order given.
     pub fn get_batches(&self, digests: &[Hash32]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(BATCHES)?;
-        digests
-            .iter()
-            .map(|d| Ok(t.get(d)?.map(|v| v.value().to_vec())))
-            .collect()
+        let mut out = Vec::with_capacity(digests.len());
+        let mut legacy = None;
+        for d in digests {
+            let mut b = self.batches.get(d)?;
+            if b.is_none() {
+                if legacy.is_none() {
+                    legacy = Some(self.db.begin_read()?);
+                }
+                if let Some(txn) = &legacy {
+                    b = txn.open_table(BATCHES)?.get(d)?.map(|v| v.value().to_vec());
+                }
+            }
+            out.push(b);
+        }
+        Ok(out)
     }
 
     fn overlay(&self) -> std::sync::RwLockReadGuard<'_, ExecOverlay> {
@@ -806,6 +851,7 @@ fn decode_height(bytes: &[u8]) -> Result<u64, StorageError> {
 /// The handle a [`Store::write`] closure writes through; everything it writes commits together.
 pub struct Writer<'a> {
     txn: &'a redb::WriteTransaction,
+    batches: &'a BatchLog,
 }
 
 impl Writer<'_> {
@@ -840,9 +886,10 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// Stores a batch under its digest.
+    /// Stores a batch under its digest (in the batch log, synced before this write commits
+    /// when it is durable). Named by its content, it stays stored even if the write fails.
     pub fn put_batch(&mut self, digest: &Hash32, bytes: &[u8]) -> Result<(), StorageError> {
-        self.txn.open_table(BATCHES)?.insert(digest, bytes)?;
+        self.batches.append(digest, bytes)?;
         Ok(())
     }
 
@@ -1173,5 +1220,42 @@ mod tests {
             .expect("lazy");
         assert!(s.has_batch(&[3; 32]).expect("has"));
         assert_eq!(s.get_batch(&[3; 32]).expect("get"), Some(b"batch".to_vec()));
+    }
+
+    #[test]
+    fn batches_of_an_older_store_are_read_beside_the_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = Store::open(dir.path()).expect("open");
+            // Where a store written before the batch log kept its batches.
+            s.write(|w| {
+                w.txn.open_table(BATCHES)?.insert(&[1; 32], &b"old"[..])?;
+                w.put_local_batch(&[1; 32], 0)?;
+                w.put_batch(&[2; 32], b"new")?;
+                w.put_local_batch(&[2; 32], 1)
+            })
+            .expect("write");
+            s.put_batch_lazy(&[3; 32], b"lazy").expect("lazy");
+        }
+        let s = Store::open(dir.path()).expect("reopen");
+        assert_eq!(
+            s.get_batches(&[[2; 32], [1; 32], [3; 32], [4; 32]])
+                .expect("get"),
+            vec![
+                Some(b"new".to_vec()),
+                Some(b"old".to_vec()),
+                Some(b"lazy".to_vec()),
+                None
+            ]
+        );
+        assert!(s.has_batch(&[1; 32]).expect("has") && !s.has_batch(&[4; 32]).expect("has"));
+        assert_eq!(
+            s.local_batches().expect("local"),
+            vec![(0, [1; 32], b"old".to_vec()), (1, [2; 32], b"new".to_vec())]
+        );
+        assert!(
+            dir.path().join(BATCH_DIR).join("seg-00000000.log").exists(),
+            "new batches go to the log"
+        );
     }
 }
