@@ -1275,12 +1275,14 @@ impl Driver {
                 self.report(id, propagation_source, verdict);
             }
             NetEvent::Batch {
-                id,
-                propagation_source,
+                from,
+                gossip_id,
                 canonical,
             } => {
                 let verdict = self.on_batch(canonical)?;
-                self.report(id, propagation_source, verdict);
+                if let Some(id) = gossip_id {
+                    self.report(id, from, verdict);
+                }
             }
             NetEvent::Request {
                 peer,
