@@ -51,7 +51,7 @@ use crate::app::{self, CommitInput};
 use crate::chain::{ChainSet, ChainView};
 use crate::mempool::{self, Mempool, SealedBatch, TxHash};
 use crate::metrics::Metrics;
-use crate::net::{NetEvent, NetHandle, Responder, TopicKind, peer_id_from_public_key};
+use crate::net::{NetEvent, NetHandle, Responder, peer_id_from_public_key};
 use crate::storage::{StorageError, Store, meta};
 use crate::tap::OutboundTap;
 use crate::wire;
@@ -191,8 +191,9 @@ enum Outgoing {
     Dial(libp2p::Multiaddr),
     Vote(PeerId, v1::Vote),
     Gossip(Box<GossipBody>),
-    /// A batch's gossip envelope, already encoded ([`proto::batch_gossip`]).
-    GossipBatch(Vec<u8>),
+    /// A batch's gossip envelope, already encoded ([`proto::batch_gossip`]), pushed to every
+    /// other member on its batch stream.
+    PushBatch(Vec<u8>),
     Fetch(Box<dyn FnOnce(NetHandle, mpsc::Sender<Completion>) -> FetchFuture + Send>),
 }
 
@@ -1117,7 +1118,7 @@ impl Driver {
         for b in sealed {
             // The canonical bytes go out as they are (no decode and re-encode per transaction).
             self.outbox
-                .push(Outgoing::GossipBatch(proto::batch_gossip(&b.encoded)));
+                .push(Outgoing::PushBatch(proto::batch_gossip(&b.encoded)));
         }
         Ok(())
     }
@@ -1185,9 +1186,9 @@ impl Driver {
                         tracing::debug!(error = %e, "publish failed");
                     }
                 }
-                Outgoing::GossipBatch(bytes) => {
-                    if let Err(e) = self.net.publish_raw(TopicKind::Batches, bytes).await {
-                        tracing::debug!(error = %e, "publish failed");
+                Outgoing::PushBatch(bytes) => {
+                    if let Err(e) = self.net.push_batch(bytes).await {
+                        tracing::debug!(error = %e, "batch push failed");
                     }
                 }
                 Outgoing::Fetch(f) => {
@@ -1275,12 +1276,14 @@ impl Driver {
                 self.report(id, propagation_source, verdict);
             }
             NetEvent::Batch {
-                id,
-                propagation_source,
+                from,
+                gossip_id,
                 canonical,
             } => {
                 let verdict = self.on_batch(canonical)?;
-                self.report(id, propagation_source, verdict);
+                if let Some(id) = gossip_id {
+                    self.report(id, from, verdict);
+                }
             }
             NetEvent::Request {
                 peer,
@@ -1307,10 +1310,11 @@ impl Driver {
             Ok(batch) => {
                 self.store.put_batch_lazy(&batch.digest, &batch.encoded)?;
                 lock(&self.mempool).add_remote(&batch);
-                // Kept, but not forwarded: its publisher flood-publishes it to every member
-                // directly (members dial each other), so a forwarded copy would only make each
-                // node receive, decrypt and hash every batch once per member. A node that missed
-                // one fetches it before voting.
+                // Kept, but not forwarded: its publisher pushes it to every member directly
+                // (a stream per member; older nodes flood-publish it on the batch topic), so a
+                // forwarded copy would only make each node receive, decrypt and hash every batch
+                // once per member. A node that missed one fetches it before voting. The verdict
+                // only matters for a batch that came by gossip.
                 MessageAcceptance::Ignore
             }
             Err(_) => {

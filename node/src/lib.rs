@@ -5,6 +5,7 @@
 pub mod api;
 pub mod app;
 pub mod batch_log;
+pub mod batch_push;
 pub mod chain;
 pub mod config;
 pub mod driver;

@@ -1,6 +1,7 @@
 //! The libp2p network of a node (DESIGN section 7): TCP + Noise + Yamux, identify, gossipsub
-//! (with `validate_messages()` and peer scoring) and request-response (votes to every member,
-//! batch fetch, block sync) with a size-bounded codec.
+//! (with `validate_messages()` and peer scoring), request-response (votes to every member,
+//! batch fetch, block sync) with a size-bounded codec, and a direct push of batches to every
+//! member over long-lived streams ([`crate::batch_push`]).
 //!
 //! The swarm runs in its own tokio task; the driver talks to it through a [`NetHandle`] and
 //! receives [`NetEvent`]s. The network checks what it can without consensus: size, wire version
@@ -18,6 +19,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use libp2p::futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
@@ -31,6 +33,7 @@ use proto::limits::{MAX_GOSSIP_BYTES, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES};
 use proto::{GossipBody, RequestBody, ResponseBody, WireError};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::batch_push::BatchPush;
 use crate::metrics::Metrics;
 
 /// The request-response protocol name.
@@ -131,11 +134,23 @@ pub struct Topics {
     pub batches: IdentTopic,
 }
 
+/// The namespace of a cluster's topics and protocols: chain id and contract (lowercase, 0x).
+fn namespace(chain_id: u64, contract: &str) -> String {
+    let c = contract.trim_start_matches("0x").to_lowercase();
+    format!("/dstack-nft-cluster/{chain_id}/0x{c}")
+}
+
+/// The stream protocol batches are pushed on, namespaced like the topics (so clusters never
+/// mix): `/dstack-nft-cluster/{chain_id}/0x{contract}/batches/1`.
+pub fn batch_protocol(chain_id: u64, contract: &str) -> Result<StreamProtocol, NetError> {
+    StreamProtocol::try_from_owned(format!("{}/batches/1", namespace(chain_id, contract)))
+        .map_err(|e| NetError::Transport(format!("batch protocol name: {e}")))
+}
+
 impl Topics {
     /// Topics for the cluster of `contract` (any case, with or without 0x) on `chain_id`.
     pub fn new(chain_id: u64, contract: &str) -> Self {
-        let c = contract.trim_start_matches("0x").to_lowercase();
-        let base = format!("/dstack-nft-cluster/{chain_id}/0x{c}");
+        let base = namespace(chain_id, contract);
         Self {
             consensus: IdentTopic::new(format!("{base}/consensus/1")),
             batches: IdentTopic::new(format!("{base}/batches/1")),
@@ -165,7 +180,8 @@ impl Topics {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct WireCodec;
 
-async fn read_frame<T: libp2p::futures::AsyncRead + Unpin + Send>(
+/// Reads one frame, refusing (with `InvalidData`) a length above `max` before allocating.
+pub(crate) async fn read_frame<T: libp2p::futures::AsyncRead + Unpin + Send>(
     io: &mut T,
     max: usize,
 ) -> io::Result<Vec<u8>> {
@@ -188,6 +204,16 @@ async fn write_frame<T: libp2p::futures::AsyncWrite + Unpin + Send>(
     bytes: &[u8],
     max: usize,
 ) -> io::Result<()> {
+    write_frame_open(io, bytes, max).await?;
+    io.close().await
+}
+
+/// Writes one frame and flushes it, keeping the stream open for the next (batch push).
+pub(crate) async fn write_frame_open<T: libp2p::futures::AsyncWrite + Unpin + Send>(
+    io: &mut T,
+    bytes: &[u8],
+    max: usize,
+) -> io::Result<()> {
     if bytes.len() > max {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -198,7 +224,7 @@ async fn write_frame<T: libp2p::futures::AsyncWrite + Unpin + Send>(
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
     io.write_all(&len.to_be_bytes()).await?;
     io.write_all(bytes).await?;
-    io.close().await
+    io.flush().await
 }
 
 impl request_response::Codec for WireCodec {
@@ -250,6 +276,7 @@ struct Behaviour {
     identify: identify::Behaviour,
     gossipsub: gossipsub::Behaviour,
     rr: request_response::Behaviour<WireCodec>,
+    stream: libp2p_stream::Behaviour,
 }
 
 /// Settings of the network.
@@ -313,12 +340,14 @@ pub enum NetEvent {
         body: Box<GossipBody>,
     },
     /// A batch from a member, straight from its publisher, as its canonical bytes (not decoded
-    /// into transactions): the driver checks, stores and reports it like any gossip.
+    /// into transactions): pushed on a batch stream, or (older senders) published on the batch
+    /// topic. The driver checks and stores it, and reports its verdict when it came by gossip.
     Batch {
-        /// Gossipsub's id of the message.
-        id: MessageId,
         /// The member that published and sent it.
-        propagation_source: PeerId,
+        from: PeerId,
+        /// Gossipsub's id when it came by gossip (report the verdict with it); `None` when it
+        /// was pushed on a stream (nothing to report).
+        gossip_id: Option<MessageId>,
         /// The `v1::Batch` encoding.
         canonical: Vec<u8>,
     },
@@ -361,6 +390,7 @@ enum Command {
         responder: Responder,
         bytes: Vec<u8>,
     },
+    PushBatch(Arc<[u8]>),
     Dial(Multiaddr),
     SetMembers(HashSet<PeerId>),
     Peers(oneshot::Sender<Vec<PeerId>>),
@@ -376,6 +406,8 @@ pub struct NetHandle {
     pub local_peer_id: PeerId,
     /// The addresses the node listens on (ports resolved).
     pub listen_addrs: Vec<Multiaddr>,
+    control: libp2p_stream::Control,
+    pushes_dropped: Arc<AtomicU64>,
 }
 
 impl NetHandle {
@@ -396,6 +428,30 @@ impl NetHandle {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Publish { kind, bytes, reply }).await?;
         rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Pushes a batch's gossip envelope ([`proto::batch_gossip`]) to every other current member
+    /// on its batch stream: one shared buffer, queued per peer (a full queue drops the frame for
+    /// that peer; it fetches the batch before voting). Returns once queued, not once delivered.
+    pub async fn push_batch(&self, bytes: Vec<u8>) -> Result<(), NetError> {
+        if bytes.len() > MAX_GOSSIP_BYTES {
+            return Err(NetError::Publish(format!(
+                "batch envelope of {} bytes exceeds the limit of {MAX_GOSSIP_BYTES}",
+                bytes.len()
+            )));
+        }
+        self.send(Command::PushBatch(bytes.into())).await
+    }
+
+    /// Frames [`NetHandle::push_batch`] dropped because a peer's queue was full (diagnostics).
+    pub fn batch_pushes_dropped(&self) -> u64 {
+        self.pushes_dropped.load(Ordering::Relaxed)
+    }
+
+    /// A control to open raw streams on this node's swarm (tools and tests, for example to
+    /// write frames the node itself would never send).
+    pub fn stream_control(&self) -> libp2p_stream::Control {
+        self.control.clone()
     }
 
     /// Reports the driver's verdict on a gossip message (exactly once per message).
@@ -553,10 +609,13 @@ pub async fn spawn(
             .with_request_timeout(cfg.request_timeout)
             .with_max_concurrent_streams(256),
     );
+    let stream = libp2p_stream::Behaviour::new();
+    let control = stream.new_control();
     let behaviour = Behaviour {
         identify,
         gossipsub,
         rr,
+        stream,
     };
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
@@ -598,12 +657,25 @@ pub async fn spawn(
     }
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let (ev_tx, ev_rx) = mpsc::channel(4096);
+    let pushes_dropped = Arc::new(AtomicU64::new(0));
+    let local_peer_id = *swarm.local_peer_id();
+    let push = BatchPush::start(
+        control.clone(),
+        batch_protocol(cfg.chain_id, &cfg.contract)?,
+        local_peer_id,
+        ev_tx.clone(),
+        metrics.clone(),
+        pushes_dropped.clone(),
+    )?;
     let handle = NetHandle {
         cmd: cmd_tx,
-        local_peer_id: *swarm.local_peer_id(),
+        local_peer_id,
         listen_addrs,
+        control,
+        pushes_dropped,
     };
     let task = Task {
+        push,
         swarm,
         topics,
         members: HashSet::new(),
@@ -616,6 +688,7 @@ pub async fn spawn(
 }
 
 struct Task {
+    push: BatchPush,
     swarm: Swarm<Behaviour>,
     topics: Topics,
     members: HashSet<PeerId>,
@@ -624,7 +697,8 @@ struct Task {
     metrics: Arc<Metrics>,
 }
 
-fn wire_reason(e: &WireError) -> &'static str {
+/// The metric reason of a decode failure.
+pub(crate) fn wire_reason(e: &WireError) -> &'static str {
     match e {
         WireError::TooLarge { .. } => "oversized",
         WireError::Malformed(_) | WireError::Empty => "malformed",
@@ -689,7 +763,11 @@ impl Task {
                     tracing::debug!(%addr, error = %e, "dial failed");
                 }
             }
-            Command::SetMembers(m) => self.members = m,
+            Command::PushBatch(frame) => self.push.push(&frame),
+            Command::SetMembers(m) => {
+                self.push.set_members(&m);
+                self.members = m;
+            }
             Command::Peers(tx) => {
                 let _ = tx.send(self.swarm.connected_peers().copied().collect());
             }
@@ -784,8 +862,8 @@ impl Task {
                     canonical.truncate(range.end);
                     canonical.drain(..range.start);
                     self.emit(NetEvent::Batch {
-                        id: message_id,
-                        propagation_source,
+                        from: propagation_source,
+                        gossip_id: Some(message_id),
                         canonical,
                     })
                     .await;

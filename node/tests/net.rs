@@ -1,15 +1,19 @@
 //! The libp2p network on real loopback sockets: gossip between members with the driver's verdict,
 //! request-response (sync), malformed gossip rejected and counted, votes from non-members
-//! refused, the lag-tolerant Ignore path that costs no score.
+//! refused, the lag-tolerant Ignore path that costs no score, and batches pushed on streams
+//! (members only, size-bounded).
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use libp2p::futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::gossipsub::MessageAcceptance;
 use libp2p::{Multiaddr, PeerId};
 use node::metrics::Metrics;
-use node::net::{NetConfig, NetEvent, NetHandle, TopicKind, keypair_from_secret, spawn};
+use node::net::{
+    NetConfig, NetEvent, NetHandle, TopicKind, batch_protocol, keypair_from_secret, spawn,
+};
 use proto::{GossipBody, RequestBody, ResponseBody};
 use tokio::sync::mpsc;
 
@@ -334,4 +338,139 @@ async fn many_members_on_one_address_are_not_penalized() {
             "peer {seed} penalized: score {score:?}"
         );
     }
+}
+
+/// Waits (bounded) until the metrics exposition contains `line`.
+async fn wait_for_metric(metrics: &Metrics, line: &str) {
+    let found = tokio::time::timeout(Duration::from_secs(20), async {
+        while !metrics.encode().contains(line) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        found.is_ok(),
+        "{line} not within 20 s:\n{}",
+        metrics.encode()
+    );
+}
+
+/// A batch's canonical bytes and the envelope pushed for it.
+fn batch(tag: u8) -> (Vec<u8>, Vec<u8>) {
+    let canonical = node::mempool::encode_batch(&[vec![tag; 3], vec![tag; 5000]]);
+    let envelope = proto::batch_gossip(&canonical);
+    (canonical, envelope)
+}
+
+/// The next batch `events` delivers: its sender, gossip id and canonical bytes.
+async fn next_batch(
+    events: &mut mpsc::Receiver<NetEvent>,
+) -> (PeerId, Option<libp2p::gossipsub::MessageId>, Vec<u8>) {
+    wait_for(events, |e| match e {
+        NetEvent::Batch {
+            from,
+            gossip_id,
+            canonical,
+        } => Some((from, gossip_id, canonical)),
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_batches_reach_members_both_ways() {
+    let (mut a, mut b) = pair().await;
+    for tag in 1..=3u8 {
+        let (canonical, envelope) = batch(tag);
+        a.net.push_batch(envelope).await.expect("push");
+        let (from, gossip_id, got) = next_batch(&mut b.events).await;
+        assert_eq!(from, peer_id(1));
+        assert_eq!(
+            gossip_id, None,
+            "a pushed batch has no gossip verdict to report"
+        );
+        assert_eq!(got, canonical);
+    }
+    // And the other way round.
+    let (canonical, envelope) = batch(9);
+    b.net.push_batch(envelope).await.expect("push");
+    let (from, _, got) = next_batch(&mut a.events).await;
+    assert_eq!((from, got), (peer_id(2), canonical));
+    assert_eq!(a.net.batch_pushes_dropped(), 0);
+    assert!(
+        !b.metrics
+            .encode()
+            .contains("dstack_messages_rejected_total{")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_batches_from_non_members_are_refused() {
+    let (a, mut b) = pair().await;
+    // C is connected to B but not a member there; it believes B and itself are.
+    let mut c = node(3, b.net.listen_addrs.clone()).await;
+    let pb = b.net.local_peer_id;
+    wait_for(&mut c.events, |e| match e {
+        NetEvent::PeerConnected(p) if p == pb => Some(()),
+        _ => None,
+    })
+    .await;
+    c.net
+        .set_members([peer_id(2), peer_id(3)].into_iter().collect())
+        .await
+        .expect("members");
+    let (_, envelope) = batch(7);
+    c.net.push_batch(envelope).await.expect("push");
+    wait_for_metric(
+        &b.metrics,
+        r#"dstack_messages_ignored_total{reason="non_member"} 1"#,
+    )
+    .await;
+    // A member's batch still arrives, and it is the only one B hands over.
+    let (canonical, envelope) = batch(8);
+    a.net.push_batch(envelope).await.expect("push");
+    let (from, _, got) = next_batch(&mut b.events).await;
+    assert_eq!((from, got), (peer_id(1), canonical));
+    while let Ok(ev) = b.events.try_recv() {
+        assert!(
+            !matches!(ev, NetEvent::Batch { .. }),
+            "unexpected batch: {ev:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_push_frames_close_the_stream() {
+    let (a, mut b) = pair().await;
+    let pb = b.net.local_peer_id;
+    let protocol = batch_protocol(31337, CONTRACT).expect("protocol");
+    let mut control = a.net.stream_control();
+    let mut raw = tokio::time::timeout(Duration::from_secs(10), control.open_stream(pb, protocol))
+        .await
+        .expect("open within 10 s")
+        .expect("stream");
+    // A length one byte above the limit, then some bytes: refused on the length alone.
+    let len = u32::try_from(proto::limits::MAX_GOSSIP_BYTES + 1).expect("fits");
+    raw.write_all(&len.to_be_bytes()).await.expect("write");
+    raw.write_all(&[0u8; 1024]).await.expect("write");
+    raw.flush().await.expect("flush");
+    wait_for_metric(
+        &b.metrics,
+        r#"dstack_messages_rejected_total{reason="oversized"} 1"#,
+    )
+    .await;
+    // B closed the stream: reading ends (EOF or reset) instead of waiting.
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(10), raw.read(&mut buf))
+        .await
+        .expect("stream closed within 10 s");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "stream still open: {read:?}"
+    );
+    // The node's own pushes still get through.
+    let (canonical, envelope) = batch(5);
+    a.net.push_batch(envelope).await.expect("push");
+    let (from, _, got) = next_batch(&mut b.events).await;
+    assert_eq!((from, got), (peer_id(1), canonical));
 }

@@ -1,0 +1,322 @@
+//! Batch dissemination by direct push over long-lived libp2p streams, one per pair of members.
+//!
+//! Why not gossipsub: batches are the only large messages, and gossipsub's `publish` clones and
+//! re-measures the whole message for every recipient (about three copies per peer); at n = 16
+//! that was ~10 % of each node's CPU. Batches are never forwarded anyway (their publisher sends
+//! them to every member itself), so a stream per member carries the same traffic with one shared
+//! buffer and no per-peer copy.
+//!
+//! Sending: one writer task per member with a bounded queue. A full queue drops the frame for
+//! that peer (counted): a node lacking a batch fetches it before voting, so a drop costs latency,
+//! never safety. Receiving: streams from non-members are dropped at once, each member has at
+//! most one live inbound stream (a new one replaces the old), every frame is bounded by
+//! [`MAX_GOSSIP_BYTES`], membership is checked again per frame, and anything that is not a batch
+//! envelope closes the stream. Frames are the request-response codec's: a 4-byte big-endian
+//! length, then the bytes (here: a batch's gossip envelope, [`proto::batch_gossip`]).
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use libp2p::futures::{AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt};
+use libp2p::{PeerId, Stream, StreamProtocol};
+use libp2p_stream::{Control, IncomingStreams};
+use proto::GossipBody;
+use proto::limits::MAX_GOSSIP_BYTES;
+use tokio::sync::{mpsc, watch};
+use tokio::task::AbortHandle;
+
+use crate::metrics::Metrics;
+use crate::net::{NetError, NetEvent, read_frame, wire_reason, write_frame_open};
+
+/// Frames waiting for one peer's writer; beyond this the newest frame is dropped for that peer.
+pub const QUEUE_FRAMES: usize = 64;
+/// How long opening a stream (and dialing, if needed) may take.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long writing one frame may take (a peer that stops reading must not stall its writer).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The pause after a failed open before the writer tries again.
+const BACKOFF: Duration = Duration::from_millis(500);
+/// How long closing a refused stream may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The members as every reader sees them (replaced wholesale on each change).
+type Members = Arc<HashSet<PeerId>>;
+
+/// The sending half and the membership shared with the receiving half. Owned by the network
+/// task; the accept loop and the readers run in their own tasks.
+pub(crate) struct BatchPush {
+    control: Control,
+    protocol: StreamProtocol,
+    local: PeerId,
+    members: watch::Sender<Members>,
+    writers: HashMap<PeerId, mpsc::Sender<Arc<[u8]>>>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl BatchPush {
+    /// Registers the protocol for inbound streams and starts accepting them.
+    pub(crate) fn start(
+        mut control: Control,
+        protocol: StreamProtocol,
+        local: PeerId,
+        events: mpsc::Sender<NetEvent>,
+        metrics: Arc<Metrics>,
+        dropped: Arc<AtomicU64>,
+    ) -> Result<Self, NetError> {
+        let incoming = control
+            .accept(protocol.clone())
+            .map_err(|e| NetError::Transport(format!("{protocol}: {e}")))?;
+        let (members, members_rx) = watch::channel(Members::default());
+        tokio::spawn(accept_loop(incoming, members_rx, events, metrics));
+        Ok(Self {
+            control,
+            protocol,
+            local,
+            members,
+            writers: HashMap::new(),
+            dropped,
+        })
+    }
+
+    /// Replaces the member set: readers see it at their next frame, writers for peers that left
+    /// stop (their queue closes), members that joined get a writer.
+    pub(crate) fn set_members(&mut self, members: &HashSet<PeerId>) {
+        self.members.send_replace(Arc::new(members.clone()));
+        self.writers.retain(|p, _| members.contains(p));
+        for &peer in members {
+            if peer == self.local || self.writers.contains_key(&peer) {
+                continue;
+            }
+            let (tx, rx) = mpsc::channel(QUEUE_FRAMES);
+            tokio::spawn(write_loop(
+                self.control.clone(),
+                peer,
+                self.protocol.clone(),
+                rx,
+            ));
+            self.writers.insert(peer, tx);
+        }
+    }
+
+    /// Queues one frame for every other member; a full queue drops it for that peer.
+    pub(crate) fn push(&self, frame: &Arc<[u8]>) {
+        for (peer, queue) in &self.writers {
+            if let Err(e) = queue.try_send(frame.clone()) {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, error = %e, "batch push dropped");
+            }
+        }
+    }
+}
+
+/// Whether a stream we only write to was closed or reset by the remote (it never sends data, so
+/// a ready read means EOF, an error, or a protocol violation: in every case the stream is done).
+fn remote_closed(stream: &mut Stream) -> bool {
+    let mut byte = [0u8; 1];
+    stream.read(&mut byte).now_or_never().is_some()
+}
+
+/// Keeps one stream to `peer` open and writes each queued frame on it; reopens the stream when
+/// it failed or the remote closed it. Ends when the queue closes (the peer left the set or the
+/// network stopped).
+async fn write_loop(
+    mut control: Control,
+    peer: PeerId,
+    protocol: StreamProtocol,
+    mut queue: mpsc::Receiver<Arc<[u8]>>,
+) {
+    let mut stream: Option<Stream> = None;
+    while let Some(frame) = queue.recv().await {
+        if stream.as_mut().is_some_and(remote_closed) {
+            tracing::debug!(%peer, "batch stream closed by the remote; reopening");
+            stream = None;
+        }
+        let s = match stream.as_mut() {
+            Some(s) => s,
+            None => {
+                match tokio::time::timeout(
+                    OPEN_TIMEOUT,
+                    control.open_stream(peer, protocol.clone()),
+                )
+                .await
+                {
+                    Ok(Ok(s)) => stream.insert(s),
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "batch stream not opened; frame dropped");
+                        tokio::time::sleep(BACKOFF).await;
+                        continue;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "batch stream open timed out; frame dropped");
+                        tokio::time::sleep(BACKOFF).await;
+                        continue;
+                    }
+                }
+            }
+        };
+        let written =
+            tokio::time::timeout(WRITE_TIMEOUT, write_frame_open(s, &frame, MAX_GOSSIP_BYTES))
+                .await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "batch write failed; frame dropped");
+                stream = None;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "batch write timed out; frame dropped");
+                stream = None;
+            }
+        }
+    }
+}
+
+/// Takes inbound batch streams: a non-member's is dropped at once, a member's replaces the
+/// member's previous one (at most one live reader per member).
+async fn accept_loop(
+    mut incoming: IncomingStreams,
+    members: watch::Receiver<Members>,
+    events: mpsc::Sender<NetEvent>,
+    metrics: Arc<Metrics>,
+) {
+    let mut readers: HashMap<PeerId, AbortHandle> = HashMap::new();
+    while let Some((peer, stream)) = incoming.next().await {
+        if !members.borrow().contains(&peer) {
+            metrics.ignore("non_member");
+            tracing::debug!(%peer, "batch stream from a non-member refused");
+            continue;
+        }
+        readers.retain(|_, r| !r.is_finished());
+        let reader = tokio::spawn(read_loop(
+            peer,
+            stream,
+            members.clone(),
+            events.clone(),
+            metrics.clone(),
+        ));
+        if let Some(old) = readers.insert(peer, reader.abort_handle()) {
+            old.abort();
+        }
+    }
+}
+
+/// Reads frames from one member until the stream ends, the member leaves the set, or a frame
+/// is oversized or not a batch (then the stream is closed). Waits when the driver is busy.
+async fn read_loop(
+    peer: PeerId,
+    mut stream: Stream,
+    members: watch::Receiver<Members>,
+    events: mpsc::Sender<NetEvent>,
+    metrics: Arc<Metrics>,
+) {
+    loop {
+        let frame = match read_frame(&mut stream, MAX_GOSSIP_BYTES).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                metrics.reject("oversized");
+                tracing::debug!(%peer, error = %e, "oversized batch frame; stream closed");
+                break;
+            }
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "batch stream ended");
+                return;
+            }
+        };
+        if !members.borrow().contains(&peer) {
+            metrics.ignore("non_member");
+            break;
+        }
+        let canonical = match canonical_batch(frame) {
+            Ok(c) => c,
+            Err(Refusal::Reject(reason)) => {
+                metrics.reject(reason);
+                break;
+            }
+            Err(Refusal::Ignore(reason)) => {
+                metrics.ignore(reason);
+                break;
+            }
+        };
+        let ev = NetEvent::Batch {
+            from: peer,
+            gossip_id: None,
+            canonical,
+        };
+        // Back-pressure: the driver is the bottleneck; a full queue waits rather than drops.
+        if events.send(ev).await.is_err() {
+            return;
+        }
+    }
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.close()).await;
+}
+
+/// Why a frame was refused, with the metric's reason.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// Malformed or not a batch: counted as rejected.
+    Reject(&'static str),
+    /// Another wire version (not an attack): counted as ignored.
+    Ignore(&'static str),
+}
+
+/// The canonical batch bytes (`v1::Batch` encoding) inside a frame: taken as they are from the
+/// envelope [`proto::batch_gossip`] writes, re-encoded from any other well-formed batch envelope.
+fn canonical_batch(mut frame: Vec<u8>) -> Result<Vec<u8>, Refusal> {
+    if let Some(range) = proto::batch_in_gossip(&frame) {
+        frame.truncate(range.end);
+        frame.drain(..range.start);
+        return Ok(frame);
+    }
+    match proto::v1::GossipMessage::decode_checked(&frame) {
+        Ok(GossipBody::Batch(b)) => Ok(crate::mempool::encode_batch(&b.transactions)),
+        Ok(_) => Err(Refusal::Reject("wrong_topic")),
+        Err(e @ proto::WireError::Version(_)) => Err(Refusal::Ignore(wire_reason(&e))),
+        Err(e) => Err(Refusal::Reject(wire_reason(&e))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+
+    #[test]
+    fn frames_become_canonical_batches_or_are_refused() {
+        let batch = proto::v1::Batch {
+            transactions: vec![b"a".to_vec(), vec![9; 200]],
+        };
+        let canonical = batch.encode_to_vec();
+        // The fast form: the bytes as they are.
+        assert_eq!(
+            canonical_batch(proto::batch_gossip(&canonical)),
+            Ok(canonical.clone())
+        );
+        // Another encoding of the same batch (an unknown field appended): decoded, re-encoded.
+        let mut other = proto::batch_gossip(&canonical);
+        other.extend_from_slice(&[0x78, 0x01]); // field 15, varint 1
+        assert!(proto::batch_in_gossip(&other).is_none());
+        assert_eq!(canonical_batch(other), Ok(canonical));
+        // Not a batch, garbage, another version.
+        let timeout = proto::v1::GossipMessage::new(GossipBody::Timeout(Default::default()));
+        assert_eq!(
+            canonical_batch(timeout.encode_to_vec()),
+            Err(Refusal::Reject("wrong_topic"))
+        );
+        assert_eq!(
+            canonical_batch(vec![0xff, 0xff, 0xff, 0x0f]),
+            Err(Refusal::Reject("malformed"))
+        );
+        let newer = proto::v1::GossipMessage {
+            version: proto::WIRE_VERSION + 1,
+            body: Some(GossipBody::Batch(batch)),
+        };
+        assert_eq!(
+            canonical_batch(newer.encode_to_vec()),
+            Err(Refusal::Ignore("version"))
+        );
+    }
+}
