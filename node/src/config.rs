@@ -101,6 +101,19 @@ pub struct MempoolSettings {
     /// node, more latency at low load.
     #[serde(default = "default_batch_timeout_ms")]
     pub batch_timeout_ms: u64,
+    /// A leader with no transactions to propose and none waiting to commit proposes its empty
+    /// block this many milliseconds late (at once when transactions arrive meanwhile), so an
+    /// idle cluster runs a few rounds a second instead of as many as its CPU and disks allow.
+    /// 0 proposes at once. Capped at half the round timeout, so pacing never times a round out.
+    #[serde(default = "default_empty_block_interval_ms")]
+    pub empty_block_interval_ms: u64,
+}
+
+/// The longest empty-block interval a config may set.
+pub const MAX_EMPTY_BLOCK_INTERVAL_MS: u64 = 10_000;
+
+fn default_empty_block_interval_ms() -> u64 {
+    100
 }
 
 /// The longest batch timeout a config may set: beyond it a lone transaction would wait longer
@@ -167,6 +180,7 @@ impl Default for Config {
                 max_pending_txs: 50_000,
                 max_pending_bytes: 64 * 1024 * 1024,
                 batch_timeout_ms: default_batch_timeout_ms(),
+                empty_block_interval_ms: default_empty_block_interval_ms(),
             },
         }
     }
@@ -271,6 +285,9 @@ max_pending_txs = {mpt}
 max_pending_bytes = {mpb}
 # A batch is sealed this long (ms) after its first transaction, or sooner when full.
 batch_timeout_ms = {bt}
+# With nothing to propose and nothing uncommitted, a leader waits this long (ms) before its empty
+# block (at once when transactions arrive). 0: at once. At most half the round timeout applies.
+empty_block_interval_ms = {ebi}
 "#,
         rpc = toml_str(&cfg.chain.rpc_url),
         genesis = toml_str(&cfg.cluster.genesis),
@@ -288,6 +305,7 @@ batch_timeout_ms = {bt}
         mpt = cfg.mempool.max_pending_txs,
         mpb = cfg.mempool.max_pending_bytes,
         bt = cfg.mempool.batch_timeout_ms,
+        ebi = cfg.mempool.empty_block_interval_ms,
     )
 }
 
@@ -397,6 +415,15 @@ impl Config {
                 detail: format!(
                     "{} is outside 1..={MAX_BATCH_TIMEOUT_MS}",
                     self.mempool.batch_timeout_ms
+                ),
+            });
+        }
+        if self.mempool.empty_block_interval_ms > MAX_EMPTY_BLOCK_INTERVAL_MS {
+            return Err(ConfigError::Invalid {
+                key: "mempool.empty_block_interval_ms".into(),
+                detail: format!(
+                    "{} is above {MAX_EMPTY_BLOCK_INTERVAL_MS}",
+                    self.mempool.empty_block_interval_ms
                 ),
             });
         }
@@ -576,6 +603,15 @@ mod tests {
         let set = ["mempool.batch_timeout_ms=200".to_string()];
         let cfg = Config::load(dir.path(), Vec::new(), &set).expect("200 ms");
         assert_eq!(cfg.mempool.batch_timeout_ms, 200);
+        let set = ["mempool.empty_block_interval_ms=10001".to_string()];
+        let e = Config::load(dir.path(), Vec::new(), &set).expect_err("bad interval");
+        assert!(
+            e.to_string().contains("mempool.empty_block_interval_ms"),
+            "{e}"
+        );
+        let set = ["mempool.empty_block_interval_ms=0".to_string()];
+        let cfg = Config::load(dir.path(), Vec::new(), &set).expect("0 ms");
+        assert_eq!(cfg.mempool.empty_block_interval_ms, 0);
     }
 
     #[test]
@@ -586,13 +622,16 @@ mod tests {
         let text = std::fs::read_to_string(&path).expect("read");
         let older: String = text
             .lines()
-            .filter(|l| !l.starts_with("batch_timeout_ms"))
+            .filter(|l| {
+                !l.starts_with("batch_timeout_ms") && !l.starts_with("empty_block_interval_ms")
+            })
             .map(|l| format!("{l}\n"))
             .collect();
         assert_ne!(older, text, "init writes the key");
         std::fs::write(&path, older).expect("write");
         let cfg = Config::load(dir.path(), Vec::new(), &[]).expect("load");
         assert_eq!(cfg.mempool.batch_timeout_ms, 50);
+        assert_eq!(cfg.mempool.empty_block_interval_ms, 100);
     }
 
     #[test]

@@ -115,6 +115,9 @@ pub struct DriverConfig {
     pub core: CoreConfig,
     /// How often the driver checks whether it is stalled and should sync.
     pub sync_check: Duration,
+    /// How late a leader with nothing to propose or commit proposes its empty block (see
+    /// `mempool.empty_block_interval_ms`); zero: at once.
+    pub empty_block_interval: Duration,
     /// How long without a commit counts as stalled.
     pub stall_after: Duration,
     /// How often the oracle reads the pinned head (genesis `oracle_poll_ms`).
@@ -173,6 +176,11 @@ pub struct Driver {
     connected: HashSet<PeerId>,
     timer: Option<(u64, tokio::time::Instant)>,
     uncommitted: HashMap<BlockId, (u64, Vec<BatchDigest>)>,
+    /// Uncommitted blocks that carry a `Reconfigure` (an epoch change waiting to commit).
+    uncommitted_reconfigure: HashSet<BlockId>,
+    /// A payload request held back because there was nothing to propose or commit: (round,
+    /// max batches, when to answer it anyway). Answered early when transactions arrive.
+    idle_payload: Option<(u64, usize, tokio::time::Instant)>,
     commit_queue: VecDeque<(CommittedBlock, Option<CommitProof>)>,
     commit_fetch_inflight: bool,
     outbox: Vec<Outgoing>,
@@ -274,6 +282,8 @@ impl Driver {
             connected: HashSet::new(),
             timer: None,
             uncommitted: HashMap::new(),
+            uncommitted_reconfigure: HashSet::new(),
+            idle_payload: None,
             commit_queue: VecDeque::new(),
             commit_fetch_inflight: false,
             outbox: Vec::new(),
@@ -292,8 +302,7 @@ impl Driver {
                 .ok()
                 .and_then(|w| wire::block_from_wire(&w).ok())
             {
-                d.uncommitted
-                    .insert(b.id(), (b.round(), b.payload().to_vec()));
+                d.note_uncommitted(&b);
             }
         }
         d.execute_unexecuted()?;
@@ -463,6 +472,7 @@ impl Driver {
         let mut redial = tokio::time::interval(Duration::from_secs(2));
         loop {
             let timer = self.timer;
+            let idle = self.idle_payload;
             tokio::select! {
                 _ = shutdown.changed() => {
                     if *shutdown.borrow() { break; }
@@ -486,6 +496,12 @@ impl Driver {
                         self.feed(Event::TimerFired { round, now_ms: now })?;
                     }
                 }
+                _ = async {
+                    match idle {
+                        Some((_, _, at)) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => self.poll_idle_payload(true)?,
                 _ = self.mempool_wake.notified() => self.seal_batches(false)?,
                 _ = tick.tick() => {
                     self.seal_batches(true)?;
@@ -494,6 +510,7 @@ impl Driver {
                 _ = sync_check.tick() => self.maybe_sync(),
                 _ = redial.tick() => self.dial_members().await,
             }
+            self.poll_idle_payload(false)?;
             self.process_commits()?;
             self.flush().await;
             self.refresh_status();
@@ -688,13 +705,13 @@ impl Driver {
         let items = std::mem::take(queue);
         for a in &items {
             match a {
-                Action::PersistBlock(b) => {
-                    self.uncommitted
-                        .insert(b.id(), (b.round(), b.payload().to_vec()));
-                }
+                Action::PersistBlock(b) => self.note_uncommitted(b),
                 // Blocks of the ended epoch past B0 never commit: their batches are free to be
                 // proposed again in the new epoch.
-                Action::PersistEpochChange(_) => self.uncommitted.clear(),
+                Action::PersistEpochChange(_) => {
+                    self.uncommitted.clear();
+                    self.uncommitted_reconfigure.clear();
+                }
                 _ => {}
             }
         }
@@ -731,6 +748,64 @@ impl Driver {
         Ok(())
     }
 
+    fn note_uncommitted(&mut self, b: &Block) {
+        self.uncommitted
+            .insert(b.id(), (b.round(), b.payload().to_vec()));
+        if b.header().reconfigure.is_some() {
+            self.uncommitted_reconfigure.insert(b.id());
+        }
+    }
+
+    /// Answers the core's payload request with the oldest proposable batches, or holds it back
+    /// for `empty_block_interval` when the block would be empty and nothing uncommitted waits
+    /// for the blocks after it (transactions or an epoch change): an idle cluster then runs a
+    /// few rounds a second instead of as many as its CPU and fsyncs allow. `now`: answer even
+    /// if empty.
+    fn answer_payload(
+        &mut self,
+        round: u64,
+        max_batches: usize,
+        now: bool,
+    ) -> Result<(), DriverError> {
+        self.idle_payload = None;
+        let exclude: HashSet<[u8; 32]> = self
+            .uncommitted
+            .values()
+            .flat_map(|(_, ds)| ds.iter().map(|d| d.0))
+            .collect();
+        let batches: Vec<BatchDigest> = lock(&self.mempool)
+            .payload(max_batches, &exclude)
+            .into_iter()
+            .map(BatchDigest)
+            .collect();
+        let idle = batches.is_empty()
+            && exclude.is_empty()
+            && self.uncommitted_reconfigure.is_empty()
+            && !self.cfg.empty_block_interval.is_zero();
+        if idle && !now {
+            let at = tokio::time::Instant::now() + self.cfg.empty_block_interval;
+            self.idle_payload = Some((round, max_batches, at));
+            return Ok(());
+        }
+        self.feed(Event::PayloadReady { round, batches })
+    }
+
+    /// Answers a held-back payload request once transactions can be proposed, or when its
+    /// interval is over (`due`), or drops it when the core has left its round.
+    fn poll_idle_payload(&mut self, due: bool) -> Result<(), DriverError> {
+        let Some((round, max_batches, _)) = self.idle_payload else {
+            return Ok(());
+        };
+        if round != self.core.round() {
+            self.idle_payload = None;
+            return Ok(());
+        }
+        if due || lock(&self.mempool).has_proposable() {
+            self.answer_payload(round, max_batches, true)?;
+        }
+        Ok(())
+    }
+
     fn act(&mut self, a: Action) -> Result<(), DriverError> {
         match a {
             Action::Broadcast(message) => self.send_message(&message),
@@ -739,17 +814,7 @@ impl Driver {
                 self.timer = Some((round, at));
             }
             Action::RequestPayload { round, max_batches } => {
-                let exclude: HashSet<[u8; 32]> = self
-                    .uncommitted
-                    .values()
-                    .flat_map(|(_, ds)| ds.iter().map(|d| d.0))
-                    .collect();
-                let batches = lock(&self.mempool)
-                    .payload(max_batches, &exclude)
-                    .into_iter()
-                    .map(BatchDigest)
-                    .collect();
-                self.feed(Event::PayloadReady { round, batches })?;
+                self.answer_payload(round, max_batches, false)?;
             }
             Action::FetchBatches {
                 block_id,
@@ -1075,6 +1140,9 @@ impl Driver {
         )?;
         let root_round = block.round();
         self.uncommitted.retain(|_, (r, _)| *r > root_round);
+        let uncommitted = &self.uncommitted;
+        self.uncommitted_reconfigure
+            .retain(|id| uncommitted.contains_key(id));
         let now = Instant::now();
         let latencies = lock(&self.mempool).on_committed(&digests, &result.committed, now);
         for l in latencies {
@@ -1727,6 +1795,7 @@ impl Driver {
             w.put_epoch_change(r.epoch, &r.encode())
         })?;
         self.uncommitted.clear();
+        self.uncommitted_reconfigure.clear();
         self.on_epoch_changed(r);
         Ok(())
     }

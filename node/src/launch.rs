@@ -266,6 +266,11 @@ pub async fn run_start_hooked(
                 ..CoreConfig::default()
             },
             sync_check: Duration::from_secs(1),
+            empty_block_interval: Duration::from_millis(
+                cfg.mempool
+                    .empty_block_interval_ms
+                    .min(genesis.base_timeout_ms / 2),
+            ),
             stall_after: Duration::from_millis(genesis.timeout_cap_ms.saturating_mul(2)),
             oracle_poll: Duration::from_millis(genesis.oracle_poll_ms),
         },

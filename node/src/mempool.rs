@@ -464,6 +464,11 @@ impl Mempool {
         true
     }
 
+    /// Whether any held batch could be proposed (cheap: no payload is built).
+    pub fn has_proposable(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
     /// Whether a batch is held (known, not yet committed).
     pub fn has_batch(&self, digest: &Hash32) -> bool {
         self.batches.contains_key(digest)

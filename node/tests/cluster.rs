@@ -227,3 +227,53 @@ async fn crashed_and_late_nodes_catch_up() {
     }
     c.stop_all().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_cluster_paces_its_empty_blocks_and_a_transaction_still_commits_at_once() {
+    let c = Cluster::new();
+    let interval = Duration::from_millis(250);
+    let mut nodes = Vec::new();
+    for i in 0..4 {
+        let mut params = node_params(i, c.dirs[i].path(), &c.ports, 0);
+        params.driver.empty_block_interval = interval;
+        nodes.push(start(params).await.expect("start"));
+    }
+    let height = |i: usize| nodes[i].status.read().expect("status").committed_height;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while height(0) < 3 {
+        assert!(Instant::now() < deadline, "no commits: {}", height(0));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Idle: each round waits `interval` before its empty block, so 3 s hold at most ~12
+    // rounds (without pacing this loopback cluster ran 569 in 3 s).
+    let (h0, t0) = (height(0), Instant::now());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle_rounds = height(0) - h0;
+    let elapsed = t0.elapsed();
+    assert!(
+        (2..=18).contains(&idle_rounds),
+        "{idle_rounds} heights in {elapsed:?} with an idle cluster pacing at {interval:?}"
+    );
+    // A transaction wakes the waiting leader: it commits well within the round timeout.
+    let sent = Instant::now();
+    let (code, body) = http(nodes[1].api_addr, "POST", "/txs", &put(7)).await;
+    assert_eq!(code, 202, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let hash = v["hash"].as_str().expect("hash").to_owned();
+    loop {
+        let (_, v) = get_json(nodes[0].api_addr, &format!("/txs/{hash}")).await;
+        if v["status"] == "committed" {
+            break;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(2),
+            "transaction not committed within 2 s of an idle cluster: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let latency = sent.elapsed();
+    eprintln!("idle: {idle_rounds} heights in {elapsed:?}; a transaction committed in {latency:?}");
+    for n in nodes {
+        n.stop().await.expect("clean stop");
+    }
+}

@@ -150,6 +150,7 @@ pub fn node_params(i: usize, data_dir: &Path, p2p_ports: &[u16], api_port: u16) 
                 ..CoreConfig::default()
             },
             sync_check: Duration::from_millis(500),
+            empty_block_interval: Duration::from_millis(100),
             stall_after: Duration::from_secs(2),
             oracle_poll: Duration::from_millis(500),
         },
