@@ -264,12 +264,11 @@ enum Refusal {
 
 /// The canonical batch bytes (`v1::Batch` encoding) inside a frame: taken as they are from the
 /// envelope [`proto::batch_gossip`] writes, re-encoded from any other well-formed batch envelope.
-fn canonical_batch(mut frame: Vec<u8>) -> Result<Vec<u8>, Refusal> {
-    if let Some(range) = proto::batch_in_gossip(&frame) {
-        frame.truncate(range.end);
-        frame.drain(..range.start);
-        return Ok(frame);
-    }
+fn canonical_batch(frame: Vec<u8>) -> Result<Vec<u8>, Refusal> {
+    let frame = match proto::take_batch_in_gossip(frame) {
+        Ok(canonical) => return Ok(canonical),
+        Err(frame) => frame,
+    };
     match proto::v1::GossipMessage::decode_checked(&frame) {
         Ok(GossipBody::Batch(b)) => Ok(crate::mempool::encode_batch(&b.transactions)),
         Ok(_) => Err(Refusal::Reject("wrong_topic")),

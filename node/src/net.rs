@@ -850,24 +850,26 @@ impl Task {
                     self.ignore_gossip(&message_id, &propagation_source, "unknown_topic");
                     return;
                 };
-                if kind == TopicKind::Batches
-                    && let Some(range) = proto::batch_in_gossip(&message.data)
-                {
-                    let from_member = message.source.is_some_and(|s| self.members.contains(&s));
-                    if !(from_member && message.source == Some(propagation_source)) {
-                        self.ignore_gossip(&message_id, &propagation_source, "non_member");
-                        return;
+                let mut message = message;
+                if kind == TopicKind::Batches {
+                    match proto::take_batch_in_gossip(std::mem::take(&mut message.data)) {
+                        Ok(canonical) => {
+                            let from_member =
+                                message.source.is_some_and(|s| self.members.contains(&s));
+                            if !(from_member && message.source == Some(propagation_source)) {
+                                self.ignore_gossip(&message_id, &propagation_source, "non_member");
+                                return;
+                            }
+                            self.emit(NetEvent::Batch {
+                                from: propagation_source,
+                                gossip_id: Some(message_id),
+                                canonical,
+                            })
+                            .await;
+                            return;
+                        }
+                        Err(data) => message.data = data,
                     }
-                    let mut canonical = message.data;
-                    canonical.truncate(range.end);
-                    canonical.drain(..range.start);
-                    self.emit(NetEvent::Batch {
-                        from: propagation_source,
-                        gossip_id: Some(message_id),
-                        canonical,
-                    })
-                    .await;
-                    return;
                 }
                 let body = match proto::v1::GossipMessage::decode_checked(&message.data) {
                     Ok(b) => b,

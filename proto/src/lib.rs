@@ -136,6 +136,20 @@ pub fn batch_in_gossip(bytes: &[u8]) -> Option<std::ops::Range<usize>> {
     Some(bytes.len() - rest.len()..bytes.len())
 }
 
+/// The canonical batch bytes of an envelope [`batch_in_gossip`] recognises, taken out of it in
+/// place (the transactions are neither decoded nor copied into new buffers); the envelope
+/// itself back when it is anything else.
+pub fn take_batch_in_gossip(mut bytes: Vec<u8>) -> Result<Vec<u8>, Vec<u8>> {
+    match batch_in_gossip(&bytes) {
+        Some(range) => {
+            bytes.truncate(range.end);
+            bytes.drain(..range.start);
+            Ok(bytes)
+        }
+        None => Err(bytes),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,6 +173,8 @@ mod tests {
         let general = v1::GossipMessage::new(GossipBody::Batch(batch)).encode_to_vec();
         let fast = batch_gossip(&canonical);
         assert_eq!(fast, general);
+        assert_eq!(take_batch_in_gossip(fast.clone()), Ok(canonical.clone()));
+        assert!(take_batch_in_gossip(fast[..fast.len() - 1].to_vec()).is_err());
         let range = batch_in_gossip(&fast).expect("batch envelope");
         assert_eq!(&fast[range], canonical.as_slice());
         // Truncated, another body, another version: not the fast form.
