@@ -3,6 +3,13 @@
 //! ancestors in order. The proof of the commit is B1 with QC(B1); the committed blocks chain to it
 //! by parent ids. After a commit everything not descending from the new root is pruned, so the
 //! tree only ever holds uncommitted blocks (bounded by `max_blocks`).
+//!
+//! One round has one leader, so the tree keeps **one block per round** as a proposal
+//! ([`BlockTree::insert`]): a leader that signs many blocks for its round cannot fill the tree,
+//! the later ones are evidence only. A block that a QC certifies (a fetched ancestor, a record's
+//! path) may still join as the round's second block ([`BlockTree::insert_certified`]): at most
+//! one block of a round can gather a quorum, and a node that first saw the other one must be
+//! able to follow the certified chain. So a round never holds more than two blocks.
 
 use crate::types::{Block, BlockId, QuorumCert};
 use std::collections::{HashMap, HashSet};
@@ -61,6 +68,9 @@ pub enum TreeError {
     /// The tree holds `max_blocks` already.
     #[error("block tree is full")]
     Full,
+    /// Another block of the same round is held already (two, for a certified block).
+    #[error("the tree holds another block of round {0}")]
+    RoundTaken(u64),
 }
 
 /// Uncommitted blocks descending from the committed root.
@@ -68,6 +78,8 @@ pub enum TreeError {
 pub struct BlockTree {
     root: Root,
     blocks: HashMap<BlockId, Block>,
+    /// Blocks held per round (one or two ids).
+    rounds: HashMap<u64, Vec<BlockId>>,
     max_blocks: usize,
 }
 
@@ -77,6 +89,7 @@ impl BlockTree {
         Self {
             root,
             blocks: HashMap::new(),
+            rounds: HashMap::new(),
             max_blocks,
         }
     }
@@ -109,9 +122,24 @@ impl BlockTree {
         }
     }
 
-    /// Inserts a block (already validated) whose parent is in the tree. Returns false if it was
-    /// there already.
+    /// The block held for `round` first, if any (the proposal a node saw first).
+    pub fn first_of_round(&self, round: u64) -> Option<BlockId> {
+        self.rounds.get(&round).and_then(|ids| ids.first().copied())
+    }
+
+    /// Inserts a proposed block (already validated) whose parent is in the tree, if no other
+    /// block of its round is held. Returns false if it was there already.
     pub fn insert(&mut self, block: Block) -> Result<bool, TreeError> {
+        self.insert_bounded(block, 1)
+    }
+
+    /// Inserts a block certified by a verified QC (directly, or as the parent of a certified
+    /// block), even if another block of its round is held (at most two per round).
+    pub fn insert_certified(&mut self, block: Block) -> Result<bool, TreeError> {
+        self.insert_bounded(block, 2)
+    }
+
+    fn insert_bounded(&mut self, block: Block, per_round: usize) -> Result<bool, TreeError> {
         if self.blocks.contains_key(&block.id()) {
             return Ok(false);
         }
@@ -124,9 +152,17 @@ impl BlockTree {
         if block.round() <= parent_round {
             return Err(TreeError::RoundNotAboveParent);
         }
+        let held = self.rounds.get(&block.round()).map_or(0, Vec::len);
+        if held >= per_round {
+            return Err(TreeError::RoundTaken(block.round()));
+        }
         if self.blocks.len() >= self.max_blocks {
             return Err(TreeError::Full);
         }
+        self.rounds
+            .entry(block.round())
+            .or_default()
+            .push(block.id());
         self.blocks.insert(block.id(), block);
         Ok(true)
     }
@@ -137,7 +173,7 @@ impl BlockTree {
         let b1 = self.blocks.get(&qc.block_id)?;
         let b0 = self.blocks.get(&b1.parent_id())?;
         #[cfg(not(feature = "mutant-one-chain-commit"))]
-        if b1.round() != b0.round() + 1 {
+        if b0.round().checked_add(1) != Some(b1.round()) {
             return None;
         }
         if b0.round() <= self.root.round {
@@ -192,6 +228,11 @@ impl BlockTree {
         }
         let root = self.root.id;
         self.blocks.retain(|id, _| *id != root && keep.contains(id));
+        let blocks = &self.blocks;
+        self.rounds.retain(|_, ids| {
+            ids.retain(|id| blocks.contains_key(id));
+            !ids.is_empty()
+        });
     }
 }
 
@@ -250,6 +291,38 @@ mod tests {
     }
 
     #[test]
+    fn one_proposed_block_per_round_and_one_certified_beside_it() {
+        let c = Cluster::new(Scheme::Fast, &[1, 1, 1, 1], 7);
+        let mut t = tree(&c);
+        let a = c.block(1, c.ctx.genesis_qc(), vec![]);
+        let b = c.block(
+            1,
+            c.ctx.genesis_qc(),
+            vec![crate::types::BatchDigest([9; 32])],
+        );
+        let d = c.block(
+            1,
+            c.ctx.genesis_qc(),
+            vec![crate::types::BatchDigest([8; 32])],
+        );
+        assert_eq!(t.insert(a.clone()), Ok(true));
+        assert_eq!(t.insert(a.clone()), Ok(false), "the same block again");
+        assert_eq!(t.insert(b.clone()), Err(TreeError::RoundTaken(1)));
+        assert_eq!(t.insert_certified(b.clone()), Ok(true));
+        assert_eq!(t.insert_certified(d), Err(TreeError::RoundTaken(1)));
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.first_of_round(1), Some(a.id()));
+        // Once B is committed the round's bookkeeping goes with A.
+        let b2 = c.block(2, c.full_qc(1, b.id()), vec![]);
+        let b3 = c.block(3, c.full_qc(2, b2.id()), vec![]);
+        t.insert(b2.clone()).expect("inserts");
+        t.insert(b3.clone()).expect("inserts");
+        t.on_qc(&c.full_qc(3, b3.id())).expect("commits B and B2");
+        assert_eq!(t.first_of_round(1), None);
+        assert_eq!(t.first_of_round(2), None);
+    }
+
+    #[test]
     fn prunes_forks_and_refuses_orphans() {
         let c = Cluster::new(Scheme::Fast, &[1, 1, 1, 1], 7);
         let mut t = tree(&c);
@@ -259,9 +332,12 @@ mod tests {
         let b3 = c.block(3, c.full_qc(2, b2.id()), vec![]);
         let orphan = c.block(5, c.full_qc(4, crate::types::BlockId([1; 32])), vec![]);
         assert_eq!(t.insert(orphan), Err(TreeError::MissingParent));
-        for b in [&b1, &fork, &b2, &b3] {
+        for b in [&b1, &fork] {
             t.insert(b.clone()).expect("inserts");
         }
+        // B2 shares round 2 with the fork: it joins as the certified one.
+        t.insert_certified(b2.clone()).expect("inserts");
+        t.insert(b3.clone()).expect("inserts");
         let commit = t.on_qc(&c.full_qc(2, b2.id())).expect("commits B1");
         assert_eq!(commit.blocks.len(), 1);
         assert!(!t.contains(&fork.id()), "fork below the new root is pruned");

@@ -19,6 +19,7 @@ use crate::types::{
     Address, BatchDigest, Block, BlockId, MAX_BATCHES_PER_BLOCK, MemberInfo, Message, Proposal,
     QuorumCert, Reconfigure, Signature, SignerBitmap, Timeout, TimeoutCert, Vote,
 };
+use crate::validators::bounded_members;
 use crate::verify::EpochContext;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use thiserror::Error;
@@ -329,8 +330,9 @@ type HeadView = (u64, [u8; 32], Vec<MemberInfo>);
 
 /// Most chain-set answers remembered.
 const MAX_CHAIN_SETS: usize = 32;
-/// Most records of future epochs held until their epoch is reached.
-const MAX_FUTURE_RECORDS: usize = 8;
+/// Most records taken from one `EpochChanges` event (a catch-up answer spans this many epochs at
+/// most; the rest are fetched again from the new epoch).
+const MAX_RECORDS_PER_EVENT: usize = 32;
 
 /// The state machine of one validator (or observer), epoch after epoch.
 pub struct Core {
@@ -355,9 +357,16 @@ pub struct Core {
     chain_sets: BTreeMap<(u64, [u8; 32]), Option<Vec<MemberInfo>>>,
     awaiting_reconfig: Option<Proposal>,
     reconfig_deadline: Option<(BlockId, u64, bool)>,
-    future_records: BTreeMap<u64, EpochChangeRecord>,
-    prev_members: HashSet<Address>,
+    /// A peer that showed a later epoch than ours (nothing of that epoch can be verified yet):
+    /// after the next epoch change, its records are fetched from there.
+    later_epoch_hint: Option<(u64, Option<Address>)>,
+    /// The previous epoch's context: a message of that epoch is verified before its signer is
+    /// answered with records.
+    prev_ctx: Option<EpochContext>,
     answered: HashSet<Address>,
+    /// One answer per timer to a message of an epoch older than the previous one (its signature
+    /// cannot be checked, so its named signer is not trusted).
+    old_epoch_answer_armed: bool,
     records_fetch_armed: bool,
 }
 
@@ -444,9 +453,10 @@ impl Core {
             chain_sets: BTreeMap::new(),
             awaiting_reconfig: None,
             reconfig_deadline: None,
-            future_records: BTreeMap::new(),
-            prev_members: HashSet::new(),
+            later_epoch_hint: None,
+            prev_ctx: None,
             answered: HashSet::new(),
+            old_epoch_answer_armed: true,
             records_fetch_armed: true,
         };
         // Rebuild the tree from the persisted blocks, oldest first; their QCs may commit more
@@ -457,7 +467,7 @@ impl Core {
             if b.epoch() != core.ctx.epoch() || core.ctx.verify_qc(b.qc()).is_err() {
                 continue;
             }
-            if matches!(core.tree.insert(b.clone()), Ok(true)) {
+            if matches!(core.tree.insert_certified(b.clone()), Ok(true)) {
                 core.pm.observe_qc(b.qc());
                 core.try_commit(&b.qc().clone());
             }
@@ -468,7 +478,7 @@ impl Core {
             .high_qc()
             .round
             .max(core.pm.high_tc().map_or(0, |t| t.round))
-            + 1;
+            .saturating_add(1);
         core.pm.advance(start_round, Entry::Qc);
         core.startup = std::mem::take(&mut core.out);
         Ok(core)
@@ -525,15 +535,14 @@ impl Core {
                 self.now_ms = now_ms;
                 self.on_start();
             }
-            Event::Message { from, message } => match message {
-                Message::Proposal(p) => self.on_proposal(p, from),
-                Message::Vote(v) => self.on_vote(v),
-                Message::Timeout(t) => self.on_timeout(t, from),
-                Message::TimeoutCert(tc) => self.on_tc(tc, from),
+            Event::Message { from, message } => match crate::bounds::check_message(&message) {
+                Err(reason) => self.discard(true, reason),
+                Ok(()) => self.on_message(message, from),
             },
             Event::TimerFired { round, now_ms } => {
                 self.now_ms = now_ms;
                 self.records_fetch_armed = true;
+                self.old_epoch_answer_armed = true;
                 self.answered.clear();
                 self.on_timer(round);
             }
@@ -543,12 +552,11 @@ impl Core {
             Event::PinnedHead {
                 number,
                 hash,
-                mut members,
+                members,
                 now_ms,
             } => {
                 self.now_ms = self.now_ms.max(now_ms);
-                members.sort_by_key(|m| m.address);
-                self.head = Some((number, hash, members));
+                self.head = Some((number, hash, bounded_members(members)));
                 self.recheck_reconfig();
             }
             Event::ChainSet {
@@ -556,10 +564,7 @@ impl Core {
                 hash,
                 members,
             } => {
-                let members = members.map(|mut m| {
-                    m.sort_by_key(|x| x.address);
-                    m
-                });
+                let members = members.map(bounded_members);
                 if self.chain_sets.len() >= MAX_CHAIN_SETS
                     && let Some(first) = self.chain_sets.keys().next().copied()
                 {
@@ -572,6 +577,19 @@ impl Core {
         }
         self.drain_pending();
         std::mem::take(&mut self.out)
+    }
+
+    /// A message whose rounds and epochs are in range.
+    fn on_message(&mut self, message: Message, from: Address) {
+        if message.epoch_round().0 != self.ctx.epoch() {
+            return self.other_epoch(&message, from);
+        }
+        match message {
+            Message::Proposal(p) => self.on_proposal(p, from),
+            Message::Vote(v) => self.on_vote(v),
+            Message::Timeout(t) => self.on_timeout(t, from),
+            Message::TimeoutCert(tc) => self.on_tc(tc, from),
+        }
     }
 
     fn discard(&mut self, reject: bool, reason: &'static str) {
@@ -688,8 +706,9 @@ impl Core {
                 self.want(qc.block_id, hint, Some(qc.clone()));
             }
         }
-        if qc.round + 1 > self.pm.round() {
-            self.enter_round(qc.round + 1, Entry::Qc);
+        let next = qc.round.saturating_add(1);
+        if next > self.pm.round() {
+            self.enter_round(next, Entry::Qc);
         }
     }
 
@@ -732,8 +751,9 @@ impl Core {
             return;
         }
         self.pm.observe_tc(tc);
-        if tc.round + 1 > self.pm.round() {
-            self.enter_round(tc.round + 1, Entry::Tc);
+        let next = tc.round.saturating_add(1);
+        if next > self.pm.round() {
+            self.enter_round(next, Entry::Tc);
         }
     }
 
@@ -764,29 +784,38 @@ impl Core {
 
     fn on_proposal(&mut self, p: Proposal, from: Address) {
         let b = &p.block;
-        if b.epoch() != self.ctx.epoch() {
-            return self.other_epoch(b.epoch(), b.proposer(), from);
-        }
         if b.payload().len() > self.config.max_payload_batches {
             return self.discard(true, "proposal payload too large");
         }
         if b.round() <= self.tree.root().round {
             return self.discard(false, "proposal below the committed root");
         }
-        // A block already held needs no second look, unless this proposal conflicts with the
-        // first one seen for its round (the block may have arrived by fetch): then it is evidence.
-        let conflicts = self
+        // One block per round: what a leader signs beyond its first block of a round is evidence
+        // at most, and costs no signature check once that evidence is held.
+        let seen = self
             .proposals_seen
             .get(&b.round())
-            .is_some_and(|(id, _, reported)| *id != b.id() && !*reported);
-        if b.round() < self.pm.round() && self.tree.contains(&b.id()) && !conflicts {
-            // Remember it as the round's first proposal (once, if validly signed) so that a
-            // conflicting one arriving later is still caught.
-            if !self.proposals_seen.contains_key(&b.round()) && self.ctx.verify_proposal(&p).is_ok()
-            {
-                self.check_proposal_equivocation(&p);
+            .map(|(id, _, r)| (*id, *r));
+        match seen {
+            Some((id, true)) if id != b.id() => {
+                return self.discard(false, "equivocating proposal");
             }
-            return self.discard(false, "stale duplicate proposal");
+            Some((id, _)) if id == b.id() && b.round() < self.pm.round() => {
+                return self.discard(false, "stale duplicate proposal");
+            }
+            _ => {}
+        }
+        if seen.is_none()
+            && b.round() < self.pm.round()
+            && let Some(first) = self.tree.first_of_round(b.round())
+        {
+            // A past round outside the evidence window: the tree already holds its block.
+            let reason = if first == b.id() {
+                "stale duplicate proposal"
+            } else {
+                "second block for a past round"
+            };
+            return self.discard(false, reason);
         }
         if let Err(e) = self.ctx.verify_proposal(&p) {
             // DESIGN section 7: what a non-member signs is ignored, not rejected (the forwarder
@@ -796,13 +825,19 @@ impl Core {
             }
             return self.discard(true, "invalid proposal");
         }
-        self.check_proposal_equivocation(&p);
+        let equivocation = self.check_proposal_equivocation(&p);
+        // Its certificates are valid whatever the block: they move the round on.
         self.process_qc(&p.block.qc().clone(), Some(from));
         if let Some(tc) = p.tc.clone() {
             self.process_tc(&tc, Some(from));
         }
         if p.block.epoch() != self.ctx.epoch() {
             return; // its certificates ended the epoch
+        }
+        if equivocation {
+            // Not inserted, persisted, voted for or forwarded: if a quorum certifies this block
+            // instead of the first, it is fetched as a certified block.
+            return self.discard(false, "equivocating proposal");
         }
         if p.round() < self.pm.round() {
             // Its block may still become an ancestor: keep it if it attaches.
@@ -817,11 +852,17 @@ impl Core {
     }
 
     /// Remembers the first proposal of each recent round; a different one by the same leader is
-    /// evidence (reported once per round).
-    fn check_proposal_equivocation(&mut self, p: &Proposal) {
+    /// evidence (reported once per round). Returns whether `p` is not the round's first block
+    /// (of the recent rounds, or the one the tree holds).
+    fn check_proposal_equivocation(&mut self, p: &Proposal) -> bool {
         let r = p.round();
-        if r + 1 < self.pm.round() || r > self.pm.round().saturating_add(self.config.round_window) {
-            return;
+        if r.saturating_add(1) < self.pm.round()
+            || r > self.pm.round().saturating_add(self.config.round_window)
+        {
+            return self
+                .tree
+                .first_of_round(r)
+                .is_some_and(|first| first != p.block.id());
         }
         match self.proposals_seen.get_mut(&r) {
             None => {
@@ -832,6 +873,10 @@ impl Core {
                 {
                     self.proposals_seen.remove(&first);
                 }
+                // The round's block may have arrived by fetch (certified) before any proposal.
+                self.tree
+                    .first_of_round(r)
+                    .is_some_and(|first| first != p.block.id())
             }
             Some((id, sig, reported)) if *id != p.block.id() && !*reported => {
                 *reported = true;
@@ -844,8 +889,9 @@ impl Core {
                     first,
                     second: (p.block.id(), p.signature),
                 }));
+                true
             }
-            Some(_) => {}
+            Some((id, _, _)) => *id != p.block.id(),
         }
     }
 
@@ -946,10 +992,10 @@ impl Core {
 
     fn on_vote(&mut self, v: Vote) {
         if v.epoch != self.ctx.epoch() {
-            return self.other_epoch(v.epoch, v.signer, v.signer);
+            return self.discard(false, "vote of another epoch");
         }
         let r = self.pm.round();
-        if v.round + 1 < r || v.round > r.saturating_add(self.config.round_window) {
+        if v.round.saturating_add(1) < r || v.round > r.saturating_add(self.config.round_window) {
             return self.discard(false, "vote outside the round window");
         }
         let Some(i) = self.ctx.set().index_of(&v.signer) else {
@@ -1018,22 +1064,28 @@ impl Core {
     }
 
     fn on_timeout(&mut self, t: Timeout, from: Address) {
-        if t.epoch != self.ctx.epoch() {
-            return self.other_epoch(t.epoch, t.signer, from);
-        }
         let Some(i) = self.ctx.set().index_of(&t.signer) else {
             return self.discard(false, "timeout from a non-member");
         };
         if self.pm.has_timeout(t.round, i) {
             return self.discard(false, "duplicate timeout");
         }
-        if t.round + 1 < self.pm.round()
+        if t.round.saturating_add(1) < self.pm.round()
             && t.high_qc.round <= self.pm.high_qc().round
             && t.high_tc
                 .as_ref()
-                .is_none_or(|tc| tc.round + 1 < self.pm.round())
+                .is_none_or(|tc| tc.round.saturating_add(1) < self.pm.round())
         {
             return self.discard(false, "stale timeout");
+        }
+        // Far ahead and carrying nothing newer than what this node holds: of no use even if
+        // valid, so no signature is spent on it.
+        let newer_certs = t.high_qc.round > self.pm.high_qc().round
+            || t.high_tc
+                .as_ref()
+                .is_some_and(|tc| self.pm.high_tc().is_none_or(|held| tc.round > held.round));
+        if !newer_certs && !self.pm.in_window(t.round) {
+            return self.discard(false, "timeout outside the round window");
         }
         if self.ctx.verify_timeout(&t).is_err() {
             return self.discard(true, "invalid timeout");
@@ -1069,10 +1121,9 @@ impl Core {
     }
 
     fn on_tc(&mut self, tc: TimeoutCert, from: Address) {
-        if tc.epoch != self.ctx.epoch() {
-            return self.other_epoch(tc.epoch, from, from);
-        }
-        if tc.round + 1 < self.pm.round() && tc.high_qc.round <= self.pm.high_qc().round {
+        if tc.round.saturating_add(1) < self.pm.round()
+            && tc.high_qc.round <= self.pm.high_qc().round
+        {
             return self.discard(false, "stale TC");
         }
         if self.ctx.verify_tc(&tc).is_err() {
@@ -1113,10 +1164,13 @@ impl Core {
         }
         let r = self.pm.round();
         let high_qc = self.pm.high_qc().clone();
-        let high_tc = if high_qc.round + 1 == r {
+        let high_tc = if high_qc.round.checked_add(1) == Some(r) {
             None
         } else {
-            self.pm.high_tc().filter(|tc| tc.round + 1 == r).cloned()
+            self.pm
+                .high_tc()
+                .filter(|tc| tc.round.checked_add(1) == Some(r))
+                .cloned()
         };
         let Ok(t) = self
             .safety
@@ -1144,10 +1198,14 @@ impl Core {
         }
         batches.truncate(self.config.max_payload_batches);
         let qc = self.pm.high_qc().clone();
-        let tc = if qc.round + 1 == round {
+        let tc = if qc.round.checked_add(1) == Some(round) {
             None
         } else {
-            match self.pm.high_tc().filter(|tc| tc.round + 1 == round) {
+            match self
+                .pm
+                .high_tc()
+                .filter(|tc| tc.round.checked_add(1) == Some(round))
+            {
                 Some(tc) => Some(tc.clone()),
                 None => return, // cannot justify the round (never expected)
             }
@@ -1182,6 +1240,10 @@ impl Core {
         let mut expect: Option<BlockId> = None;
         let mut accepted = 0usize;
         for b in blocks.into_iter().take(self.config.max_fetch_blocks) {
+            if let Err(reason) = crate::bounds::check_block(&b) {
+                self.discard(true, reason);
+                break;
+            }
             let wanted = match expect {
                 None => self.wanted.contains_key(&b.id()),
                 Some(id) => id == b.id(),
@@ -1189,15 +1251,16 @@ impl Core {
             if !wanted || b.epoch() != self.ctx.epoch() {
                 break;
             }
+            // Cheapest checks first; the set check of a `Reconfigure` after the QC.
             if b.parent_id() != b.qc().block_id
                 || b.round() <= b.qc().round
                 || b.payload().len() > self.config.max_payload_batches
+                || self.ctx.set().leader(b.round()) != b.proposer()
+                || self.ctx.verify_qc(b.qc()).is_err()
                 || b.header()
                     .reconfigure
                     .as_ref()
                     .is_some_and(|rc| crate::epoch::check_reconfigure_shape(rc).is_err())
-                || self.ctx.set().leader(b.round()) != b.proposer()
-                || self.ctx.verify_qc(b.qc()).is_err()
             {
                 self.discard(true, "invalid fetched block");
                 break;
@@ -1237,7 +1300,7 @@ impl Core {
                     return; // the epoch ended: its orphans are gone
                 }
                 self.orphans.remove(&b.id());
-                if !matches!(self.tree.insert(b.clone()), Ok(true)) {
+                if !matches!(self.tree.insert_certified(b.clone()), Ok(true)) {
                     continue;
                 }
                 self.out.push(Action::PersistBlock(b.clone()));
@@ -1409,22 +1472,41 @@ impl Core {
     }
 
     /// A message of another epoch: answer a lagging member with records, or fetch the records
-    /// of a later epoch. Rate-limited: once per peer (answers) or once (fetches) per timer.
-    fn other_epoch(&mut self, epoch: u64, signer: Address, from: Address) {
+    /// of a later epoch. Rate-limited: once per signer (answers) or once (fetches) per timer.
+    /// A message of the previous epoch is verified with that epoch's context before its signer
+    /// is answered; one of an older epoch (whose set this node no longer holds) gets at most one
+    /// answer per timer in all, so forged signers cannot make the node send records around.
+    fn other_epoch(&mut self, m: &Message, from: Address) {
         let cur = self.ctx.epoch();
+        let epoch = m.epoch_round().0;
         if epoch > cur {
-            if self.records_fetch_armed {
-                self.records_fetch_armed = false;
-                self.out.push(Action::FetchEpochChanges {
-                    since_epoch: cur,
-                    from: Some(from),
-                });
-            }
+            self.later_epoch_seen(epoch, Some(from));
             return self.discard(false, "message of a later epoch");
         }
-        let known =
-            self.prev_members.contains(&signer) || self.ctx.set().index_of(&signer).is_some();
-        if known && signer != self.me && self.answered.insert(signer) {
+        let signer = match m {
+            Message::Proposal(p) => p.block.proposer(),
+            Message::Vote(v) => v.signer,
+            Message::Timeout(t) => t.signer,
+            Message::TimeoutCert(_) => from,
+        };
+        if signer == self.me || self.answered.contains(&signer) {
+            return self.discard(false, "message of an earlier epoch");
+        }
+        let authentic = match &self.prev_ctx {
+            Some(prev) if prev.epoch() == epoch => {
+                let known = prev.set().index_of(&signer).is_some();
+                known
+                    && match m {
+                        Message::Proposal(p) => prev.verify_proposal(p).is_ok(),
+                        Message::Vote(v) => prev.verify_vote(v).is_ok(),
+                        Message::Timeout(t) => prev.verify_timeout(t).is_ok(),
+                        Message::TimeoutCert(tc) => prev.verify_tc(tc).is_ok(),
+                    }
+            }
+            _ => std::mem::replace(&mut self.old_epoch_answer_armed, false),
+        };
+        if authentic {
+            self.answered.insert(signer);
             self.out.push(Action::SendEpochChanges {
                 to: signer,
                 since_epoch: epoch,
@@ -1433,32 +1515,49 @@ impl Core {
         self.discard(false, "message of an earlier epoch")
     }
 
-    /// Records received: the one of the current epoch is used (its path and QC commit B0, which
-    /// ends the epoch); later ones wait for their epoch.
-    fn on_records(&mut self, from: Option<Address>, records: Vec<EpochChangeRecord>) {
-        for r in records.into_iter().take(MAX_FUTURE_RECORDS * 4) {
-            let cur = self.ctx.epoch();
-            if r.epoch > cur {
-                if self.future_records.len() < MAX_FUTURE_RECORDS
-                    || self.future_records.contains_key(&r.epoch)
-                {
-                    self.future_records.insert(r.epoch, r);
-                }
-                continue;
-            }
-            if r.epoch == cur {
-                self.apply_record(from, r);
-            }
+    /// Something of epoch `epoch` > ours arrived: fetch the records from our epoch on (once per
+    /// timer), and remember who had it for after the next epoch change.
+    fn later_epoch_seen(&mut self, epoch: u64, from: Option<Address>) {
+        if self.later_epoch_hint.is_none_or(|(e, _)| e < epoch) {
+            self.later_epoch_hint = Some((epoch, from));
         }
-        if let Some((&e, _)) = self.future_records.iter().next()
-            && e > self.ctx.epoch()
-            && self.records_fetch_armed
-        {
+        if self.records_fetch_armed {
             self.records_fetch_armed = false;
             self.out.push(Action::FetchEpochChanges {
                 since_epoch: self.ctx.epoch(),
                 from,
             });
+        }
+    }
+
+    /// Records received, oldest first: the one of the current epoch is used (its path and QC
+    /// commit B0, which ends the epoch), after which the next one may be of the new epoch. A
+    /// record of a later epoch cannot be verified yet: it is not kept, only fetched again in
+    /// order once this node reaches its epoch.
+    fn on_records(&mut self, from: Option<Address>, records: Vec<EpochChangeRecord>) {
+        for r in records.into_iter().take(MAX_RECORDS_PER_EVENT) {
+            if let Err(reason) = crate::bounds::check_record(&r) {
+                self.discard(true, reason);
+                continue;
+            }
+            let cur = self.ctx.epoch();
+            if r.epoch > cur {
+                // It shows that epoch r.epoch + 1 exists.
+                self.later_epoch_seen(r.next_epoch(), from);
+                self.discard(false, "record of a later epoch");
+            } else if r.epoch == cur {
+                self.apply_record(from, r);
+            } else {
+                match &self.prev_ctx {
+                    // The record that started this epoch: relaying it helps laggers.
+                    Some(prev) if prev.epoch() == r.epoch => {
+                        if r.verify(prev).is_err() {
+                            self.discard(true, "invalid epoch-change record");
+                        }
+                    }
+                    _ => self.discard(false, "record of an old epoch"),
+                }
+            }
         }
     }
 
@@ -1498,14 +1597,13 @@ impl Core {
             Err(_) => return self.discard(true, "epoch-change record does not verify"),
         };
         self.out.push(Action::PersistEpochChange(record.clone()));
-        self.prev_members = self.ctx.set().members().iter().map(|v| v.address).collect();
         let root = Root {
             id: next.genesis_block(),
             round: 0,
             height,
         };
         let genesis_qc = next.genesis_qc();
-        self.ctx = next;
+        self.prev_ctx = Some(std::mem::replace(&mut self.ctx, next));
         self.safety.enter_epoch(self.ctx.epoch());
         self.tree = BlockTree::new(root, self.config.max_pending_blocks);
         self.pm = Pacemaker::new(
@@ -1530,9 +1628,9 @@ impl Core {
         self.out.push(Action::BroadcastEpochChange(record));
         self.on_round_entered();
         let e = self.ctx.epoch();
-        self.future_records = self.future_records.split_off(&e);
-        if let Some(r) = self.future_records.remove(&e) {
-            self.apply_record(None, r);
+        match self.later_epoch_hint.take() {
+            Some((later, from)) if later > e => self.later_epoch_seen(later, from),
+            _ => {}
         }
     }
 }

@@ -62,9 +62,10 @@ impl EpochChangeRecord {
     pub fn members(&self) -> &[MemberInfo] {
         self.reconfigure().map_or(&[], |r| r.members.as_slice())
     }
-    /// The epoch this record starts.
+    /// The epoch this record starts (saturating: a record of an out-of-range epoch never
+    /// verifies, see [`crate::bounds`]).
     pub fn next_epoch(&self) -> u64 {
-        self.epoch + 1
+        self.epoch.saturating_add(1)
     }
 
     /// Checks the record against epoch e's context: B0 carries a well-formed `Reconfigure`, the
@@ -83,7 +84,6 @@ impl EpochChangeRecord {
         let Some(rc) = self.reconfigure() else {
             return Err(RecordError::Malformed("B0 carries no reconfigure"));
         };
-        check_reconfigure_shape(rc).map_err(RecordError::Malformed)?;
         for b in &self.path {
             if b.epoch() != self.epoch || b.qc().epoch != self.epoch {
                 return Err(RecordError::Malformed("path block of another epoch"));
@@ -102,7 +102,7 @@ impl EpochChangeRecord {
         }
         let n = self.path.len();
         let (bk, bk1) = (&self.path[n - 2], &self.path[n - 1]);
-        if bk1.round() != bk.round() + 1 {
+        if bk.round().checked_add(1) != Some(bk1.round()) {
             return Err(RecordError::Malformed(
                 "last two rounds are not consecutive",
             ));
@@ -110,7 +110,9 @@ impl EpochChangeRecord {
         if self.qc.block_id != bk1.id() || self.qc.round != bk1.round() {
             return Err(RecordError::Malformed("QC does not certify the last block"));
         }
+        // Linear in the members, but only once the QC shows a quorum signed the path.
         ctx.verify_qc(&self.qc)?;
+        check_reconfigure_shape(rc).map_err(RecordError::Malformed)?;
         Ok(())
     }
 
@@ -139,7 +141,7 @@ pub fn check_reconfigure_shape(rc: &Reconfigure) -> Result<(), &'static str> {
     if rc.members.windows(2).any(|w| w[0].address >= w[1].address) {
         return Err("reconfigure members are not sorted by address");
     }
-    if ValidatorSet::from_members(rc.members.clone()).is_err() {
+    if crate::validators::check_members(&rc.members).is_err() {
         return Err("reconfigure members are not a valid set");
     }
     if validator_set_hash(&rc.members) != rc.validator_set_hash {

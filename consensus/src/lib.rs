@@ -2,7 +2,8 @@
 //! No tokio, sockets, disk or clock reads live here (time is an input), so the protocol can be
 //! proven by a deterministic, seeded simulator before anything is wired to a network.
 //!
-//! Layout, one concept per module: [`codec`] (canonical bytes), [`types`] (messages and
+//! Layout, one concept per module: [`codec`] (canonical bytes), [`bounds`] (range checks on
+//! outside integers), [`types`] (messages and
 //! certificates), [`domain`] (signed digests and genesis ids), [`crypto`] (signers and
 //! verifiers), [`validators`] (weighted set, thresholds, leader schedule), [`verify`]
 //! (certificate and message checks against an epoch), [`safety`] (the persisted safety rules),
@@ -12,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod block_tree;
+pub mod bounds;
 pub mod codec;
 pub mod core;
 pub mod crypto;

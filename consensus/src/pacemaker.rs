@@ -55,7 +55,10 @@ impl Pacemaker {
         high_qc: QuorumCert,
         high_tc: Option<TimeoutCert>,
     ) -> Self {
-        let round = high_qc.round.max(high_tc.as_ref().map_or(0, |t| t.round)) + 1;
+        let round = high_qc
+            .round
+            .max(high_tc.as_ref().map_or(0, |t| t.round))
+            .saturating_add(1);
         Self {
             round,
             high_qc,

@@ -225,10 +225,10 @@ impl SafetyRules {
             });
         }
         let qc_round = b.qc().round;
-        let justified = qc_round + 1 == r
+        let justified = qc_round.checked_add(1) == Some(r)
             || p.tc
                 .as_ref()
-                .is_some_and(|tc| tc.round + 1 == r && tc_allows(qc_round, tc));
+                .is_some_and(|tc| tc.round.checked_add(1) == Some(r) && tc_allows(qc_round, tc));
         if !justified {
             return Err(SafetyError::NotJustified(r));
         }

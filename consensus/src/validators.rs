@@ -75,30 +75,13 @@ impl ValidatorSet {
     /// Builds a set from contract-view members (the form a `Reconfigure` carries); each address
     /// must be derived from its key.
     pub fn from_members(mut members: Vec<MemberInfo>) -> Result<Self, SetError> {
-        if members.is_empty() {
-            return Err(SetError::Empty);
-        }
-        if members.len() > MAX_VALIDATORS {
-            return Err(SetError::TooMany(members.len()));
-        }
         members.sort_by_key(|m| m.address);
-        let mut total: u128 = 0;
-        let mut index = HashMap::with_capacity(members.len());
-        for (i, m) in members.iter().enumerate() {
-            if m.power == 0 {
-                return Err(SetError::ZeroPower(m.address));
-            }
-            if address_of(&m.public_key) != m.address {
-                return Err(SetError::AddressMismatch(m.address));
-            }
-            if index.insert(m.address, i).is_some() {
-                return Err(SetError::Duplicate(m.address));
-            }
-            total += u128::from(m.power);
-        }
-        if total > u128::from(MAX_TOTAL_POWER) {
-            return Err(SetError::TooMuchPower(total));
-        }
+        let total = check_members(&members)?;
+        let index = members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.address, i))
+            .collect();
         let p = total;
         let quorum = 2 * p / 3 + 1;
         let honest = p - quorum + 1;
@@ -212,6 +195,67 @@ impl ValidatorSet {
     pub fn schedule(&self) -> &[u32] {
         &self.schedule
     }
+}
+
+/// Checks members sorted by address without building anything: at least one, at most
+/// `MAX_VALIDATORS`, positive powers, addresses derived from keys, no duplicates, total power at
+/// most `MAX_TOTAL_POWER`. Linear in the members, so it is safe to run on outside data; the leader
+/// schedule (linear in the power) is built only for a set that is used. Returns the total power.
+pub fn check_members(members: &[MemberInfo]) -> Result<u128, SetError> {
+    if members.is_empty() {
+        return Err(SetError::Empty);
+    }
+    if members.len() > MAX_VALIDATORS {
+        return Err(SetError::TooMany(members.len()));
+    }
+    let mut total: u128 = 0;
+    for (i, m) in members.iter().enumerate() {
+        if m.power == 0 {
+            return Err(SetError::ZeroPower(m.address));
+        }
+        if i > 0 && members[i - 1].address >= m.address {
+            return Err(SetError::Duplicate(m.address));
+        }
+        total += u128::from(m.power);
+        if total > u128::from(MAX_TOTAL_POWER) {
+            return Err(SetError::TooMuchPower(total));
+        }
+    }
+    // Key hashing last: the cheap checks above bound how much of it an outsider can cause.
+    for m in members {
+        if address_of(&m.public_key) != m.address {
+            return Err(SetError::AddressMismatch(m.address));
+        }
+    }
+    Ok(total)
+}
+
+/// The consensus set of a chain view (DESIGN section 4, with the bounds): the chain may hold
+/// more members or power than a set may have (public minting makes that cheap), and a set that
+/// could not be built would freeze the cluster on its old members. So every node reduces the
+/// chain's members the same deterministic way before comparing or proposing: members sorted by
+/// address, power-0 entries dropped, then the `MAX_VALIDATORS` of highest power kept (ties to the
+/// lower address), then, if the total is above `MAX_TOTAL_POWER`, every power divided by
+/// `d = ceil(total / (MAX_TOTAL_POWER - MAX_VALIDATORS))` and rounded up (so each member keeps at
+/// least 1 and the sum stays within the bound). A view within the bounds is returned unchanged.
+pub fn bounded_members(mut members: Vec<MemberInfo>) -> Vec<MemberInfo> {
+    members.retain(|m| m.power > 0);
+    if members.len() > MAX_VALIDATORS {
+        members.sort_by(|a, b| b.power.cmp(&a.power).then(a.address.cmp(&b.address)));
+        members.truncate(MAX_VALIDATORS);
+    }
+    members.sort_by_key(|m| m.address);
+    let total: u128 = members.iter().map(|m| u128::from(m.power)).sum();
+    let cap = u128::from(MAX_TOTAL_POWER);
+    if total > cap {
+        let room = cap - MAX_VALIDATORS as u128;
+        let d = total.div_ceil(room);
+        for m in &mut members {
+            let scaled = u128::from(m.power).div_ceil(d);
+            m.power = u64::try_from(scaled).unwrap_or(MAX_TOTAL_POWER);
+        }
+    }
+    members
 }
 
 /// Smooth weighted round-robin of length P over powers given in address order: each step adds

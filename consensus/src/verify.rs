@@ -390,7 +390,7 @@ impl EpochContext {
                 "timeout's high QC is not below its round",
             ));
         }
-        let prev = t.round - 1;
+        let prev = t.round.saturating_sub(1);
         let tc_prev = match &t.high_tc {
             Some(tc) if tc.round >= t.round => {
                 return Err(MessageError::Malformed(
@@ -446,12 +446,12 @@ impl EpochContext {
             crate::epoch::check_reconfigure_shape(rc).map_err(MessageError::Malformed)?;
         }
         self.verify_qc(b.qc())?;
-        let needs_tc = b.qc().round + 1 != b.round();
+        let needs_tc = b.qc().round.checked_add(1) != Some(b.round());
         match (&p.tc, needs_tc) {
             (None, true) => return Err(MessageError::Malformed("missing TC")),
             (Some(_), false) => return Err(MessageError::Malformed("unexpected TC")),
             (Some(tc), true) => {
-                if tc.round + 1 != b.round() {
+                if tc.round.checked_add(1) != Some(b.round()) {
                     return Err(MessageError::Malformed("TC is not of the previous round"));
                 }
                 self.verify_tc(tc)?;
