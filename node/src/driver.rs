@@ -1824,7 +1824,9 @@ struct Restored {
 /// Epoch 0's context, from the genesis file's set.
 fn base_context(cfg: &DriverConfig) -> Result<EpochContext, DriverError> {
     let infos: Vec<MemberInfo> = cfg.members.iter().map(|m| m.info.clone()).collect();
-    let set = ValidatorSet::from_members(infos).map_err(|e| DriverError::Set(e.to_string()))?;
+    // The same reduction every node applies to a chain view beyond the set bounds.
+    let set = ValidatorSet::from_members(consensus::validators::bounded_members(infos))
+        .map_err(|e| DriverError::Set(e.to_string()))?;
     let domain = Domain::new(cfg.chain_id, Address(cfg.contract), cfg.genesis_id);
     let genesis = domain.genesis_block_id(0, &cfg.genesis_chain_block_hash, &set.hash());
     Ok(

@@ -9,6 +9,7 @@ use clap::Parser;
 mod cli;
 
 fn main() -> ExitCode {
+    exit_on_panic();
     let args = cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -27,6 +28,18 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// A panic on any thread is a bug: it is logged and the process exits with status 101, so a
+/// supervisor that restarts on failure brings the node back (tokio would otherwise keep the
+/// process running with the panicked task gone).
+fn exit_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        tracing::error!(panic = %info, "panic: exiting");
+        std::process::exit(101);
+    }));
 }
 
 /// The error and its causes, skipping causes whose text the previous message already shows

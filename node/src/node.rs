@@ -64,6 +64,39 @@ pub enum NodeError {
     /// The driver failed.
     #[error("consensus driver: {0}")]
     Driver(#[from] DriverError),
+    /// The driver task panicked (a bug): the process must exit with a failure so that a
+    /// supervisor restarts it.
+    #[error("consensus driver panicked: {0}")]
+    DriverPanicked(String),
+    /// The driver did not finish its last step within the shutdown grace period.
+    #[error("consensus driver did not stop within {0:?}")]
+    ShutdownTimeout(Duration),
+}
+
+/// How long `stop` waits for the driver to finish its current step.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The driver task's outcome as a node result: a panic or a cancellation is an error, never a
+/// clean stop.
+fn driver_outcome(
+    joined: Result<Result<(), DriverError>, tokio::task::JoinError>,
+) -> Result<(), NodeError> {
+    match joined {
+        Ok(r) => r.map_err(NodeError::from),
+        Err(e) if e.is_panic() => {
+            let payload = e.into_panic();
+            let text = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-text panic payload".to_owned());
+            tracing::error!(cause = %text, "consensus driver panicked");
+            Err(NodeError::DriverPanicked(text))
+        }
+        Err(_) => Err(NodeError::DriverPanicked(
+            "driver task cancelled".to_owned(),
+        )),
+    }
 }
 
 /// A node running in this process.
@@ -93,18 +126,18 @@ impl RunningNode {
         for s in &self.servers {
             s.abort();
         }
-        match tokio::time::timeout(Duration::from_secs(10), self.driver).await {
-            Ok(Ok(r)) => r.map_err(NodeError::from),
-            Ok(Err(_)) | Err(_) => Ok(()),
+        match tokio::time::timeout(SHUTDOWN_GRACE, self.driver).await {
+            Ok(joined) => driver_outcome(joined),
+            Err(_) => {
+                tracing::error!(grace = ?SHUTDOWN_GRACE, "consensus driver did not stop in time");
+                Err(NodeError::ShutdownTimeout(SHUTDOWN_GRACE))
+            }
         }
     }
 
     /// Waits until the driver stops by itself (an error, or the network stopping).
     pub async fn wait(&mut self) -> Result<(), NodeError> {
-        match (&mut self.driver).await {
-            Ok(r) => r.map_err(NodeError::from),
-            Err(_) => Ok(()),
-        }
+        driver_outcome((&mut self.driver).await)
     }
 
     /// Stops without any shutdown step (in-process crash for tests): the tasks are aborted.
@@ -209,4 +242,32 @@ pub async fn start(p: NodeParams) -> Result<RunningNode, NodeError> {
         driver,
         servers,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicked_driver_is_an_error_not_a_clean_stop() {
+        let panicked = tokio::spawn(async {
+            if std::hint::black_box(true) {
+                panic!("round overflow");
+            }
+            Ok::<(), DriverError>(())
+        })
+        .await;
+        match driver_outcome(panicked) {
+            Err(NodeError::DriverPanicked(cause)) => assert!(cause.contains("round overflow")),
+            other => panic!("expected DriverPanicked, got {other:?}"),
+        }
+        let clean = tokio::spawn(async { Ok::<(), DriverError>(()) }).await;
+        assert!(driver_outcome(clean).is_ok());
+        let cancelled = tokio::spawn(std::future::pending::<Result<(), DriverError>>());
+        cancelled.abort();
+        assert!(matches!(
+            driver_outcome(cancelled.await),
+            Err(NodeError::DriverPanicked(_))
+        ));
+    }
 }
