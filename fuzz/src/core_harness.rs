@@ -448,6 +448,19 @@ fn pick<T: Clone>(v: &[T], i: u8) -> Option<T> {
     (!v.is_empty()).then(|| v[i as usize % v.len()].clone())
 }
 
+/// A signer bitmap from raw bytes (at most 256 bits), as a peer could send it.
+fn bitmap(bytes: &[u8]) -> SignerBitmap {
+    let mut b = SignerBitmap::new(bytes.len().min(32) * 8);
+    for (i, byte) in bytes.iter().take(32).enumerate() {
+        for bit in 0..8 {
+            if byte & (1 << bit) != 0 {
+                b.set(i * 8 + bit);
+            }
+        }
+    }
+    b
+}
+
 fn digests(n: u8, salt: u64) -> Vec<BatchDigest> {
     (0..n % 8)
         .map(|i| {
@@ -608,19 +621,24 @@ impl<'c> Harness<'c> {
         if v.is_empty() { (0..n).collect() } else { v }
     }
 
-    fn qc(&self, round: u64, id: BlockId, who: &[usize]) -> QuorumCert {
-        let epoch = self.ctx.epoch();
-        let d = self.ctx.domain().vote_digest(epoch, round, &id);
+    /// The signer bitmap and signatures of the members at `who` (set indices) on `digest`.
+    fn signed_by(&self, digest: &[u8; 32], who: &[usize]) -> (SignerBitmap, Vec<Signature>) {
         let set = self.ctx.set();
         let mut signers = SignerBitmap::new(set.len());
         let mut signatures = Vec::new();
         for &i in who {
-            let a = set.members()[i].address;
-            if let Some(s) = self.signer_of(&a) {
+            if let Some(s) = self.signer_of(&set.members()[i].address) {
                 signers.set(i);
-                signatures.push(s.sign(&d));
+                signatures.push(s.sign(digest));
             }
         }
+        (signers, signatures)
+    }
+
+    fn qc(&self, round: u64, id: BlockId, who: &[usize]) -> QuorumCert {
+        let epoch = self.ctx.epoch();
+        let d = self.ctx.domain().vote_digest(epoch, round, &id);
+        let (signers, signatures) = self.signed_by(&d, who);
         QuorumCert {
             epoch,
             round,
@@ -636,16 +654,7 @@ impl<'c> Harness<'c> {
             .ctx
             .domain()
             .timeout_digest(epoch, round, high_qc.round);
-        let set = self.ctx.set();
-        let mut signers = SignerBitmap::new(set.len());
-        let mut signatures = Vec::new();
-        for &i in who {
-            let a = set.members()[i].address;
-            if let Some(s) = self.signer_of(&a) {
-                signers.set(i);
-                signatures.push(s.sign(&d));
-            }
-        }
+        let (signers, signatures) = self.signed_by(&d, who);
         TimeoutCert {
             epoch,
             round,
@@ -1274,14 +1283,7 @@ impl<'c> Harness<'c> {
             Ok(i) => pick(&self.blocks, i).map_or(BlockId([0; 32]), |b| b.id()),
             Err(id) => BlockId(id),
         };
-        let mut signers = SignerBitmap::new(q.bitmap.len().min(32) * 8);
-        for (i, byte) in q.bitmap.iter().take(32).enumerate() {
-            for bit in 0..8 {
-                if byte & (1 << bit) != 0 {
-                    signers.set(i * 8 + bit);
-                }
-            }
-        }
+        let signers = bitmap(&q.bitmap);
         QuorumCert {
             epoch: self.epoch_of(q.epoch),
             round: self.round(q.round),
@@ -1328,14 +1330,7 @@ impl<'c> Harness<'c> {
                 rounds,
                 signatures,
             } => {
-                let mut signers = SignerBitmap::new(bitmap.len().min(32) * 8);
-                for (i, byte) in bitmap.iter().take(32).enumerate() {
-                    for bit in 0..8 {
-                        if byte & (1 << bit) != 0 {
-                            signers.set(i * 8 + bit);
-                        }
-                    }
-                }
+                let signers = self::bitmap(&bitmap);
                 Message::TimeoutCert(TimeoutCert {
                     epoch: self.epoch_of(epoch),
                     round: self.round(round),
