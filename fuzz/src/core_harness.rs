@@ -144,6 +144,9 @@ pub enum RecordSpec {
         extra: u8,
         /// Members named by the Reconfigure.
         set: SetSpec,
+        /// The blocks after B0 get small rounds and QC rounds (still above their QC's), so a
+        /// huge B0 round meets the checks that come after the per-block ones.
+        low_tail: bool,
     },
 }
 
@@ -1138,6 +1141,7 @@ impl<'c> Harness<'c> {
                 round,
                 extra,
                 set,
+                low_tail,
             } => {
                 let epoch = self.epoch_of(epoch);
                 let round = self.round(round);
@@ -1160,14 +1164,18 @@ impl<'c> Harness<'c> {
                 for k in 0..=u64::from(extra % 4) {
                     let q = QuorumCert {
                         epoch,
-                        round: prev.round(),
+                        round: if low_tail { k } else { prev.round() },
                         block_id: prev.id(),
                         signers: SignerBitmap::new(4),
                         signatures: Vec::new(),
                     };
                     prev = Block::new(
                         epoch,
-                        round.wrapping_add(k + 1),
+                        if low_tail {
+                            k + 1
+                        } else {
+                            round.wrapping_add(k + 1)
+                        },
                         q,
                         self.member(1),
                         Vec::new(),
