@@ -38,7 +38,12 @@ else
 fi
 
 # The fuzz crate has its own lockfile; refuse to build if it is stale (like --locked).
-"$cargo" metadata --locked --format-version 1 --manifest-path fuzz/Cargo.toml >/dev/null
+if ! "$cargo" metadata --locked --format-version 1 --manifest-path fuzz/Cargo.toml >/dev/null; then
+  echo "error: fuzz/Cargo.lock is stale (a dependency of proto, consensus, membership or node" \
+       "changed); refresh it with 'cargo metadata --manifest-path fuzz/Cargo.toml >/dev/null'" \
+       "and commit it" >&2
+  exit 1
+fi
 
 # One build for every target: release with debug assertions and overflow checks, no
 # sanitizer (every crate is safe Rust; ASan would only slow the build and the runs).
@@ -59,7 +64,7 @@ for t in "${targets[@]}"; do
   if [ -e "${regressions[0]}" ]; then
     if ! "$bin/$t" "${regressions[@]}" >"$run_dir/$t.regressions.log" 2>&1; then
       echo "    $t: a regression input crashes again (log: $run_dir/$t.regressions.log)" >&2
-      tail -n 30 "$run_dir/$t.regressions.log" >&2
+      grep -E '^Running: |panicked at' -A1 "$run_dir/$t.regressions.log" | tail -n 4 >&2 || true
       failed+=("$t")
       continue
     fi
