@@ -32,8 +32,8 @@ endif
 # suite's network namespaces.
 APT_PACKAGES := iproute2 iptables
 
-.PHONY: help setup deps-apt deps-npm build test test-contracts test-rust testnet contracts \
-        contracts-check fmt lint deploy clean bench
+.PHONY: help setup deps-apt deps-npm build test test-contracts test-rust test-fuzz testnet contracts \
+        contracts-check fmt lint deploy clean bench fuzz fuzz-seeds
 
 help:
 	@echo "make testnet   set up what is missing, then run a local cluster"
@@ -41,6 +41,7 @@ help:
 	@echo "make contracts rebuild the contract and refresh the committed artifact"
 	@echo "make deploy    deploy the contract to RPC_URL (see README)"
 	@echo "make bench     a short load sweep with SVG plots (.run/bench-sweep)"
+	@echo "make fuzz      every fuzz target for FUZZ_SECONDS each (default $(FUZZ_SECONDS))"
 	@echo "make fmt | make lint"
 
 setup: deps-apt deps-npm
@@ -63,7 +64,7 @@ $(CONTRACTS)/node_modules/.installed: $(CONTRACTS)/package.json $(CONTRACTS)/pac
 build: setup
 	$(CARGO) build $(CARGO_FLAGS) --workspace --all-targets
 
-test: setup test-contracts test-rust
+test: setup test-contracts test-rust test-fuzz
 	@echo "==> all tests passed"
 
 test-contracts: deps-npm
@@ -79,6 +80,26 @@ test-rust: setup
 	@echo "==> cargo test"
 	$(CARGO) test $(CARGO_FLAGS) --workspace
 	@bash scripts/check-mutant-cfgs.sh
+
+# Fuzzing (fuzz/, cargo-fuzz + libFuzzer, its own workspace, lockfile and target dir):
+# `make fuzz` runs every target for FUZZ_SECONDS; `make test` runs each for FUZZ_TEST_SECONDS
+# (12 targets: about 3 minutes of fuzzing after the build). Extra libFuzzer flags: FUZZ_ARGS.
+FUZZ_SECONDS ?= 60
+FUZZ_TEST_SECONDS ?= 15
+FUZZ_TARGET_DIR ?= $(HOME)/.cache/dstack-nft-cluster/fuzz-target
+export FUZZ_TARGET_DIR
+
+test-fuzz:
+	bash scripts/fuzz.sh $(FUZZ_TEST_SECONDS)
+
+fuzz:
+	bash scripts/fuzz.sh $(FUZZ_SECONDS)
+
+# Rewrites the seed corpus (fuzz/corpus/<target>/seed-*) from fuzz/src/seeds.rs.
+fuzz-seeds:
+	cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz build -O -a -s none --target-dir $(FUZZ_TARGET_DIR) \
+	  --features seeds seed_corpus
+	$(FUZZ_TARGET_DIR)/$$(rustc -vV | sed -n 's/^host: //p')/release/seed_corpus
 
 # `testnet up` with defaults (4 validators, powers 1,1,2,3, 1 s blocks) in .run/testnet; extra
 # flags through TESTNET_ARGS (e.g. TESTNET_ARGS=--detach). Ctrl-C stops the whole cluster.

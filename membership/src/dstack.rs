@@ -202,6 +202,25 @@ pub struct Info {
 }
 
 impl Info {
+    /// Takes the ids out of an `Info` reply (`endpoint` names the agent in errors).
+    pub fn from_reply(endpoint: &str, raw: serde_json::Value) -> Result<Self, DstackError> {
+        let field = |name: &str| -> Result<String, DstackError> {
+            raw.get(name)
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+                .ok_or_else(|| DstackError::Malformed {
+                    endpoint: endpoint.to_string(),
+                    call: "Info",
+                    reason: format!("missing string field {name:?}"),
+                })
+        };
+        Ok(Info {
+            app_id: field("app_id")?,
+            instance_id: field("instance_id")?,
+            raw: raw.clone(),
+        })
+    }
+
     /// The app id as 20 bytes.
     pub fn app_id_bytes(&self) -> Result<[u8; 20], HexError> {
         hexfmt::decode_fixed::<20>("Info.app_id", &self.app_id)
@@ -241,6 +260,34 @@ pub struct DerivedKey {
 }
 
 impl DerivedKey {
+    /// Decodes a `GetKey` reply (`endpoint` names the agent in errors): a valid secp256k1
+    /// secret and a two-entry chain of hex signatures.
+    pub fn from_reply(endpoint: &str, raw: &GetKeyResponse) -> Result<Self, DstackError> {
+        let malformed = |reason: String| DstackError::Malformed {
+            endpoint: endpoint.to_string(),
+            call: "GetKey",
+            reason,
+        };
+        let key = hexfmt::decode_fixed::<32>("GetKey.key", &raw.key)?;
+        let secret = SigningKey::from_slice(&key)
+            .map_err(|_| malformed("key is not a valid secp256k1 secret key".into()))?;
+        if raw.signature_chain.len() != 2 {
+            return Err(malformed(format!(
+                "signature_chain has {} entries, expected 2",
+                raw.signature_chain.len()
+            )));
+        }
+        let signature_chain = raw
+            .signature_chain
+            .iter()
+            .map(|s| hexfmt::decode("GetKey.signature_chain", s))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(DerivedKey {
+            secret,
+            signature_chain,
+        })
+    }
+
     /// The public key.
     pub fn public(&self) -> VerifyingKey {
         *self.secret.verifying_key()
@@ -396,11 +443,7 @@ impl DstackClient {
                 body: text,
             });
         }
-        serde_json::from_slice(&bytes).map_err(|e| DstackError::Malformed {
-            endpoint,
-            call,
-            reason: e.to_string(),
-        })
+        parse_reply(&endpoint, call, &bytes)
     }
 
     /// `GetKey(path, purpose)` with the default algorithm (secp256k1), as raw JSON.
@@ -423,49 +466,13 @@ impl DstackClient {
     /// `GetKey(path, purpose)`, decoded: a valid secp256k1 key and a two-entry chain.
     pub async fn get_key(&self, path: &str, purpose: &str) -> Result<DerivedKey, DstackError> {
         let raw = self.get_key_raw(path, purpose).await?;
-        let malformed = |reason: String| DstackError::Malformed {
-            endpoint: self.endpoint.to_string(),
-            call: "GetKey",
-            reason,
-        };
-        let key = hexfmt::decode_fixed::<32>("GetKey.key", &raw.key)?;
-        let secret = SigningKey::from_slice(&key)
-            .map_err(|_| malformed("key is not a valid secp256k1 secret key".into()))?;
-        if raw.signature_chain.len() != 2 {
-            return Err(malformed(format!(
-                "signature_chain has {} entries, expected 2",
-                raw.signature_chain.len()
-            )));
-        }
-        let signature_chain = raw
-            .signature_chain
-            .iter()
-            .map(|s| hexfmt::decode("GetKey.signature_chain", s))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(DerivedKey {
-            secret,
-            signature_chain,
-        })
+        DerivedKey::from_reply(&self.endpoint.to_string(), &raw)
     }
 
     /// `Info`.
     pub async fn info(&self) -> Result<Info, DstackError> {
         let raw: serde_json::Value = self.call("Info", &serde_json::json!({})).await?;
-        let field = |name: &str| -> Result<String, DstackError> {
-            raw.get(name)
-                .and_then(|v| v.as_str())
-                .map(str::to_string)
-                .ok_or_else(|| DstackError::Malformed {
-                    endpoint: self.endpoint.to_string(),
-                    call: "Info",
-                    reason: format!("missing string field {name:?}"),
-                })
-        };
-        Ok(Info {
-            app_id: field("app_id")?,
-            instance_id: field("instance_id")?,
-            raw: raw.clone(),
-        })
+        Info::from_reply(&self.endpoint.to_string(), raw)
     }
 
     /// `GetQuote(report_data)` (at most 64 bytes).
@@ -512,6 +519,19 @@ impl DstackClient {
     }
 }
 
+/// Decodes the JSON body of a successful reply to `call` (`endpoint` names the agent in errors).
+pub fn parse_reply<Resp: for<'de> Deserialize<'de>>(
+    endpoint: &str,
+    call: &'static str,
+    bytes: &[u8],
+) -> Result<Resp, DstackError> {
+    serde_json::from_slice(bytes).map_err(|e| DstackError::Malformed {
+        endpoint: endpoint.to_string(),
+        call,
+        reason: e.to_string(),
+    })
+}
+
 async fn send<I>(io: I, request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), String>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -536,4 +556,40 @@ where
     .await;
     driver.abort();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ENDPOINT: &str = "unix:/run/dstack.sock";
+
+    #[test]
+    fn replies_decode_or_are_refused_naming_the_call_and_field() {
+        let e = parse_reply::<GetKeyResponse>(ENDPOINT, "GetKey", b"{").unwrap_err();
+        assert!(
+            matches!(e, DstackError::Malformed { call: "GetKey", .. }),
+            "{e}"
+        );
+        let mut raw = GetKeyResponse {
+            key: "11".repeat(32),
+            signature_chain: vec!["00".into()],
+        };
+        let e = DerivedKey::from_reply(ENDPOINT, &raw).unwrap_err();
+        assert!(
+            e.to_string().contains("signature_chain has 1 entries"),
+            "{e}"
+        );
+        raw.signature_chain.push("0x01".into());
+        let key = DerivedKey::from_reply(ENDPOINT, &raw).unwrap();
+        assert_eq!(key.signature_chain, vec![vec![0], vec![1]]);
+        raw.key = "00".repeat(32);
+        let e = DerivedKey::from_reply(ENDPOINT, &raw).unwrap_err();
+        assert!(
+            e.to_string().contains("not a valid secp256k1 secret"),
+            "{e}"
+        );
+        let e = Info::from_reply(ENDPOINT, serde_json::json!({ "app_id": "00" })).unwrap_err();
+        assert!(e.to_string().contains("instance_id"), "{e}");
+    }
 }

@@ -5,12 +5,15 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod appkeys;
+#[cfg(feature = "chain")]
 pub mod contract;
 pub mod dstack;
 pub mod genesis;
 pub mod hexfmt;
 pub mod identity;
 pub mod kdf;
+#[cfg(feature = "chain")]
 pub mod oracle;
+#[cfg(feature = "chain")]
 pub mod sdk;
 pub mod simulator;

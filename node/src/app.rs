@@ -21,13 +21,19 @@
 //! committed and changes nothing, so every node executes the same sequence.
 
 use std::borrow::Cow;
+#[cfg(feature = "full")]
 use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
+use crate::Hash32;
+#[cfg(feature = "full")]
 use crate::exec_overlay::Executed;
-use crate::mempool::{SealedBatch, TxHash, tx_hash};
-use crate::storage::{Hash32, StorageError, Store};
+use crate::mempool::TxHash;
+#[cfg(feature = "full")]
+use crate::mempool::{SealedBatch, tx_hash};
+#[cfg(feature = "full")]
+use crate::storage::{StorageError, Store};
 
 /// Longest key, in bytes.
 pub const MAX_KEY_BYTES: usize = 256;
@@ -86,6 +92,7 @@ pub enum AppError {
     #[error("stored batch {} is malformed", hex::encode(.0))]
     MalformedBatch(Hash32),
     /// Storage failed.
+    #[cfg(feature = "full")]
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -171,6 +178,7 @@ pub struct CommitResult {
     pub invalid: usize,
 }
 
+#[cfg(feature = "full")]
 /// Records a block as committed, durably, then executes its transactions.
 ///
 /// The record (height, id, proof, block bytes) is durable when this returns; the effects of
@@ -198,6 +206,7 @@ pub fn commit_block(store: &Store, input: CommitInput<'_>) -> Result<CommitResul
     )
 }
 
+#[cfg(feature = "full")]
 /// Executes the committed block at `height` again from its stored batches: what a restart does
 /// for every committed height above [`Store::executed_height`].
 pub fn execute_committed(
@@ -209,6 +218,7 @@ pub fn execute_committed(
     execute(store, height, batch_digests, &batches, &[])
 }
 
+#[cfg(feature = "full")]
 fn stored_batches(store: &Store, digests: &[Hash32]) -> Result<Vec<Vec<u8>>, AppError> {
     store
         .get_batches(digests)?
@@ -218,6 +228,7 @@ fn stored_batches(store: &Store, digests: &[Hash32]) -> Result<Vec<Vec<u8>>, App
         .collect()
 }
 
+#[cfg(feature = "full")]
 /// Executes one block's batches into the store's overlay.
 ///
 /// Committed once, executed once: the first occurrence in block order of a hash never
@@ -266,6 +277,7 @@ fn execute(
     Ok(out)
 }
 
+#[cfg(feature = "full")]
 /// The value of `key` in the cluster state.
 pub fn get(store: &Store, key: &str) -> Result<Option<String>, AppError> {
     Ok(store
@@ -273,7 +285,7 @@ pub fn get(store: &Store, key: &str) -> Result<Option<String>, AppError> {
         .map(|v| String::from_utf8_lossy(&v).into_owned()))
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "full"))]
 mod tests {
     use super::*;
 

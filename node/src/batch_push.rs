@@ -23,13 +23,13 @@ use std::time::Duration;
 use libp2p::futures::{AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
 use libp2p_stream::{Control, IncomingStreams};
-use proto::GossipBody;
 use proto::limits::MAX_GOSSIP_BYTES;
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
+use crate::frames::{Refusal, canonical_batch, read_frame, write_frame_open};
 use crate::metrics::Metrics;
-use crate::net::{NetError, NetEvent, read_frame, wire_reason, write_frame_open};
+use crate::net::{NetError, NetEvent};
 
 /// Frames waiting for one peer's writer; beyond this the newest frame is dropped for that peer.
 pub const QUEUE_FRAMES: usize = 64;
@@ -251,71 +251,4 @@ async fn read_loop(
         }
     }
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.close()).await;
-}
-
-/// Why a frame was refused, with the metric's reason.
-#[derive(Debug, PartialEq, Eq)]
-enum Refusal {
-    /// Malformed or not a batch: counted as rejected.
-    Reject(&'static str),
-    /// Another wire version (not an attack): counted as ignored.
-    Ignore(&'static str),
-}
-
-/// The canonical batch bytes (`v1::Batch` encoding) inside a frame: taken as they are from the
-/// envelope [`proto::batch_gossip`] writes, re-encoded from any other well-formed batch envelope.
-fn canonical_batch(frame: Vec<u8>) -> Result<Vec<u8>, Refusal> {
-    let frame = match proto::take_batch_in_gossip(frame) {
-        Ok(canonical) => return Ok(canonical),
-        Err(frame) => frame,
-    };
-    match proto::v1::GossipMessage::decode_checked(&frame) {
-        Ok(GossipBody::Batch(b)) => Ok(crate::mempool::encode_batch(&b.transactions)),
-        Ok(_) => Err(Refusal::Reject("wrong_topic")),
-        Err(e @ proto::WireError::Version(_)) => Err(Refusal::Ignore(wire_reason(&e))),
-        Err(e) => Err(Refusal::Reject(wire_reason(&e))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use prost::Message as _;
-
-    use super::*;
-
-    #[test]
-    fn frames_become_canonical_batches_or_are_refused() {
-        let batch = proto::v1::Batch {
-            transactions: vec![b"a".to_vec(), vec![9; 200]],
-        };
-        let canonical = batch.encode_to_vec();
-        // The fast form: the bytes as they are.
-        assert_eq!(
-            canonical_batch(proto::batch_gossip(&canonical)),
-            Ok(canonical.clone())
-        );
-        // Another encoding of the same batch (an unknown field appended): decoded, re-encoded.
-        let mut other = proto::batch_gossip(&canonical);
-        other.extend_from_slice(&[0x78, 0x01]); // field 15, varint 1
-        assert!(proto::batch_in_gossip(&other).is_none());
-        assert_eq!(canonical_batch(other), Ok(canonical));
-        // Not a batch, garbage, another version.
-        let timeout = proto::v1::GossipMessage::new(GossipBody::Timeout(Default::default()));
-        assert_eq!(
-            canonical_batch(timeout.encode_to_vec()),
-            Err(Refusal::Reject("wrong_topic"))
-        );
-        assert_eq!(
-            canonical_batch(vec![0xff, 0xff, 0xff, 0x0f]),
-            Err(Refusal::Reject("malformed"))
-        );
-        let newer = proto::v1::GossipMessage {
-            version: proto::WIRE_VERSION + 1,
-            body: Some(GossipBody::Batch(batch)),
-        };
-        assert_eq!(
-            canonical_batch(newer.encode_to_vec()),
-            Err(Refusal::Ignore("version"))
-        );
-    }
 }

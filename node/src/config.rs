@@ -366,7 +366,20 @@ impl Config {
             path: path.clone(),
             source,
         })?;
-        let mut table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        Self::parse(&path, &text, env, sets)
+    }
+
+    /// Parses the text of a `config.toml` (`path` names it in errors), then applies the
+    /// environment and `--set` overrides like [`Config::load`]: the whole of loading except the
+    /// file read, so it can be tested and fuzzed on any text.
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+        sets: &[String],
+    ) -> Result<Self, ConfigError> {
+        let path = path.to_path_buf();
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.clone(),
             detail: e.to_string(),
         })?;
@@ -632,6 +645,17 @@ mod tests {
         let cfg = Config::load(dir.path(), Vec::new(), &[]).expect("load");
         assert_eq!(cfg.mempool.batch_timeout_ms, 50);
         assert_eq!(cfg.mempool.empty_block_interval_ms, 100);
+    }
+
+    #[test]
+    fn parse_reads_text_like_load_and_names_the_path() {
+        let path = Path::new("home/config.toml");
+        let text = render(&Config::default());
+        let sets = ["log.format=json".to_string()];
+        let cfg = Config::parse(path, &text, Vec::new(), &sets).expect("parses");
+        assert_eq!(cfg.log.format, "json");
+        let e = Config::parse(path, "[api\n", Vec::new(), &[]).expect_err("bad toml");
+        assert!(e.to_string().contains("home/config.toml"), "{e}");
     }
 
     #[test]

@@ -30,47 +30,13 @@ use crate::api::ApiState;
 use crate::app::KvTx;
 use crate::mempool::{MempoolError, TxHash, tx_hash};
 
+pub use crate::frames::{FrameError, push_frame, split_frames};
+
 /// Most rejected transactions listed by index in an answer.
 pub const MAX_LISTED_REJECTS: usize = 100;
 
 /// How long the endpoint waits for the accepted transactions to be stored.
 const DURABLE_WAIT: Duration = Duration::from_secs(10);
-
-/// Why a frame sequence is malformed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum FrameError {
-    /// The body ends inside a length prefix or a transaction.
-    #[error("truncated frame at byte {0}")]
-    Truncated(usize),
-}
-
-/// Splits a body into its length-prefixed transactions.
-pub fn split_frames(body: &[u8]) -> Result<Vec<&[u8]>, FrameError> {
-    let mut out = Vec::new();
-    let mut at = 0usize;
-    while at < body.len() {
-        let Some(len_bytes) = body.get(at..at + 4) else {
-            return Err(FrameError::Truncated(at));
-        };
-        let mut len = [0u8; 4];
-        len.copy_from_slice(len_bytes);
-        let len = u32::from_be_bytes(len) as usize;
-        let start = at + 4;
-        let Some(tx) = start.checked_add(len).and_then(|end| body.get(start..end)) else {
-            return Err(FrameError::Truncated(at));
-        };
-        out.push(tx);
-        at = start + len;
-    }
-    Ok(out)
-}
-
-/// Appends one transaction as a frame (what a client sends).
-pub fn push_frame(body: &mut Vec<u8>, tx: &[u8]) {
-    let len = u32::try_from(tx.len()).unwrap_or(u32::MAX);
-    body.extend_from_slice(&len.to_be_bytes());
-    body.extend_from_slice(tx);
-}
 
 fn reason(e: &MempoolError) -> &'static str {
     match e {
@@ -182,36 +148,4 @@ pub async fn submit_bulk(State(s): State<ApiState>, body: Bytes) -> Response {
         })),
     )
         .into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn frames_round_trip() {
-        let mut body = Vec::new();
-        push_frame(&mut body, b"abc");
-        push_frame(&mut body, b"");
-        push_frame(&mut body, b"de");
-        let f = split_frames(&body).expect("frames");
-        assert_eq!(f, vec![&b"abc"[..], &b""[..], &b"de"[..]]);
-        assert!(split_frames(&[]).expect("empty").is_empty());
-    }
-
-    #[test]
-    fn truncated_frames_are_refused() {
-        let mut body = Vec::new();
-        push_frame(&mut body, b"abc");
-        assert_eq!(split_frames(&body[..5]), Err(FrameError::Truncated(0)));
-        assert_eq!(split_frames(&body[..2]), Err(FrameError::Truncated(0)));
-        let mut two = body.clone();
-        two.extend_from_slice(&[0, 0, 0, 9, 1]);
-        assert_eq!(split_frames(&two), Err(FrameError::Truncated(7)));
-        // A length near u32::MAX cannot overflow the offset arithmetic.
-        assert_eq!(
-            split_frames(&[0xff, 0xff, 0xff, 0xff, 1]),
-            Err(FrameError::Truncated(0))
-        );
-    }
 }

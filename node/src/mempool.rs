@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 
-use crate::storage::Hash32;
+use crate::Hash32;
 
 /// A transaction's hash: BLAKE3-256 of its bytes.
 pub type TxHash = Hash32;

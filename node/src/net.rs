@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use libp2p::futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::futures::{AsyncWriteExt, StreamExt};
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId};
 use libp2p::identity;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
@@ -34,7 +34,9 @@ use proto::{GossipBody, RequestBody, ResponseBody, WireError};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::batch_push::BatchPush;
+use crate::frames::{read_frame, write_frame_open};
 use crate::metrics::Metrics;
+use crate::wire::wire_reason;
 
 /// The request-response protocol name.
 pub const RR_PROTOCOL: &str = "/dstack-nft-cluster/rr/1";
@@ -180,25 +182,6 @@ impl Topics {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct WireCodec;
 
-/// Reads one frame, refusing (with `InvalidData`) a length above `max` before allocating.
-pub(crate) async fn read_frame<T: libp2p::futures::AsyncRead + Unpin + Send>(
-    io: &mut T,
-    max: usize,
-) -> io::Result<Vec<u8>> {
-    let mut len = [0u8; 4];
-    io.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > max {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes exceeds the limit of {max}"),
-        ));
-    }
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
-    Ok(buf)
-}
-
 async fn write_frame<T: libp2p::futures::AsyncWrite + Unpin + Send>(
     io: &mut T,
     bytes: &[u8],
@@ -206,25 +189,6 @@ async fn write_frame<T: libp2p::futures::AsyncWrite + Unpin + Send>(
 ) -> io::Result<()> {
     write_frame_open(io, bytes, max).await?;
     io.close().await
-}
-
-/// Writes one frame and flushes it, keeping the stream open for the next (batch push).
-pub(crate) async fn write_frame_open<T: libp2p::futures::AsyncWrite + Unpin + Send>(
-    io: &mut T,
-    bytes: &[u8],
-    max: usize,
-) -> io::Result<()> {
-    if bytes.len() > max {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("frame of {} bytes exceeds the limit of {max}", bytes.len()),
-        ));
-    }
-    let len = u32::try_from(bytes.len())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
-    io.write_all(&len.to_be_bytes()).await?;
-    io.write_all(bytes).await?;
-    io.flush().await
 }
 
 impl request_response::Codec for WireCodec {
@@ -695,15 +659,6 @@ struct Task {
     pending: HashMap<OutboundRequestId, (PeerId, oneshot::Sender<Result<ResponseBody, NetError>>)>,
     events: mpsc::Sender<NetEvent>,
     metrics: Arc<Metrics>,
-}
-
-/// The metric reason of a decode failure.
-pub(crate) fn wire_reason(e: &WireError) -> &'static str {
-    match e {
-        WireError::TooLarge { .. } => "oversized",
-        WireError::Malformed(_) | WireError::Empty => "malformed",
-        WireError::Version(_) => "version",
-    }
 }
 
 impl Task {

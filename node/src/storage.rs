@@ -35,8 +35,7 @@ use crate::batch_log::{BatchLog, BatchLogError};
 use crate::exec_overlay::{ExecOverlay, Executed, FlushPolicy};
 use crate::seen_filter::SeenFilter;
 
-/// A 32-byte identifier: block ids, batch digests, transaction hashes.
-pub type Hash32 = [u8; 32];
+pub use crate::Hash32;
 
 const BLOCKS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("blocks");
 const QCS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("qcs");

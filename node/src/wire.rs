@@ -83,6 +83,15 @@ fn sigs_from(v: &[Vec<u8>]) -> Result<Vec<Signature>, ConvertError> {
         .collect()
 }
 
+/// The metric reason of an envelope that does not decode.
+pub fn wire_reason(e: &proto::WireError) -> &'static str {
+    match e {
+        proto::WireError::TooLarge { .. } => "oversized",
+        proto::WireError::Malformed(_) | proto::WireError::Empty => "malformed",
+        proto::WireError::Version(_) => "version",
+    }
+}
+
 /// A QC to the wire.
 pub fn qc_to_wire(qc: &QuorumCert) -> v1::QuorumCert {
     v1::QuorumCert {
