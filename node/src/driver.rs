@@ -1688,12 +1688,7 @@ impl Driver {
                 .proof
                 .as_ref()
                 .and_then(|p| wire::proof_from_wire(p).ok());
-            let direct = proof.as_ref().is_some_and(|p| {
-                p.certified.parent_id() == b.id()
-                    && p.certified.round() == b.round() + 1
-                    && p.qc.block_id == p.certified.id()
-                    && ctx.verify_qc(&p.qc).is_ok()
-            });
+            let direct = proof.as_ref().is_some_and(|p| proves_directly(&b, p, ctx));
             let id = b.id();
             let ends_epoch = b.header().reconfigure.is_some();
             verified.push((cb.height, b, proof));
@@ -1833,6 +1828,16 @@ fn base_context(cfg: &DriverConfig) -> Result<EpochContext, DriverError> {
         EpochContext::new(0, genesis, set, domain, Scheme::Secp256k1)
             .with_chain_block(cfg.genesis_chain_block_number),
     )
+}
+
+/// Whether a sync page's proof shows `b` committed by a direct 2-chain: its child one round
+/// later, certified by a QC valid in `ctx`. The peer's rounds are compared without arithmetic that
+/// could overflow, and the QC is checked last.
+fn proves_directly(b: &Block, p: &CommitProof, ctx: &EpochContext) -> bool {
+    p.certified.parent_id() == b.id()
+        && b.round().checked_add(1) == Some(p.certified.round())
+        && p.qc.block_id == p.certified.id()
+        && ctx.verify_qc(&p.qc).is_ok()
 }
 
 fn decode_block(bytes: &[u8]) -> Option<Block> {
@@ -1999,4 +2004,30 @@ async fn fetch_batches(
         }
     }
     missing.is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use consensus::testkit::Cluster;
+
+    #[test]
+    fn a_sync_proof_with_a_last_round_block_is_refused_without_overflow() {
+        let c = Cluster::new(Scheme::Fast, &[1, 1, 1, 1], 5);
+        let b1 = c.block(1, c.ctx.genesis_qc(), vec![]);
+        let b2 = c.block(2, c.full_qc(1, b1.id()), vec![]);
+        let proof = CommitProof {
+            qc: c.full_qc(2, b2.id()),
+            certified: b2,
+        };
+        assert!(proves_directly(&b1, &proof, &c.ctx));
+        // A peer's page naming the last round: no `round + 1` may overflow on it.
+        let far = Block::new(0, u64::MAX, c.ctx.genesis_qc(), b1.proposer(), vec![], None);
+        let child = Block::new(0, 3, c.full_qc(2, far.id()), b1.proposer(), vec![], None);
+        let bad = CommitProof {
+            qc: c.full_qc(3, child.id()),
+            certified: child,
+        };
+        assert!(!proves_directly(&far, &bad, &c.ctx));
+    }
 }
