@@ -24,7 +24,7 @@ use membership::genesis::PinRule;
 use membership::identity::{KmsRoot, TrustAnchor, address_of};
 use membership::kdf::{app_signature, derive_app_key, derive_path_key, node_key_path};
 use membership::oracle::{BlockRef, Oracle};
-use membership::sdk::{RegistrationRequest, build_registration};
+use membership::sdk::{DEFAULT_DEADLINE_SECS, RegistrationRequest, build_registration};
 
 /// Members registered.
 const MEMBERS: usize = 1_000;
@@ -179,6 +179,16 @@ async fn setup() -> Setup {
         app_id: APP_ID,
         purpose: PURPOSE.to_string(),
     };
+    // The contract accepts deadlines at most a day ahead of its block time.
+    let now = anvil
+        .reader()
+        .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
+        .await
+        .unwrap()
+        .expect("latest block")
+        .header
+        .timestamp;
+    let deadline = U256::from(now + DEFAULT_DEADLINE_SECS);
     let mut hashes: Vec<B256> = Vec::with_capacity(MEMBERS);
     for (k, owner) in owners.iter().enumerate() {
         let c = DstackMembershipNFT::new(contract, anvil.wallet(owner));
@@ -208,7 +218,7 @@ async fn setup() -> Setup {
                     instance_id: instance,
                     connection_url: format!("/ip4/127.0.0.1/tcp/{}", 10_000 + i),
                     nonce: U256::ZERO,
-                    deadline: U256::from(4_102_444_800u64),
+                    deadline,
                 },
             )
             .expect("registration payload");

@@ -12,7 +12,17 @@ import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 /// key signed the node's derived key for the cluster's purpose, and the derived key itself signed
 /// an EIP-712 `Registration` naming the token, its owner, a nonce and a deadline. A node's voting
 /// power is the number of tokens authorizing it; a transfer or burn ends a token's authorization.
-/// @dev Byte formats follow dstack (DESIGN section 2): public keys are given uncompressed (64 bytes,
+/// A node counts in the views only while the configuration it was verified under is current: its
+/// app id is allowed, and the KMS root and purpose it was verified under are the current ones.
+/// @dev Views are O(1) in the number of nodes. Nodes are kept in groups, one per verification
+/// configuration (app id, KMS root, purpose), each group holding its node list and its summed
+/// power, maintained on every registration and end of authorization. An owner configuration change
+/// (disallowing an app id, rotating the KMS root or the purpose) changes which groups are current
+/// without touching any node, so no transaction ever loops over nodes. The current groups are those
+/// of the allowed app ids under the current root and purpose; the allowed app ids are bounded
+/// (`MAX_ALLOWED_APP_IDS`), so `validatorCount` and `totalPower` read at most that many groups and a
+/// page of `validators` or `getPeers` costs O(MAX_ALLOWED_APP_IDS + limit), whatever the offset.
+/// Byte formats follow dstack (DESIGN section 2): public keys are given uncompressed (64 bytes,
 /// no 0x04 prefix), signatures are 65 bytes `r || s || v` with v in {0,1} or {27,28} and low s.
 contract DstackMembershipNFT is ERC721, Ownable2Step, EIP712 {
     // ------------------------------------------------------------------ types
@@ -53,10 +63,13 @@ contract DstackMembershipNFT is ERC721, Ownable2Step, EIP712 {
         bytes publicKey;
         /// Number of tokens authorizing the node, whether or not it is counted.
         uint256 tokens;
-        /// Whether the node counts in the views (its app id is allowed and its KMS root is current).
+        /// Whether the node counts in the views (its app id is allowed, and the KMS root and the
+        /// purpose it was verified under are the current ones).
         bool counted;
         bytes20 appId;
         address kmsRoot;
+        /// keccak256 of the purpose the node was last verified under.
+        bytes32 purposeHash;
         bytes20 instanceId;
         string connectionUrl;
     }
@@ -69,15 +82,25 @@ contract DstackMembershipNFT is ERC721, Ownable2Step, EIP712 {
     }
 
     /// @dev Storage of one node; the first slot packs owner, token count and list position.
+    /// (appId, kmsRoot, purposeId) is the configuration it was verified under: its group.
     struct Node {
         address owner;
         uint64 tokens;
-        uint32 index; // position in _nodeList plus one; 0 = not in the list
+        uint32 index; // position in its group's node list plus one; 0 = no record
         bytes20 appId;
         address kmsRoot;
+        uint96 purposeId; // packed with kmsRoot; see _purposeIds
         bytes20 instanceId;
         bytes publicKey;
         string connectionUrl;
+    }
+
+    /// @dev The nodes verified under one configuration (positions 0 .. size - 1) and the sum of
+    /// their token counts; size and power share a slot.
+    struct Group {
+        uint128 size;
+        uint128 power;
+        mapping(uint256 => address) nodes;
     }
 
     // ------------------------------------------------------------------ constants
@@ -90,6 +113,11 @@ contract DstackMembershipNFT is ERC721, Ownable2Step, EIP712 {
     uint256 public constant MAX_URL_LENGTH = 256;
     /// @notice Largest page of `validators` and `getPeers`.
     uint256 public constant MAX_PAGE_LIMIT = 100;
+    /// @notice Farthest a registration's deadline may lie ahead of the block, in seconds, so a
+    /// signed registration cannot stay usable for ever (the SDK signs for one hour).
+    uint256 public constant MAX_DEADLINE_WINDOW = 1 days;
+    /// @notice Most app ids allowed at once: the views read one group per allowed app id.
+    uint256 public constant MAX_ALLOWED_APP_IDS = 32;
     /// @notice Purpose set at deployment.
     string public constant DEFAULT_PURPOSE = "dstack-nft-cluster";
     /// @dev secp256k1n / 2: larger s values are the malleable twin of a valid signature.
@@ -99,8 +127,17 @@ contract DstackMembershipNFT is ERC721, Ownable2Step, EIP712 {
     // ------------------------------------------------------------------ storage
 
     address private _kmsRoot;
-    mapping(bytes20 => bool) private _appIdAllowed;
+    /// @dev Id of the current purpose (packed with the root: registrations and views read both).
+    uint96 private _purposeId;
+    /// @dev The allowed app ids, and each one's position in that list plus one (0 = not allowed).
+    bytes20[] private _allowedAppIds;
+    mapping(bytes20 => uint256) private _allowedAppIdIndex;
     string private _purpose;
+    /// @dev Each distinct purpose ever set gets an id from 1 on (its hash at `_purposeHashes[id - 1]`),
+    /// so a node stores the purpose it was verified under in the spare bytes of its KMS root's slot,
+    /// and setting an earlier purpose again gives it back its id (its nodes count again).
+    mapping(bytes32 => uint96) private _purposeIds;
+    bytes32[] private _purposeHashes;
     uint256 private _maxSupply;
     uint256 private _mintPrice;
     bool private _publicMinting;
@@ -109,7 +146,9 @@ contract DstackMembershipNFT is ERC721, Ownable2Step, EIP712 {
     mapping(address => Node) private _nodes;
     mapping(uint256 => address) private _tokenNode;
     mapping(address => uint256) private _nonces;
-    address[] private _nodeList;
+    /// @dev Keyed by `_groupKeyOf(appId, kmsRoot, purposeId)`.
+    mapping(bytes32 => Group) private _groups;
+    uint256 private _nodeCount;
 
     // ------------------------------------------------------------------ events
 
@@ -151,7 +190,13 @@ contract DstackMembershipNFT is ERC721, Ownable2Step, EIP712 {
     error AppIdNotAllowed(bytes20 appId);
     error NodeSignatureMismatch(address recovered, address node);
     error RegistrationExpired(uint256 deadline, uint256 timestamp);
+    /// @notice The deadline lies more than `MAX_DEADLINE_WINDOW` after the block's timestamp.
+    error DeadlineTooFar(uint256 deadline, uint256 maxDeadline);
     error UrlTooLong(uint256 length, uint256 maxLength);
+    /// @notice The connection URL is not of the multiaddr shape nodes dial; `position` is the byte
+    /// offset where it stops matching (see `registerNode`).
+    error InvalidConnectionUrl(uint256 position);
+    error TooManyAllowedAppIds(uint256 maxAllowed);
     error LimitTooLarge(uint256 limit, uint256 maxLimit);
     error NotTokenOwnerOrApproved(address caller);
     error TokenAlreadyAuthorizesNode(uint256 tokenId, address node);
@@ -174,8 +219,7 @@ contract DstackMembershipNFT is ERC721, Ownable2Step, EIP712 {
         Ownable(initialOwner)
         EIP712("DstackMembershipNFT", "1")
     {
-        _purpose = DEFAULT_PURPOSE;
-        emit PurposeUpdated(DEFAULT_PURPOSE);
+        _setPurpose(DEFAULT_PURPOSE);
     }
 
     // ------------------------------------------------------------------ owner configuration
@@ -187,16 +231,46 @@ contract DstackMembershipNFT is ERC721, Ownable2Step, EIP712 {
         _kmsRoot = newRoot;
     }
 
-    /// @notice Allows or disallows a dstack app id; nodes of a disallowed app stop counting.
+    /// @notice Allows or disallows a dstack app id; nodes of a disallowed app stop counting (and
+    /// count again if it is allowed again). At most `MAX_ALLOWED_APP_IDS` are allowed at once.
     function setAppIdAllowed(bytes20 appId, bool allowed) external onlyOwner {
-        _appIdAllowed[appId] = allowed;
+        uint256 index = _allowedAppIdIndex[appId];
+        if (allowed && index == 0) {
+            if (_allowedAppIds.length == MAX_ALLOWED_APP_IDS) {
+                revert TooManyAllowedAppIds(MAX_ALLOWED_APP_IDS);
+            }
+            _allowedAppIds.push(appId);
+            _allowedAppIdIndex[appId] = _allowedAppIds.length;
+        } else if (!allowed && index != 0) {
+            bytes20 last = _allowedAppIds[_allowedAppIds.length - 1];
+            _allowedAppIds[index - 1] = last;
+            _allowedAppIdIndex[last] = index;
+            _allowedAppIds.pop();
+            delete _allowedAppIdIndex[appId];
+        }
         emit AppIdAllowedUpdated(appId, allowed);
     }
 
     /// @notice Sets the purpose string the app key must have signed (dstack `GetKey` purpose).
+    /// Nodes verified under another purpose stop counting until re-registered under this one (and
+    /// count again if their purpose is set back), as for a KMS root rotation.
     function setPurpose(string calldata newPurpose) external onlyOwner {
         if (bytes(newPurpose).length == 0) revert EmptyPurpose();
+        _setPurpose(newPurpose);
+    }
+
+    function _setPurpose(string memory newPurpose) private {
+        bytes32 hash = keccak256(bytes(newPurpose));
+        uint96 id = _purposeIds[hash];
+        if (id == 0) {
+            _purposeHashes.push(hash);
+            // casting to uint96 is safe: 2^96 owner transactions cannot be paid for.
+            // forge-lint: disable-next-line(unsafe-typecast)
+            id = uint96(_purposeHashes.length);
+            _purposeIds[hash] = id;
+        }
         _purpose = newPurpose;
+        _purposeId = id;
         emit PurposeUpdated(newPurpose);
     }
 
@@ -235,7 +309,13 @@ contract DstackMembershipNFT is ERC721, Ownable2Step, EIP712 {
     }
 
     function isAppIdAllowed(bytes20 appId) external view returns (bool) {
-        return _appIdAllowed[appId];
+        return _allowedAppIdIndex[appId] != 0;
+    }
+
+    /// @notice The allowed app ids (at most `MAX_ALLOWED_APP_IDS`), in the order the views list
+    /// their nodes.
+    function allowedAppIds() external view returns (bytes20[] memory) {
+        return _allowedAppIds;
     }
 
     function purpose() external view returns (string memory) {
@@ -300,8 +380,13 @@ contract DstackMembershipNFT is ERC721, Ownable2Step, EIP712 {
     /// @notice Makes `tokenId` authorize the node whose dstack-derived key is proven by `proof`.
     /// @dev Called by the token's owner or an approved account. `nodeSignature` is the derived key's
     /// EIP-712 signature over `registrationDigest(tokenId, ownerOf(tokenId), instanceId,
-    /// connectionUrl, nonces(node), deadline)`. Registering a node that already exists (same owner)
-    /// with another token adds one to its power and refreshes its URL, instance id and verification.
+    /// connectionUrl, nonces(node), deadline)`; `deadline` must lie within `MAX_DEADLINE_WINDOW` of
+    /// the block. Registering a node that already exists (same owner) with another token adds one
+    /// to its power and refreshes its URL, instance id and verification (app id, KMS root, purpose).
+    /// `connectionUrl` is a libp2p multiaddr as nodes dial it: printable ASCII without spaces, at
+    /// most `MAX_URL_LENGTH` bytes, no empty segment, starting
+    /// `/<ip4|ip6|dns|dns4|dns6>/<host>/<tcp|udp>/<port 1-65535>`, optionally followed by more
+    /// segments (`/p2p/<id>`, `/quic-v1`, ...).
     function registerNode(
         uint256 tokenId,
         DstackProof calldata proof,
@@ -310,12 +395,14 @@ contract DstackMembershipNFT is ERC721, Ownable2Step, EIP712 {
         uint256 deadline,
         bytes calldata nodeSignature
     ) external {
-        if (bytes(connectionUrl).length > MAX_URL_LENGTH) {
-            revert UrlTooLong(bytes(connectionUrl).length, MAX_URL_LENGTH);
-        }
+        _checkConnectionUrl(connectionUrl);
         // A deadline in seconds tolerates the few seconds a block producer can shift time.
         // forge-lint: disable-next-line(block-timestamp)
         if (block.timestamp > deadline) revert RegistrationExpired(deadline, block.timestamp);
+        // forge-lint: disable-next-line(block-timestamp)
+        if (deadline - block.timestamp > MAX_DEADLINE_WINDOW) {
+            revert DeadlineTooFar(deadline, block.timestamp + MAX_DEADLINE_WINDOW);
+        }
         address tokenOwner = _requireOwned(tokenId);
         if (!_isAuthorized(tokenOwner, msg.sender, tokenId)) revert NotTokenOwnerOrApproved(msg.sender);
         {
@@ -337,7 +424,8 @@ contract DstackMembershipNFT is ERC721, Ownable2Step, EIP712 {
         _authorize(tokenId, tokenOwner, node, proof, instanceId, connectionUrl);
     }
 
-    /// @dev Records that `tokenId` authorizes `node` (creating the node record if needed).
+    /// @dev Records that `tokenId` authorizes `node` (creating the node record if needed), moving
+    /// the node to the group of the configuration it has just been verified under.
     function _authorize(
         uint256 tokenId,
         address tokenOwner,
@@ -347,18 +435,26 @@ contract DstackMembershipNFT is ERC721, Ownable2Step, EIP712 {
         string calldata connectionUrl
     ) private {
         Node storage n = _nodes[node];
+        (address root, uint96 purposeId) = (_kmsRoot, _purposeId);
         if (n.index == 0) {
-            _nodeList.push(node);
-            n.index = uint32(_nodeList.length);
             n.owner = tokenOwner;
             n.publicKey = proof.derivedPublicKey;
+            ++_nodeCount;
         } else if (n.owner != tokenOwner) {
             revert NodeOwnedByAnotherOwner(node, n.owner);
+        } else if (n.appId != proof.appId || n.kmsRoot != root || n.purposeId != purposeId) {
+            _leaveGroup(n);
         }
         uint64 power = n.tokens + 1;
         n.tokens = power;
-        n.appId = proof.appId;
-        n.kmsRoot = _kmsRoot;
+        if (n.index == 0) {
+            n.appId = proof.appId;
+            n.kmsRoot = root;
+            n.purposeId = purposeId;
+            _joinGroup(node, n);
+        } else {
+            _groups[_groupKey(n)].power += 1;
+        }
         n.instanceId = instanceId;
         n.connectionUrl = connectionUrl;
         _tokenNode[tokenId] = node;
@@ -376,7 +472,7 @@ contract DstackMembershipNFT is ERC721, Ownable2Step, EIP712 {
     }
 
     /// @notice Changes the URL peers use to reach `node` (by the owner of its tokens or an operator
-    /// approved for all of that owner's tokens).
+    /// approved for all of that owner's tokens); the URL rules are those of `registerNode`.
     function updateConnectionUrl(address node, string calldata connectionUrl) external {
         Node storage n = _nodes[node];
         address nodeOwner = n.owner;
@@ -384,9 +480,7 @@ contract DstackMembershipNFT is ERC721, Ownable2Step, EIP712 {
         if (msg.sender != nodeOwner && !isApprovedForAll(nodeOwner, msg.sender)) {
             revert NotTokenOwnerOrApproved(msg.sender);
         }
-        if (bytes(connectionUrl).length > MAX_URL_LENGTH) {
-            revert UrlTooLong(bytes(connectionUrl).length, MAX_URL_LENGTH);
-        }
+        _checkConnectionUrl(connectionUrl);
         n.connectionUrl = connectionUrl;
         emit ConnectionUrlUpdated(node, nodeOwner, connectionUrl);
     }
@@ -426,74 +520,48 @@ contract DstackMembershipNFT is ERC721, Ownable2Step, EIP712 {
 
     // ------------------------------------------------------------------ views
 
-    /// @notice Counted validators in list order, skipping `offset` of them, at most `limit`.
+    /// @notice Counted validators, skipping `offset` of them, at most `limit`: the nodes of each
+    /// allowed app id (in `allowedAppIds()` order) verified under the current KMS root and purpose.
     function validators(uint256 offset, uint256 limit) external view returns (ValidatorInfo[] memory page) {
         if (limit > MAX_PAGE_LIMIT) revert LimitTooLarge(limit, MAX_PAGE_LIMIT);
-        page = new ValidatorInfo[](limit);
-        uint256 found;
-        uint256 skipped;
-        uint256 len = _nodeList.length;
-        address root = _kmsRoot;
-        for (uint256 i = 0; i < len && found < limit; ++i) {
-            address node = _nodeList[i];
-            Node storage n = _nodes[node];
-            if (!_counted(n, root)) continue;
-            if (skipped < offset) {
-                ++skipped;
-                continue;
-            }
-            page[found++] = ValidatorInfo({
-                node: node,
+        address[] memory nodes = _countedPage(offset, limit);
+        page = new ValidatorInfo[](nodes.length);
+        for (uint256 i = 0; i < nodes.length; ++i) {
+            Node storage n = _nodes[nodes[i]];
+            page[i] = ValidatorInfo({
+                node: nodes[i],
                 publicKey: n.publicKey,
                 power: n.tokens,
                 connectionUrl: n.connectionUrl,
                 instanceId: n.instanceId
             });
         }
-        assembly ("memory-safe") {
-            mstore(page, found)
-        }
     }
 
-    /// @notice Counted nodes and their URLs in list order, skipping `offset`, at most `limit`.
+    /// @notice Counted nodes and their URLs, in the order of `validators`, skipping `offset`, at
+    /// most `limit`.
     function getPeers(uint256 offset, uint256 limit) external view returns (Peer[] memory page) {
         if (limit > MAX_PAGE_LIMIT) revert LimitTooLarge(limit, MAX_PAGE_LIMIT);
-        page = new Peer[](limit);
-        uint256 found;
-        uint256 skipped;
-        uint256 len = _nodeList.length;
-        address root = _kmsRoot;
-        for (uint256 i = 0; i < len && found < limit; ++i) {
-            address node = _nodeList[i];
-            Node storage n = _nodes[node];
-            if (!_counted(n, root)) continue;
-            if (skipped < offset) {
-                ++skipped;
-                continue;
-            }
-            page[found++] = Peer({node: node, connectionUrl: n.connectionUrl});
-        }
-        assembly ("memory-safe") {
-            mstore(page, found)
+        address[] memory nodes = _countedPage(offset, limit);
+        page = new Peer[](nodes.length);
+        for (uint256 i = 0; i < nodes.length; ++i) {
+            page[i] = Peer({node: nodes[i], connectionUrl: _nodes[nodes[i]].connectionUrl});
         }
     }
 
     /// @notice Number of counted validators.
     function validatorCount() external view returns (uint256 count) {
-        uint256 len = _nodeList.length;
-        address root = _kmsRoot;
-        for (uint256 i = 0; i < len; ++i) {
-            if (_counted(_nodes[_nodeList[i]], root)) ++count;
+        (address root, uint96 purposeId, uint256 apps) = (_kmsRoot, _purposeId, _allowedAppIds.length);
+        for (uint256 a = 0; a < apps; ++a) {
+            count += _groups[_groupKeyOf(_allowedAppIds[a], root, purposeId)].size;
         }
     }
 
     /// @notice Sum of the power of the counted validators.
     function totalPower() external view returns (uint256 total) {
-        uint256 len = _nodeList.length;
-        address root = _kmsRoot;
-        for (uint256 i = 0; i < len; ++i) {
-            Node storage n = _nodes[_nodeList[i]];
-            if (_counted(n, root)) total += n.tokens;
+        (address root, uint96 purposeId, uint256 apps) = (_kmsRoot, _purposeId, _allowedAppIds.length);
+        for (uint256 a = 0; a < apps; ++a) {
+            total += _groups[_groupKeyOf(_allowedAppIds[a], root, purposeId)].power;
         }
     }
 
@@ -505,12 +573,12 @@ contract DstackMembershipNFT is ERC721, Ownable2Step, EIP712 {
     /// @notice Voting power of `node`: its token count if it is counted, else 0.
     function powerOf(address node) external view returns (uint256) {
         Node storage n = _nodes[node];
-        return _counted(n, _kmsRoot) ? n.tokens : 0;
+        return _counted(n) ? n.tokens : 0;
     }
 
     /// @notice Number of nodes with at least one authorizing token, counted or not.
     function nodeCount() external view returns (uint256) {
-        return _nodeList.length;
+        return _nodeCount;
     }
 
     /// @notice Everything stored about `node` (zero record if it has no authorizing token).
@@ -521,9 +589,10 @@ contract DstackMembershipNFT is ERC721, Ownable2Step, EIP712 {
             owner: n.owner,
             publicKey: n.publicKey,
             tokens: n.tokens,
-            counted: _counted(n, _kmsRoot),
+            counted: _counted(n),
             appId: n.appId,
             kmsRoot: n.kmsRoot,
+            purposeHash: n.purposeId == 0 ? bytes32(0) : _purposeHashes[n.purposeId - 1],
             instanceId: n.instanceId,
             connectionUrl: n.connectionUrl
         });
@@ -543,37 +612,153 @@ contract DstackMembershipNFT is ERC721, Ownable2Step, EIP712 {
         address node = _tokenNode[tokenId];
         delete _tokenNode[tokenId];
         Node storage n = _nodes[node];
-        uint64 remaining = n.tokens - 1;
         emit NodeAuthorizationEnded(tokenId, node, reason);
-        if (remaining > 0) {
-            n.tokens = remaining;
+        if (n.tokens > 1) {
+            n.tokens -= 1;
+            _groups[_groupKey(n)].power -= 1;
             return;
         }
-        // Swap-and-pop the node out of the list, then drop its record (nonces stay).
-        uint256 idx = n.index - 1;
-        uint256 last = _nodeList.length - 1;
-        if (idx != last) {
-            address moved = _nodeList[last];
-            _nodeList[idx] = moved;
-            // casting to uint32 is safe: idx + 1 <= the list length, stored as uint32 on push.
-            // forge-lint: disable-next-line(unsafe-typecast)
-            _nodes[moved].index = uint32(idx + 1);
-        }
-        _nodeList.pop();
+        // The last token: out of its group, then drop the record (nonces stay).
+        _leaveGroup(n);
+        --_nodeCount;
         emit NodeRemoved(node, n.owner);
         delete _nodes[node];
     }
 
-    function _counted(Node storage n, address root) private view returns (bool) {
+    /// @dev Appends `node` to the group of its stored configuration, with its token count.
+    function _joinGroup(address node, Node storage n) private {
+        Group storage g = _groups[_groupKey(n)];
+        uint128 size = g.size;
+        g.nodes[size] = node;
+        (g.size, g.power) = (size + 1, g.power + n.tokens);
+        // casting to uint32 is safe: a group of 2^32 - 1 nodes cannot be paid for.
+        // forge-lint: disable-next-line(unsafe-typecast)
+        n.index = uint32(size + 1);
+    }
+
+    /// @dev Takes `n` out of its group (the group's last node takes its place), with its token
+    /// count; leaves `index` 0.
+    function _leaveGroup(Node storage n) private {
+        Group storage g = _groups[_groupKey(n)];
+        uint256 idx = n.index - 1;
+        uint128 last = g.size - 1;
+        if (idx != last) {
+            address moved = g.nodes[last];
+            g.nodes[idx] = moved;
+            // casting to uint32 is safe: idx + 1 <= the group size, stored as uint32 on join.
+            // forge-lint: disable-next-line(unsafe-typecast)
+            _nodes[moved].index = uint32(idx + 1);
+        }
+        delete g.nodes[last];
+        (g.size, g.power) = (last, g.power - n.tokens);
+        n.index = 0;
+    }
+
+    /// @dev The counted nodes of the page (offset, limit): whole groups are skipped by their length.
+    function _countedPage(uint256 offset, uint256 limit) private view returns (address[] memory nodes) {
+        nodes = new address[](limit);
+        uint256 found;
+        (address root, uint96 purposeId, uint256 apps) = (_kmsRoot, _purposeId, _allowedAppIds.length);
+        for (uint256 a = 0; a < apps && found < limit; ++a) {
+            Group storage g = _groups[_groupKeyOf(_allowedAppIds[a], root, purposeId)];
+            uint256 len = g.size;
+            if (offset >= len) {
+                offset -= len;
+                continue;
+            }
+            for (uint256 i = offset; i < len && found < limit; ++i) {
+                nodes[found++] = g.nodes[i];
+            }
+            offset = 0;
+        }
+        assembly ("memory-safe") {
+            mstore(nodes, found)
+        }
+    }
+
+    function _groupKey(Node storage n) private view returns (bytes32) {
+        return _groupKeyOf(n.appId, n.kmsRoot, n.purposeId);
+    }
+
+    /// @dev The key of the group of nodes verified under (appId, root, purposeId). The current
+    /// groups use the current root: while it is unset (zero) they are empty, a stored root never is.
+    function _groupKeyOf(bytes20 appId, address root, uint96 purposeId) private pure returns (bytes32) {
+        return keccak256(abi.encode(appId, root, purposeId));
+    }
+
+    function _counted(Node storage n) private view returns (bool) {
         // A stored kmsRoot is never zero, so an unset root counts nobody.
-        return n.tokens != 0 && n.kmsRoot == root && _appIdAllowed[n.appId];
+        return n.tokens != 0 && n.kmsRoot == _kmsRoot && n.purposeId == _purposeId
+            && _allowedAppIdIndex[n.appId] != 0;
+    }
+
+    /// @dev The connection URL rules of `registerNode`, in one pass; reverts `UrlTooLong`, or
+    /// `InvalidConnectionUrl` with the offset of the first byte that breaks them (the start of a
+    /// wrong or empty segment, the length for a URL that ends too early). The membership crate
+    /// (`connection_url`) applies the same rules; test/fixtures/connection_urls.json holds both.
+    function _checkConnectionUrl(string calldata url) private pure {
+        uint256 len = bytes(url).length;
+        if (len > MAX_URL_LENGTH) revert UrlTooLong(len, MAX_URL_LENGTH);
+        if (len == 0 || bytes(url)[0] != "/") revert InvalidConnectionUrl(0);
+        uint256 segment; // number of '/' read: segment 1 protocol, 2 host, 3 transport, 4 port, 5+ rest
+        uint256 start; // offset of the current segment's first byte
+        uint256 word; // the segment's first four bytes (protocol names), or the port's value
+        uint256 offset;
+        assembly ("memory-safe") {
+            offset := url.offset
+        }
+        // unchecked: i < 256, and the port stays below 65536 * 10 + 10
+        unchecked {
+            for (uint256 i = 0; i < len; ++i) {
+                uint256 c;
+                assembly ("memory-safe") {
+                    c := byte(0, calldataload(add(offset, i)))
+                }
+                if (c == 0x2f) {
+                    if (i != 0) _checkSegment(segment, start, i, word);
+                    ++segment;
+                    (start, word) = (i + 1, 0);
+                } else if (c < 0x21 || c > 0x7e) {
+                    revert InvalidConnectionUrl(i);
+                } else if (segment == 4) {
+                    if (c < 0x30 || c > 0x39) revert InvalidConnectionUrl(i);
+                    word = word * 10 + c - 0x30;
+                    if (word > type(uint16).max) revert InvalidConnectionUrl(i);
+                } else if (i - start < 4) {
+                    word = (word << 8) | c;
+                }
+            }
+        }
+        _checkSegment(segment, start, len, word);
+        if (segment < 4) revert InvalidConnectionUrl(len);
+    }
+
+    /// @dev Checks the URL segment [start, end) of number `segment` (see `_checkConnectionUrl`).
+    function _checkSegment(uint256 segment, uint256 start, uint256 end, uint256 word) private pure {
+        if (end == start) revert InvalidConnectionUrl(start);
+        bool ok = true;
+        if (segment == 1) {
+            // ip4, ip6, dns, dns4, dns6
+            ok = end - start <= 4
+                && (word == 0x697034
+                    || word == 0x697036
+                    || word == 0x646e73
+                    || word == 0x646e7334
+                    || word == 0x646e7336);
+        } else if (segment == 3) {
+            // tcp, udp
+            ok = end - start == 3 && (word == 0x746370 || word == 0x756470);
+        } else if (segment == 4) {
+            ok = word != 0;
+        }
+        if (!ok) revert InvalidConnectionUrl(start);
     }
 
     /// @dev Checks 1 and 2 of DESIGN section 3; returns the node (derived key) address.
     function _verifyProof(DstackProof calldata proof) private view returns (address node) {
         address root = _kmsRoot;
         if (root == address(0)) revert KmsRootNotSet();
-        if (!_appIdAllowed[proof.appId]) revert AppIdNotAllowed(proof.appId);
+        if (_allowedAppIdIndex[proof.appId] == 0) revert AppIdNotAllowed(proof.appId);
         _checkKeyLength(proof.derivedPublicKey);
         _checkKeyLength(proof.appPublicKey);
 

@@ -6,7 +6,7 @@ import {MembershipBase} from "./utils/MembershipBase.sol";
 import {DstackMembershipNFT} from "../src/DstackMembershipNFT.sol";
 
 /// @notice Drives the NFT with random valid actions for the invariant fuzzer: mint, register,
-/// deregister, transfer, burn, and app id / KMS root changes. Actions that the contract would refuse
+/// deregister, transfer, burn, and app id / KMS root / purpose changes. Actions that the contract would refuse
 /// are skipped, so every call the fuzzer makes does something.
 contract MembershipHandler is MembershipBase {
     uint256 internal constant NODE_KEYS = 5;
@@ -44,7 +44,7 @@ contract MembershipHandler is MembershipBase {
         if (info.tokens > 0 && info.owner != tokenOwner) return;
         if (nft.kmsRoot() == address(0) || !nft.isAppIdAllowed(APP_ID)) return;
         uint256 rootPk = nft.kmsRoot() == kmsRootAddr ? KMS_PK : OTHER_ROOT_PK;
-        submitAs(tokenOwner, makeRegWith(tokenId, pk, chain(rootPk, APP_PK, APP_ID, PURPOSE, pk), URL));
+        submitAs(tokenOwner, makeRegWith(tokenId, pk, chain(rootPk, APP_PK, APP_ID, nft.purpose(), pk), URL));
         ++registrations;
     }
 
@@ -85,6 +85,12 @@ contract MembershipHandler is MembershipBase {
         address next = nft.kmsRoot() == kmsRootAddr ? vm.addr(OTHER_ROOT_PK) : kmsRootAddr;
         vm.prank(admin);
         nft.setKmsRoot(next);
+    }
+
+    function togglePurpose() external {
+        bool first = keccak256(bytes(nft.purpose())) == keccak256(bytes(PURPOSE));
+        vm.prank(admin);
+        nft.setPurpose(first ? "other-purpose" : PURPOSE);
     }
 
     function _exists(uint256 tokenId) internal view returns (bool) {
@@ -140,7 +146,7 @@ contract InvariantTest is Cheats {
     }
 
     function targetSelectors() public view returns (FuzzSelector[] memory targets) {
-        bytes4[] memory selectors = new bytes4[](7);
+        bytes4[] memory selectors = new bytes4[](8);
         selectors[0] = MembershipHandler.mint.selector;
         selectors[1] = MembershipHandler.registerNode.selector;
         selectors[2] = MembershipHandler.deregisterNode.selector;
@@ -148,12 +154,13 @@ contract InvariantTest is Cheats {
         selectors[4] = MembershipHandler.burn.selector;
         selectors[5] = MembershipHandler.toggleAppId.selector;
         selectors[6] = MembershipHandler.rotateKmsRoot.selector;
+        selectors[7] = MembershipHandler.togglePurpose.selector;
         targets = new FuzzSelector[](1);
         targets[0] = FuzzSelector({addr: address(handler), selectors: selectors});
     }
 
     /// The sum of the node records' token counts equals the number of authorizing tokens, and the
-    /// node list holds exactly the nodes with at least one token.
+    /// node count is the number of nodes with at least one token.
     function invariant_NodePowersSumToAuthorizingTokens() public view {
         uint256 authorizing;
         uint256 minted = nft.totalMinted();
@@ -168,7 +175,7 @@ contract InvariantTest is Cheats {
             if (info.tokens > 0) ++withTokens;
         }
         vm.assertEq(sum, authorizing, "sum of node token counts == authorizing tokens");
-        vm.assertEq(nft.nodeCount(), withTokens, "node list == nodes with tokens");
+        vm.assertEq(nft.nodeCount(), withTokens, "node count == nodes with tokens");
         vm.assertEq(
             handler.registrations() - handler.endedAuthorizations(), authorizing, "registrations - ended"
         );
@@ -187,6 +194,19 @@ contract InvariantTest is Cheats {
         vm.assertEq(nft.totalPower(), sum, "totalPower == sum of validator powers");
         vm.assertEq(nft.validatorCount(), vs.length, "validatorCount == listed validators");
         vm.assertEq(nft.getPeers(0, 100).length, vs.length, "peers == validators");
+        // the running group counts agree with each node's own counted flag
+        uint256 countedNodes;
+        uint256 countedPower;
+        for (uint256 i = 0; i < 5; ++i) {
+            DstackMembershipNFT.NodeInfo memory info = nft.nodeInfo(handler.nodeAddress(i));
+            if (info.counted) {
+                ++countedNodes;
+                countedPower += info.tokens;
+            }
+            vm.assertEq(nft.powerOf(info.node), info.counted ? info.tokens : 0, "powerOf == counted tokens");
+        }
+        vm.assertEq(nft.validatorCount(), countedNodes, "validatorCount == nodes counted one by one");
+        vm.assertEq(nft.totalPower(), countedPower, "totalPower == their tokens");
         uint256 minted = nft.totalMinted();
         for (uint256 t = 1; t <= minted; ++t) {
             address n = nft.nodeOf(t);

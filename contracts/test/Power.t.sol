@@ -153,6 +153,89 @@ contract PowerTest is MembershipBase {
         vm.assertEq(nft.totalPower(), 0, "verified under the other root");
     }
 
+    function test_ChangingPurposeRemovesNodesUntilReRegistered() public {
+        address n = register(1, nodePk(1));
+        register(2, nodePk(1));
+        address m = register(4, nodePk(2));
+        string memory other = "dstack-nft-cluster-v2";
+        vm.prank(admin);
+        nft.setPurpose(other);
+        vm.assertEq(nft.validatorCount(), 0, "old-purpose nodes are not validators");
+        vm.assertEq(nft.totalPower(), 0, "old-purpose nodes count for nothing");
+        vm.assertEq(nft.powerOf(n), 0, "node uncounted");
+        vm.assertEq(nft.validators(0, 100).length, 0, "validators empty");
+        vm.assertEq(nft.getPeers(0, 100).length, 0, "peers empty");
+        vm.assertFalse(nft.nodeInfo(n).counted, "not counted");
+        vm.assertEq(nft.nodeInfo(n).purposeHash, keccak256(bytes(PURPOSE)), "verified under the old one");
+        vm.assertEq(nft.nodeInfo(n).tokens, 2, "tokens still recorded");
+
+        // re-verifying the key under the new purpose with another token counts all its tokens
+        submitAs(alice, makeRegWith(3, nodePk(1), chain(KMS_PK, APP_PK, APP_ID, other, nodePk(1)), URL));
+        vm.assertEq(nft.powerOf(n), 3, "re-verified under the new purpose");
+        vm.assertEq(nft.nodeInfo(n).purposeHash, keccak256(bytes(other)), "stored purpose updated");
+        vm.assertEq(nft.validatorCount(), 1, "one validator");
+        vm.assertEq(nft.totalPower(), 3, "its power");
+        vm.assertEq(nft.validators(0, 100)[0].node, n, "listed");
+        vm.assertEq(nft.powerOf(m), 0, "the other node still uncounted");
+
+        // setting the purpose back counts the node still verified under it, not the re-verified one
+        vm.prank(admin);
+        nft.setPurpose(PURPOSE);
+        vm.assertEq(nft.powerOf(m), 1, "old-purpose node counts again");
+        vm.assertEq(nft.powerOf(n), 0, "verified under the other purpose");
+        vm.assertEq(nft.totalPower(), 1, "total");
+        vm.assertEq(nft.getPeers(0, 100)[0].node, m, "peer");
+    }
+
+    function test_AllowedAppIdsAreBounded() public {
+        uint256 max = nft.MAX_ALLOWED_APP_IDS();
+        vm.startPrank(admin);
+        for (uint256 i = 1; i < max; ++i) {
+            nft.setAppIdAllowed(bytes20(uint160(i)), true);
+        }
+        vm.assertEq(nft.allowedAppIds().length, max, "full (APP_ID and the others)");
+        nft.setAppIdAllowed(APP_ID, true); // already allowed: no change
+        vm.expectRevert(abi.encodeWithSelector(DstackMembershipNFT.TooManyAllowedAppIds.selector, max));
+        nft.setAppIdAllowed(bytes20(uint160(max)), true);
+        // disallowing frees a place; disallowing twice changes nothing
+        nft.setAppIdAllowed(bytes20(uint160(1)), false);
+        nft.setAppIdAllowed(bytes20(uint160(1)), false);
+        vm.assertFalse(nft.isAppIdAllowed(bytes20(uint160(1))), "disallowed");
+        nft.setAppIdAllowed(bytes20(uint160(max)), true);
+        vm.stopPrank();
+        bytes20[] memory ids = nft.allowedAppIds();
+        vm.assertEq(ids.length, max, "full again");
+        for (uint256 i = 0; i < ids.length; ++i) {
+            vm.assertTrue(nft.isAppIdAllowed(ids[i]), "listed ids are allowed");
+            vm.assertTrue(ids[i] != bytes20(uint160(1)), "the disallowed id is not listed");
+        }
+    }
+
+    function test_NodeMovesBetweenGroupsOnReRegistration() public {
+        // a node of APP_ID re-verified as a node of app2 leaves APP_ID's list
+        bytes20 app2 = bytes20(uint160(0xA2));
+        vm.prank(admin);
+        nft.setAppIdAllowed(app2, true);
+        address a = register(1, nodePk(1));
+        address b = register(4, nodePk(2));
+        nodeOfApp(2, nodePk(1), app2);
+        vm.assertEq(nft.validatorCount(), 2, "two nodes");
+        vm.assertEq(nft.totalPower(), 3, "a has two tokens");
+        vm.assertEq(bytes32(nft.nodeInfo(a).appId), bytes32(app2), "a is app2's now");
+        vm.prank(admin);
+        nft.setAppIdAllowed(app2, false);
+        vm.assertEq(nft.powerOf(a), 0, "a dropped with app2");
+        vm.assertEq(nft.validators(0, 10).length, 1, "b alone");
+        vm.assertEq(nft.validators(0, 10)[0].node, b, "b");
+        vm.prank(alice);
+        nft.deregisterNode(1);
+        vm.prank(admin);
+        nft.setAppIdAllowed(app2, true);
+        vm.assertEq(nft.powerOf(a), 1, "one token left");
+        vm.assertEq(nft.totalPower(), 2, "a 1 + b 1");
+        vm.assertEq(nft.nodeCount(), 2, "two records");
+    }
+
     function test_PaginationAtTheEdges() public {
         // five nodes: alice 1,2,3 -> three nodes; bob 4 and carol 6 -> two more
         address[5] memory nodes = [

@@ -371,20 +371,48 @@ contract RegistrationTest is MembershipBase {
     }
 
     function test_RevertWhen_UrlTooLong() public {
-        bytes memory long = new bytes(257);
-        for (uint256 i = 0; i < long.length; ++i) {
+        // "/dns4/" + host + "/tcp/1": a well-formed URL of 257 bytes
+        bytes memory long = bytes(string.concat("/dns4/", string(new bytes(245)), "/tcp/1"));
+        for (uint256 i = 6; i < 251; ++i) {
             long[i] = "a";
         }
+        vm.assertEq(long.length, 257, "257 bytes");
         Reg memory r = makeRegWith(1, nodeKey, proofFor(nodeKey), string(long));
         vm.expectRevert(abi.encodeWithSelector(DstackMembershipNFT.UrlTooLong.selector, 257, 256));
         submitAs(alice, r);
 
-        // 256 bytes is fine
-        assembly {
-            mstore(long, 256)
+        // 256 bytes is fine: one host byte less
+        bytes memory fits = bytes.concat(new bytes(250), "/tcp/1");
+        for (uint256 i = 0; i < 250; ++i) {
+            fits[i] = long[i];
         }
-        submitAs(alice, makeRegWith(1, nodeKey, proofFor(nodeKey), string(long)));
-        vm.assertEq(nft.getPeers(0, 1)[0].connectionUrl, string(long), "256-byte url stored");
+        submitAs(alice, makeRegWith(1, nodeKey, proofFor(nodeKey), string(fits)));
+        vm.assertEq(nft.getPeers(0, 1)[0].connectionUrl, string(fits), "256-byte url stored");
+    }
+
+    function test_DeadlineWindowIsInclusive() public {
+        Reg memory r = makeReg(1, nodeKey);
+        r.deadline = block.timestamp + nft.MAX_DEADLINE_WINDOW();
+        r.nodeSignature = _signNode(nodeKey, r, false);
+        submitAs(alice, r);
+        vm.assertEq(nft.powerOf(node), 1, "registered with a deadline one window ahead");
+    }
+
+    /// A registration signed to stay valid for ever (or for years) is refused: a leaked one could
+    /// otherwise be submitted at any later time.
+    function test_RevertWhen_DeadlineTooFar() public {
+        vm.assertEq(nft.MAX_DEADLINE_WINDOW(), 1 days, "window");
+        uint256 maxDeadline = block.timestamp + 1 days;
+        uint256[3] memory far = [maxDeadline + 1, block.timestamp + 3650 days, type(uint256).max];
+        for (uint256 i = 0; i < far.length; ++i) {
+            Reg memory r = makeReg(1, nodeKey);
+            r.deadline = far[i];
+            r.nodeSignature = _signNode(nodeKey, r, false);
+            vm.expectRevert(
+                abi.encodeWithSelector(DstackMembershipNFT.DeadlineTooFar.selector, far[i], maxDeadline)
+            );
+            submitAs(alice, r);
+        }
     }
 
     // ------------------------------------------------------------ fuzz

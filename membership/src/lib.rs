@@ -5,6 +5,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod appkeys;
+pub mod connection_url;
 #[cfg(feature = "chain")]
 pub mod contract;
 pub mod dstack;

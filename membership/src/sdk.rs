@@ -22,6 +22,7 @@ use alloy::transports::http::reqwest::Url;
 use k256::ecdsa::SigningKey;
 use thiserror::Error;
 
+use crate::connection_url::{self, ConnectionUrlError};
 use crate::contract::DstackMembershipNFT::{self, DstackMembershipNFTErrors, DstackProof};
 use crate::contract::{EIP712_NAME, EIP712_VERSION, Registration};
 use crate::dstack::{DstackClient, DstackError, NodeKey};
@@ -30,7 +31,8 @@ use crate::identity::{
     self, KmsRoot, TrustAnchor, VerifiedIdentity, VerifyError, sign_prehash, uncompressed64,
 };
 
-/// How long a registration stays valid after it is signed.
+/// How long a registration stays valid after it is signed (the contract refuses more than its
+/// `MAX_DEADLINE_WINDOW`, one day).
 pub const DEFAULT_DEADLINE_SECS: u64 = 3600;
 
 /// The timeout of one RPC call made by the SDK and the oracle.
@@ -84,6 +86,9 @@ pub enum SdkError {
         /// The contract's.
         contract: B256,
     },
+    /// The connection URL is one the contract refuses.
+    #[error(transparent)]
+    ConnectionUrl(#[from] ConnectionUrlError),
     /// The contract rejected the transaction.
     #[error("registerNode rejected: {0}")]
     Rejected(String),
@@ -430,6 +435,7 @@ impl Cluster {
         owner: Address,
         connection_url: &str,
     ) -> Result<RegistrationPayload, SdkError> {
+        connection_url::check(connection_url)?;
         let c = self.instance();
         let kms_root = self.kms_root().await?;
         let allowed = timed(

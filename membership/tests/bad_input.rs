@@ -1,5 +1,6 @@
 //! Bad input gives clear errors: unreachable RPC, bad URL, an address without code, a contract
-//! that is not ours, an empty set, a contract that does not trust the node's chain.
+//! that is not ours, an empty set, a contract that does not trust the node's chain, a connection
+//! URL the contract refuses.
 
 #![allow(clippy::unwrap_used)]
 
@@ -11,10 +12,14 @@ use alloy::primitives::{Address, Bytes, FixedBytes, U256};
 use alloy::providers::{Provider, ProviderBuilder};
 use alloy::signers::local::PrivateKeySigner;
 use common::*;
+use membership::connection_url::ConnectionUrlError;
 use membership::contract::DstackMembershipNFT;
 use membership::genesis::PinRule;
 use membership::oracle::{Oracle, OracleError, RetryPolicy};
 use membership::sdk::{Cluster, SdkError};
+
+/// A connection URL the contract accepts.
+const URL: &str = "/ip4/127.0.0.1/tcp/9000";
 
 fn quick() -> RetryPolicy {
     RetryPolicy {
@@ -120,7 +125,7 @@ async fn wrong_addresses_empty_set_and_untrusted_chain() {
         .await
         .unwrap();
     let err = cluster
-        .register(&dstack, U256::from(1), &owner, "x")
+        .register(&dstack, U256::from(1), &owner, URL)
         .await
         .unwrap_err();
     assert!(matches!(err, SdkError::AppIdNotAllowed(_)), "{err}");
@@ -141,7 +146,7 @@ async fn wrong_addresses_empty_set_and_untrusted_chain() {
         .await
         .unwrap();
     let err = cluster
-        .register(&dstack, U256::from(1), &owner, "x")
+        .register(&dstack, U256::from(1), &owner, URL)
         .await
         .unwrap_err();
     assert!(matches!(err, SdkError::Verify(_)), "{err}");
@@ -157,9 +162,22 @@ async fn wrong_addresses_empty_set_and_untrusted_chain() {
     let stranger = PrivateKeySigner::random();
     anvil.fund(stranger.address()).await;
     let err = cluster
-        .register(&dstack, U256::from(1), &stranger, "x")
+        .register(&dstack, U256::from(1), &stranger, URL)
         .await
         .unwrap_err();
     assert!(matches!(err, SdkError::Rejected(_)), "{err}");
     assert!(err.to_string().contains("NotTokenOwnerOrApproved"), "{err}");
+    // A connection URL the contract refuses is refused before anything is signed or sent, with
+    // the offset the contract would name.
+    let err = cluster
+        .register(&dstack, U256::from(1), &owner, "x")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SdkError::ConnectionUrl(ConnectionUrlError::Invalid { position: 0, .. })
+        ),
+        "{err}"
+    );
 }

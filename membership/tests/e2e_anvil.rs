@@ -224,6 +224,7 @@ async fn snapshot_paginates_past_one_page() {
         purpose: "dstack-nft-cluster".into(),
     };
     let c = DstackMembershipNFT::new(contract, anvil.wallet(&owner));
+    let deadline = anvil.deadline().await;
     let mut pending = Vec::new();
     for i in 0..N {
         let instance = [
@@ -274,7 +275,7 @@ async fn snapshot_paginates_past_one_page() {
                 instance_id: instance,
                 connection_url: format!("/ip4/127.0.0.1/tcp/{}", 10000 + i),
                 nonce: U256::ZERO,
-                deadline: U256::from(4_102_444_800u64),
+                deadline,
             },
         )
         .unwrap();

@@ -110,6 +110,11 @@ impl NodePlace {
         let p = procs::free_ports(3)?;
         Ok(Self::loopback([p[0], p[1], p[2]]))
     }
+
+    /// The libp2p multiaddr the node listens on and registers as its connection URL.
+    pub fn p2p_url(&self) -> String {
+        format!("/ip4/{}/tcp/{}", self.ip, self.p2p)
+    }
 }
 
 /// The libp2p port of a node in its own namespace.
@@ -317,7 +322,7 @@ impl Testnet {
             registered_in_blocks: Vec::new(),
             home,
             socket,
-            p2p_url: format!("/ip4/{}/tcp/{}", place.ip, place.p2p),
+            p2p_url: place.p2p_url(),
             http_url: format!("http://{}:{}", place.ip, place.api),
             metrics_url: format!("http://{}:{}/metrics", place.ip, place.metrics),
             simulator: Some(proc),
@@ -895,7 +900,29 @@ pub fn down(dir: &Path) -> Result<Vec<String>, Error> {
 
 #[cfg(test)]
 mod tests {
-    use super::worker_threads;
+    use super::{NodeNet, NodePlace, worker_threads};
+    use crate::netns::NetPlan;
+
+    /// Every URL the testnet registers is one the contract accepts (on loopback at any port, and
+    /// in the chaos suite's namespaces).
+    #[test]
+    fn registered_urls_pass_the_contracts_rules() {
+        let plan = NetPlan::new("t", 16);
+        let mut places: Vec<NodePlace> = [1, 26656, 65535]
+            .into_iter()
+            .map(|p| NodePlace::loopback([p, 2, 3]))
+            .collect();
+        places.extend((0..16).map(|i| {
+            NodePlace::netns(&NodeNet {
+                netns: plan.nodes[i].clone(),
+                ip: plan.node_ip(i),
+            })
+        }));
+        for place in places {
+            let url = place.p2p_url();
+            assert_eq!(membership::connection_url::check(&url), Ok(()), "{url}");
+        }
+    }
 
     #[test]
     fn one_worker_each_only_when_nodes_crowd_the_cores() {

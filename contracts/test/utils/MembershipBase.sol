@@ -196,6 +196,17 @@ abstract contract MembershipBase is Cheats {
         return vm.addr(derivedPk);
     }
 
+    /// @dev Mints `count` tokens to alice and registers one new node with each (keys from 1000 on,
+    /// continuing where the previous call stopped).
+    function registerMany(uint256 count) internal {
+        uint256 first = nft.totalMinted() + 1;
+        vm.prank(admin);
+        nft.mintBatch(alice, count);
+        for (uint256 i = 0; i < count; ++i) {
+            submitAs(alice, makeReg(first + i, nodePk(1000 + first + i)));
+        }
+    }
+
     /// @dev A signature with s replaced by n - s and v flipped: the same signer, high s.
     function highS(bytes memory sig) internal pure returns (bytes memory) {
         bytes32 r;

@@ -121,6 +121,27 @@ impl Anvil {
             .await
             .unwrap();
     }
+
+    /// A registration deadline the contract accepts now: the latest block's time plus the SDK's
+    /// validity.
+    pub async fn deadline(&self) -> U256 {
+        let latest = self
+            .reader()
+            .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
+            .await
+            .unwrap()
+            .unwrap();
+        U256::from(latest.header.timestamp + membership::sdk::DEFAULT_DEADLINE_SECS)
+    }
+
+    /// Moves the chain's clock: the next block gets `timestamp`, later ones follow from there.
+    pub async fn set_next_block_timestamp(&self, timestamp: u64) {
+        let _: serde_json::Value = self
+            .reader()
+            .raw_request("evm_setNextBlockTimestamp".into(), (timestamp,))
+            .await
+            .unwrap();
+    }
 }
 
 pub fn deployer() -> PrivateKeySigner {
