@@ -58,6 +58,47 @@ pub enum OracleError {
         /// Block hash.
         hash: B256,
     },
+    /// A member's public key is not the 64 bytes `x ‖ y`: the set cannot be read fully, so no
+    /// part of it is used.
+    #[error("member {member} has a public key of {len} bytes, not 64, at block {block}")]
+    MalformedKey {
+        /// The member's address.
+        member: Address,
+        /// The key's length in bytes.
+        len: usize,
+        /// The block.
+        block: B256,
+    },
+    /// Endpoints of a quorum oracle gave different answers, so none is used.
+    #[error("RPC endpoints disagree on {what}: {answers}")]
+    Disagreement {
+        /// The read.
+        what: String,
+        /// Which endpoint said what.
+        answers: String,
+    },
+    /// Too few endpoints of a quorum oracle answered alike (the others failed).
+    #[error("{what}: {agreeing} of {endpoints} RPC endpoint(s) agree, {quorum} needed: {answers}")]
+    NoQuorum {
+        /// The read.
+        what: String,
+        /// The largest number of endpoints that gave one answer.
+        agreeing: usize,
+        /// Endpoints configured.
+        endpoints: usize,
+        /// Endpoints that must agree.
+        quorum: usize,
+        /// Which endpoint said what.
+        answers: String,
+    },
+    /// A quorum oracle's quorum is not within one and its number of endpoints.
+    #[error("RPC quorum {quorum} is outside 1..={endpoints} (the number of endpoints)")]
+    InvalidQuorum {
+        /// The quorum asked for.
+        quorum: usize,
+        /// Endpoints configured.
+        endpoints: usize,
+    },
     /// The pages contradict each other or the contract's rules.
     #[error("inconsistent validator data at block {block}: {reason}")]
     Inconsistent {
@@ -361,11 +402,11 @@ impl Oracle {
             }
             for v in page {
                 if v.publicKey.len() != 64 {
-                    return Err(inconsistent(format!(
-                        "{}: public key of {} bytes",
-                        v.node,
-                        v.publicKey.len()
-                    )));
+                    return Err(OracleError::MalformedKey {
+                        member: v.node,
+                        len: v.publicKey.len(),
+                        block: block.hash,
+                    });
                 }
                 if Address::from_raw_public_key(&v.publicKey) != v.node {
                     return Err(inconsistent(format!(
@@ -405,6 +446,20 @@ impl Oracle {
             members,
             validator_set_hash,
         })
+    }
+
+    /// The set at `hash` if `hash` is this RPC's block at `number`; `None` when it is not
+    /// (rolled back, invented, or not reached yet).
+    pub async fn set_at(&self, number: u64, hash: B256) -> Result<Option<Snapshot>, OracleError> {
+        let at = match self.block_by_number(BlockNumberOrTag::Number(number)).await {
+            Ok(b) => b,
+            Err(OracleError::BlockNotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if at.hash != hash {
+            return Ok(None);
+        }
+        self.snapshot_at(at).await.map(Some)
     }
 
     /// A follower starting from `current`.

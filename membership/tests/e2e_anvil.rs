@@ -19,22 +19,6 @@ use membership::oracle::{BlockRef, Oracle, Snapshot};
 use membership::sdk::{Cluster, RegistrationRequest, build_registration};
 use membership::simulator::Simulator;
 
-async fn send(
-    call: alloy::contract::CallBuilder<
-        &alloy::providers::DynProvider,
-        std::marker::PhantomData<impl alloy::sol_types::SolCall>,
-    >,
-) -> u64 {
-    call.send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap()
-        .block_number
-        .unwrap()
-}
-
 fn power_of(s: &Snapshot, node: Address) -> Option<u64> {
     s.members
         .iter()

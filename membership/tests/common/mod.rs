@@ -65,12 +65,30 @@ fn free_port() -> u16 {
 impl Anvil {
     /// Starts anvil with 1-second blocks and finalized = head - 2.
     pub async fn start() -> Anvil {
+        Self::spawn(&["--block-time", "1"]).await
+    }
+
+    /// Starts an anvil that forks `origin` at `block`: blocks up to `block` are `origin`'s
+    /// (same hashes, same state), later ones its own. It mines only on demand (a transaction or
+    /// [`Anvil::mine`]), finalized = head - 2.
+    pub async fn fork(origin: &Anvil, block: u64) -> Anvil {
+        Self::spawn(&[
+            "--fork-url",
+            &origin.url,
+            "--fork-block-number",
+            &block.to_string(),
+        ])
+        .await
+    }
+
+    async fn spawn(extra: &[&str]) -> Anvil {
         for _ in 0..3 {
             let port = free_port();
             let child = Command::new(anvil_bin())
                 .args(["--port", &port.to_string(), "--host", "127.0.0.1"])
-                .args(["--slots-in-an-epoch", "1", "--block-time", "1"])
+                .args(["--slots-in-an-epoch", "1"])
                 .args(["--gas-limit", "100000000", "--code-size-limit", "100000"])
+                .args(extra)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -93,6 +111,20 @@ impl Anvil {
             }
         }
         panic!("anvil did not start within 20 s (three ports tried)");
+    }
+
+    /// Mines `n` empty blocks at once.
+    pub async fn mine(&self, n: u64) {
+        let _: serde_json::Value = self
+            .reader()
+            .raw_request("anvil_mine".into(), (U256::from(n),))
+            .await
+            .unwrap();
+    }
+
+    /// The chain's head block number.
+    pub async fn head(&self) -> u64 {
+        self.reader().get_block_number().await.unwrap()
     }
 
     /// A provider sending transactions as `signer`.
@@ -227,6 +259,23 @@ pub fn manual_set_hash(members: &[(Address, Vec<u8>, u64)]) -> [u8; 32] {
         out.extend_from_slice(&t);
     }
     Keccak256::digest(&out).into()
+}
+
+/// Sends a contract call and waits for its receipt; returns the block it landed in.
+pub async fn send(
+    call: alloy::contract::CallBuilder<
+        &DynProvider,
+        std::marker::PhantomData<impl alloy::sol_types::SolCall>,
+    >,
+) -> u64 {
+    call.send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap()
+        .block_number
+        .unwrap()
 }
 
 /// Waits (bounded) until `f` returns `Some`.
