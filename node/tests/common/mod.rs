@@ -164,6 +164,8 @@ pub fn node_params(i: usize, data_dir: &Path, p2p_ports: &[u16], api_port: u16) 
         api_listen: SocketAddr::from(([127, 0, 0, 1], api_port)),
         metrics_listen: None,
         mempool: MempoolConfig::default(),
+        retain_heights: 0,
+        max_disk_bytes: 0,
         registration: None,
         tap: None,
         chain: None,
