@@ -789,7 +789,7 @@ impl Store {
                     let mut t = w.txn.open_table(BLOCK_TXS)?;
                     for _ in 0..chunk {
                         let low = t.first()?.map(|(h, _)| h.value());
-                        if !low.is_some_and(|h| h < to.min(lists)) {
+                        if low.is_none_or(|h| h >= to.min(lists)) {
                             break;
                         }
                         t.pop_first()?;
@@ -1045,7 +1045,7 @@ fn decode_height(bytes: &[u8]) -> Result<u64, StorageError> {
 
 /// 32-byte hashes stored back to back; None when the length is not a multiple of 32.
 fn split_hashes(bytes: &[u8]) -> Option<Vec<Hash32>> {
-    if bytes.len() % 32 != 0 {
+    if !bytes.len().is_multiple_of(32) {
         return None;
     }
     Some(
