@@ -133,20 +133,7 @@ impl Cluster {
     }
 
     async fn start(&mut self, i: usize) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match start(self.params(i)).await {
-                Ok(n) => {
-                    self.nodes[i] = Some(n);
-                    return;
-                }
-                Err(e) if Instant::now() < deadline => {
-                    eprintln!("start of node {i} retried: {e}");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(e) => panic!("node {i} did not start: {e}"),
-            }
-        }
+        self.nodes[i] = Some(common::start_retrying(i, || self.params(i)).await);
     }
 
     fn node(&self, i: usize) -> &RunningNode {
