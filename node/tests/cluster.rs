@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{POWERS, free_port, get_json, http, node_params, put};
 use node::driver::Member;
-use node::node::RunningNode;
+use node::node::{RunningNode, start};
 
 struct Cluster {
     dirs: Vec<tempfile::TempDir>,
