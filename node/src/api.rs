@@ -194,11 +194,10 @@ fn block_json(s: &ApiState, height: u64) -> Result<Option<serde_json::Value>, Bo
     let Some(id) = s.store.committed_id(height).map_err(boxed)? else {
         return Ok(None);
     };
-    let bytes = s
-        .store
-        .get_block(&id)
-        .map_err(boxed)?
-        .ok_or_else(|| boxed("committed block missing from the store"))?;
+    // Pruned since the id was read (the height just fell below the retention horizon).
+    let Some(bytes) = s.store.get_block(&id).map_err(boxed)? else {
+        return Ok(None);
+    };
     let block = proto::v1::Block::decode(bytes.as_slice()).map_err(boxed)?;
     let header = block.header.unwrap_or_default();
     let st = read_status(s);
@@ -310,7 +309,9 @@ async fn submit_tx(State(s): State<ApiState>, body: Bytes) -> Response {
             )
                 .into_response()
         }
-        Err(e @ MempoolError::Full { .. }) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(e @ (MempoolError::Full { .. } | MempoolError::DiskFull { .. })) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, e)
+        }
         Err(e @ MempoolError::TxTooLarge { .. }) => error(StatusCode::PAYLOAD_TOO_LARGE, e),
         Err(e @ (MempoolError::AlreadyCommitted(_) | MempoolError::AlreadyPending)) => {
             let hash = crate::mempool::tx_hash(&body);

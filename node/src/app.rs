@@ -189,6 +189,7 @@ pub fn commit_block(store: &Store, input: CommitInput<'_>) -> Result<CommitResul
     store.write(|w| {
         w.commit_block(input.height, input.id, input.proof)?;
         w.put_block(input.id, input.block)?;
+        w.put_block_batches(input.height, input.batch_digests)?;
         for digest in input.batch_digests {
             w.forget_local_batch(digest)?;
         }

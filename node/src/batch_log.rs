@@ -5,19 +5,32 @@
 //! was copied into freshly allocated pages, checksummed and written out again at every commit:
 //! at n = 16 on one machine that was about a third of a node's CPU. Here a batch costs one
 //! `write` into the OS page cache. Values are immutable and named by their digest, so the log
-//! needs no updates, no compaction and no ordering beyond "appended before synced".
+//! needs no updates and no ordering beyond "appended before synced".
+//!
+//! Space comes back by segments ([`BatchLog::compact`]): each value carries, in memory, the
+//! highest committed height that references it and the committed height when it was appended.
+//! Below a retention horizon a value is dead when every block referencing it is below the horizon,
+//! or when nothing references it and it was appended below the horizon (a batch that was never
+//! committed in all that time), unless the caller pins it (the mempool holds it, an uncommitted
+//! block names it). A segment whose values are dead is deleted; one that is mostly dead has its
+//! live values copied into the newest segment (synced) first. The index forgets what was deleted.
+//! After a restart nothing says when a value was appended, so every value counts as appended at
+//! the committed height of the open: unreferenced values wait one more horizon, never less.
 //!
 //! Layout: `<dir>/seg-NNNNNNNN.log`, each a sequence of records `len: u32 BE ‖ key: [u8; 32] ‖
 //! check: [u8; 8] ‖ value` where `check` is the first 8 bytes of BLAKE3(value). A segment is
 //! synced before the next one is started, so after a crash only the newest segment can end in a
 //! record that never reached the disk: opening checks that segment's records and cuts the file
 //! at the first one that is incomplete or fails its check. An older segment that does not parse
-//! is corruption and refuses to open.
+//! is corruption and refuses to open. Segment numbers only grow; compaction leaves gaps. A
+//! segment is unlinked only after the copies of its live values are synced, so a crash in the
+//! middle of a compaction leaves a value in both places (the newer copy wins at open) or in its
+//! old place, never in neither.
 //!
 //! Durability: [`BatchLog::append`] does not sync; [`BatchLog::sync`] makes everything appended
 //! before it durable (the store calls it before every durable commit).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -61,24 +74,59 @@ pub enum BatchLogError {
 
 #[derive(Clone, Copy, Debug)]
 struct Location {
-    segment: usize,
+    /// The segment's number.
+    segment: u64,
     /// Where the value (after the header) starts.
     offset: u64,
     len: u32,
+    /// The highest committed height whose block references the value (0: none known).
+    last_ref: u64,
+    /// The committed height when the value was appended (at open: the height then).
+    appended_at: u64,
+    /// The append counter when the value was last offered (appended or offered again).
+    touched: u64,
 }
 
 struct Segment {
     path: PathBuf,
     file: Arc<File>,
+    /// Bytes of records in the file.
+    bytes: u64,
+    /// The keys appended to this segment, in order (some may have moved on since).
+    keys: Vec<[u8; 32]>,
 }
 
 struct Inner {
     index: HashMap<[u8; 32], Location>,
-    segments: Vec<Segment>,
+    /// By number, oldest first; the last one is the one appended to.
+    segments: BTreeMap<u64, Segment>,
     /// The length of the newest segment (where the next record goes).
     end: u64,
     /// Whether something was appended since the last sync.
     dirty: bool,
+    /// The committed height new values are stamped with.
+    height: u64,
+    /// Counts appends (and offers of stored keys), to see what changed during a compaction.
+    touches: u64,
+}
+
+impl Inner {
+    fn newest(&self) -> Option<(u64, &Segment)> {
+        self.segments.iter().next_back().map(|(n, s)| (*n, s))
+    }
+}
+
+/// What one [`BatchLog::compact`] pass freed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Compaction {
+    /// Segments deleted.
+    pub segments: u64,
+    /// Values deleted.
+    pub values: u64,
+    /// Live values copied into the newest segment first.
+    pub moved: u64,
+    /// Bytes of segment files deleted.
+    pub bytes: u64,
 }
 
 /// The append-only batch store of one data directory. Shared by reference; appends serialize on
@@ -102,7 +150,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BatchLogError + '_ {
     }
 }
 
-fn segment_name(n: usize) -> String {
+fn segment_name(n: u64) -> String {
     format!("seg-{n:08}.log")
 }
 
@@ -145,12 +193,13 @@ fn read_header(file: &File, offset: u64, size: u64) -> std::io::Result<(Scan, [u
 impl BatchLog {
     /// Opens (or creates) the log in `dir`, reading every segment's record headers into the
     /// index and checking the newest segment's values (cutting a torn tail off).
-    pub fn open(dir: &Path) -> Result<Self, BatchLogError> {
-        Self::open_with(dir, SEGMENT_BYTES)
+    /// `height` is the committed height now: every value found counts as appended then.
+    pub fn open(dir: &Path, height: u64) -> Result<Self, BatchLogError> {
+        Self::open_with(dir, SEGMENT_BYTES, height)
     }
 
     /// [`BatchLog::open`] with segments of `segment_bytes` (tests use small ones).
-    fn open_with(dir: &Path, segment_bytes: u64) -> Result<Self, BatchLogError> {
+    pub fn open_with(dir: &Path, segment_bytes: u64, height: u64) -> Result<Self, BatchLogError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let mut numbers = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
@@ -160,27 +209,22 @@ impl BatchLog {
                 .to_str()
                 .and_then(|s| s.strip_prefix("seg-"))
                 .and_then(|s| s.strip_suffix(".log"))
-                .and_then(|s| s.parse::<usize>().ok())
+                .and_then(|s| s.parse::<u64>().ok())
             else {
                 continue;
             };
             numbers.push(n);
         }
         numbers.sort_unstable();
-        if numbers.iter().enumerate().any(|(i, &n)| i != n) {
-            return Err(BatchLogError::Corrupt {
-                path: dir.to_path_buf(),
-                offset: 0,
-                detail: format!("segment numbers {numbers:?} are not 0, 1, 2, ..."),
-            });
-        }
         let mut inner = Inner {
             index: HashMap::new(),
-            segments: Vec::new(),
+            segments: BTreeMap::new(),
             end: 0,
             dirty: false,
+            height,
+            touches: 0,
         };
-        let last = numbers.len().checked_sub(1);
+        let last = numbers.last().copied();
         for n in numbers {
             let path = dir.join(segment_name(n));
             let file = OpenOptions::new()
@@ -188,12 +232,32 @@ impl BatchLog {
                 .append(true)
                 .open(&path)
                 .map_err(io_err(&path))?;
-            let end = Self::scan(&file, &path, n, Some(n) == last, &mut inner.index)?;
+            let mut keys = Vec::new();
+            let end = Self::scan(&file, &path, Some(n) == last, &mut keys)?;
+            for (key, offset, len) in &keys {
+                // A value in two segments (a crash during a compaction): the newer copy wins.
+                inner.index.insert(
+                    *key,
+                    Location {
+                        segment: n,
+                        offset: *offset,
+                        len: *len,
+                        last_ref: 0,
+                        appended_at: height,
+                        touched: 0,
+                    },
+                );
+            }
             inner.end = end;
-            inner.segments.push(Segment {
-                path,
-                file: Arc::new(file),
-            });
+            inner.segments.insert(
+                n,
+                Segment {
+                    path,
+                    file: Arc::new(file),
+                    bytes: end,
+                    keys: keys.into_iter().map(|(k, _, _)| k).collect(),
+                },
+            );
         }
         let log = Self {
             dir: dir.to_path_buf(),
@@ -207,14 +271,14 @@ impl BatchLog {
         Ok(log)
     }
 
-    /// Indexes one segment; returns where its records end. The newest segment's values are
-    /// checked and a bad tail is cut off; any other segment must parse to its end.
+    /// Lists one segment's records (key, value offset, length); returns where they end. The
+    /// newest segment's values are checked and a bad tail is cut off; any other segment must
+    /// parse to its end.
     fn scan(
         file: &File,
         path: &Path,
-        segment: usize,
         newest: bool,
-        index: &mut HashMap<[u8; 32], Location>,
+        records: &mut Vec<([u8; 32], u64, u32)>,
     ) -> Result<u64, BatchLogError> {
         let size = file.metadata().map_err(io_err(path))?.len();
         let mut offset = 0u64;
@@ -234,14 +298,7 @@ impl BatchLog {
                         true
                     };
                     if good {
-                        index.insert(
-                            key,
-                            Location {
-                                segment,
-                                offset: at,
-                                len,
-                            },
-                        );
+                        records.push((key, at, len));
                         offset = at + u64::from(len);
                         continue;
                     }
@@ -274,26 +331,39 @@ impl BatchLog {
 
     /// Syncs the newest segment (if written) and starts the next one, durably named.
     fn start_segment(&self, inner: &mut Inner) -> Result<(), BatchLogError> {
-        if let Some(s) = inner.segments.last() {
-            s.file.sync_data().map_err(io_err(&s.path))?;
-        }
-        let path = self.dir.join(segment_name(inner.segments.len()));
+        let number = match inner.newest() {
+            Some((n, s)) => {
+                s.file.sync_data().map_err(io_err(&s.path))?;
+                n + 1
+            }
+            None => 0,
+        };
+        let path = self.dir.join(segment_name(number));
         let file = OpenOptions::new()
             .read(true)
             .append(true)
             .create_new(true)
             .open(&path)
             .map_err(io_err(&path))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(&self.dir))?;
-        inner.segments.push(Segment {
-            path,
-            file: Arc::new(file),
-        });
+        self.sync_dir()?;
+        inner.segments.insert(
+            number,
+            Segment {
+                path,
+                file: Arc::new(file),
+                bytes: 0,
+                keys: Vec::new(),
+            },
+        );
         inner.end = 0;
         inner.dirty = false;
         Ok(())
+    }
+
+    fn sync_dir(&self) -> Result<(), BatchLogError> {
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&self.dir))
     }
 
     /// Appends `value` under `key` unless the key is already stored. Not durable until the next
@@ -304,42 +374,75 @@ impl BatchLog {
             .filter(|&l| l <= MAX_VALUE_BYTES)
             .ok_or(BatchLogError::TooLarge(value.len()))?;
         let mut inner = self.lock();
-        if inner.index.contains_key(key) {
+        inner.touches += 1;
+        let touches = inner.touches;
+        if let Some(loc) = inner.index.get_mut(key) {
+            // Offered again: whatever compaction decided about it before this is stale.
+            loc.touched = touches;
             return Ok(());
         }
+        let height = inner.height;
+        let loc = self.write_record(&mut inner, key, value, len)?;
+        inner.index.insert(
+            *key,
+            Location {
+                last_ref: 0,
+                appended_at: height,
+                touched: touches,
+                ..loc
+            },
+        );
+        Ok(())
+    }
+
+    /// Writes one record at the end of the newest segment (starting the next one when full);
+    /// returns where its value is.
+    fn write_record(
+        &self,
+        inner: &mut Inner,
+        key: &[u8; 32],
+        value: &[u8],
+        len: u32,
+    ) -> Result<Location, BatchLogError> {
         let record = (HEADER + value.len()) as u64;
         if inner.end > 0 && inner.end + record > self.segment_bytes {
-            self.start_segment(&mut inner)?;
+            self.start_segment(inner)?;
         }
         let mut header = [0u8; HEADER];
         header[..4].copy_from_slice(&len.to_be_bytes());
         header[4..36].copy_from_slice(key);
         header[36..].copy_from_slice(&check_of(value));
-        let segment = inner.segments.len() - 1;
-        let (path, file) = {
-            let s = &inner.segments[segment];
-            (s.path.clone(), s.file.clone())
-        };
         let start = inner.end;
-        let written = (&*file)
+        let Some((segment, s)) = inner.segments.iter_mut().next_back() else {
+            return Err(BatchLogError::Io {
+                path: self.dir.clone(),
+                source: std::io::Error::other("no segment to append to"),
+            });
+        };
+        let segment = *segment;
+        let written = (&*s.file)
             .write_all(&header)
-            .and_then(|()| (&*file).write_all(value));
+            .and_then(|()| (&*s.file).write_all(value));
         if let Err(source) = written {
             // Never leave half a record where the next one would go.
-            let _ = file.set_len(start);
-            return Err(BatchLogError::Io { path, source });
+            let _ = s.file.set_len(start);
+            return Err(BatchLogError::Io {
+                path: s.path.clone(),
+                source,
+            });
         }
+        s.bytes = start + record;
+        s.keys.push(*key);
         inner.end = start + record;
         inner.dirty = true;
-        inner.index.insert(
-            *key,
-            Location {
-                segment,
-                offset: start + HEADER as u64,
-                len,
-            },
-        );
-        Ok(())
+        Ok(Location {
+            segment,
+            offset: start + HEADER as u64,
+            len,
+            last_ref: 0,
+            appended_at: 0,
+            touched: 0,
+        })
     }
 
     /// Makes everything appended before this call durable.
@@ -350,7 +453,7 @@ impl BatchLog {
                 return Ok(());
             }
             inner.dirty = false;
-            let Some(s) = inner.segments.last() else {
+            let Some((_, s)) = inner.newest() else {
                 return Ok(());
             };
             (s.path.clone(), s.file.clone())
@@ -370,13 +473,171 @@ impl BatchLog {
             let Some(loc) = inner.index.get(key).copied() else {
                 return Ok(None);
             };
-            let s = &inner.segments[loc.segment];
+            let Some(s) = inner.segments.get(&loc.segment) else {
+                return Ok(None);
+            };
             (loc, s.path.clone(), s.file.clone())
         };
+        // An unlinked segment stays readable through its open file.
         let mut value = vec![0u8; loc.len as usize];
         file.read_exact_at(&mut value, loc.offset)
             .map_err(io_err(&path))?;
         Ok(Some(value))
+    }
+
+    /// The committed height new values are stamped with (their age, for compaction).
+    pub fn set_height(&self, height: u64) {
+        let mut inner = self.lock();
+        inner.height = inner.height.max(height);
+    }
+
+    /// Records that the block committed at `height` references these values.
+    pub fn mark_committed(&self, keys: &[[u8; 32]], height: u64) {
+        let mut inner = self.lock();
+        for k in keys {
+            if let Some(loc) = inner.index.get_mut(k) {
+                loc.last_ref = loc.last_ref.max(height);
+            }
+        }
+    }
+
+    /// Bytes of all segment files.
+    pub fn bytes(&self) -> u64 {
+        self.lock().segments.values().map(|s| s.bytes).sum()
+    }
+
+    /// The append counter: read it before taking the snapshot of pinned values that
+    /// [`BatchLog::compact`] is given, so that anything offered after it is kept.
+    pub fn touches(&self) -> u64 {
+        self.lock().touches
+    }
+
+    /// Deletes the values dead below `horizon` (see the module documentation) that `pinned`
+    /// does not name and nobody offered after `since` ([`BatchLog::touches`] before `pinned`
+    /// was taken), segment by segment, oldest first, never the newest segment. A segment whose
+    /// live values take at most a quarter of it has them copied forward (and synced) before it
+    /// is deleted; one with more live data waits. Runs beside appends and reads (it holds the
+    /// lock only to look and to switch), one call at a time.
+    pub fn compact(
+        &self,
+        horizon: u64,
+        pinned: &HashSet<[u8; 32]>,
+        since: u64,
+    ) -> Result<Compaction, BatchLogError> {
+        let mut done = Compaction::default();
+        let start = since;
+        let candidates: Vec<u64> = {
+            let inner = self.lock();
+            let newest = inner.newest().map(|(n, _)| n);
+            inner
+                .segments
+                .keys()
+                .copied()
+                .filter(|n| Some(*n) != newest)
+                .collect()
+        };
+        for number in candidates {
+            let (live, dead, size) = {
+                let inner = self.lock();
+                let Some(seg) = inner.segments.get(&number) else {
+                    continue;
+                };
+                let mut live = Vec::new();
+                let mut dead = Vec::new();
+                for k in &seg.keys {
+                    let Some(loc) = inner.index.get(k).filter(|l| l.segment == number) else {
+                        continue;
+                    };
+                    let gone = if loc.last_ref > 0 {
+                        loc.last_ref < horizon
+                    } else {
+                        loc.appended_at < horizon
+                    };
+                    if gone && !pinned.contains(k) && loc.touched <= start {
+                        dead.push(*k);
+                    } else {
+                        live.push((*k, *loc));
+                    }
+                }
+                (live, dead, seg.bytes)
+            };
+            let live_bytes: u64 = live
+                .iter()
+                .map(|(_, l)| HEADER as u64 + u64::from(l.len))
+                .sum();
+            if live_bytes.saturating_mul(4) > size {
+                continue;
+            }
+            for (k, _) in &live {
+                self.move_forward(k, number)?;
+            }
+            self.sync_newest()?;
+            let mut inner = self.lock();
+            // Offered again while the copies were made: keep the segment for the next pass.
+            if dead
+                .iter()
+                .any(|k| inner.index.get(k).is_some_and(|l| l.touched > start))
+            {
+                continue;
+            }
+            if inner.newest().map(|(n, _)| n) == Some(number) {
+                continue;
+            }
+            let Some(seg) = inner.segments.remove(&number) else {
+                continue;
+            };
+            for k in &dead {
+                if inner.index.get(k).is_some_and(|l| l.segment == number) {
+                    inner.index.remove(k);
+                    done.values += 1;
+                }
+            }
+            let len = inner.index.len();
+            inner.index.shrink_to(len * 2);
+            drop(inner);
+            std::fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
+            done.segments += 1;
+            done.moved += live.len() as u64;
+            done.bytes += seg.bytes;
+        }
+        if done.segments > 0 {
+            self.sync_dir()?;
+        }
+        Ok(done)
+    }
+
+    /// Copies a live value out of segment `from` into the newest segment, keeping its marks.
+    fn move_forward(&self, key: &[u8; 32], from: u64) -> Result<(), BatchLogError> {
+        let Some(value) = self.get(key)? else {
+            return Ok(());
+        };
+        let mut inner = self.lock();
+        let Some(old) = inner.index.get(key).copied().filter(|l| l.segment == from) else {
+            return Ok(());
+        };
+        let loc = self.write_record(&mut inner, key, &value, old.len)?;
+        inner.index.insert(
+            *key,
+            Location {
+                last_ref: old.last_ref,
+                appended_at: old.appended_at,
+                touched: old.touched,
+                ..loc
+            },
+        );
+        Ok(())
+    }
+
+    /// Syncs the newest segment whether or not the store asked for it.
+    fn sync_newest(&self) -> Result<(), BatchLogError> {
+        let (path, file) = {
+            let inner = self.lock();
+            let Some((_, s)) = inner.newest() else {
+                return Ok(());
+            };
+            (s.path.clone(), s.file.clone())
+        };
+        file.sync_data().map_err(io_err(&path))
     }
 
     /// How many values are stored.
@@ -402,7 +663,7 @@ mod tests {
     fn values_survive_a_reopen_and_duplicates_are_stored_once() {
         let dir = tempfile::tempdir().expect("tmp");
         {
-            let log = BatchLog::open(dir.path()).expect("open");
+            let log = BatchLog::open(dir.path(), 0).expect("open");
             log.append(&key(1), b"one").expect("append");
             log.append(&key(2), b"").expect("append empty");
             log.append(&key(1), b"other").expect("append again");
@@ -410,7 +671,7 @@ mod tests {
             assert_eq!(log.get(&key(3)).expect("get"), None);
             log.sync().expect("sync");
         }
-        let log = BatchLog::open(dir.path()).expect("reopen");
+        let log = BatchLog::open(dir.path(), 0).expect("reopen");
         assert_eq!(log.len(), 2);
         assert_eq!(log.get(&key(1)).expect("get"), Some(b"one".to_vec()));
         assert_eq!(log.get(&key(2)).expect("get"), Some(Vec::new()));
@@ -422,7 +683,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let seg = dir.path().join(segment_name(0));
         {
-            let log = BatchLog::open(dir.path()).expect("open");
+            let log = BatchLog::open(dir.path(), 0).expect("open");
             log.append(&key(1), &[7u8; 1000]).expect("append");
             log.append(&key(2), &[8u8; 1000]).expect("append");
             log.sync().expect("sync");
@@ -433,7 +694,7 @@ mod tests {
         f.set_len(whole - 10).expect("cut");
         drop(f);
         {
-            let log = BatchLog::open(dir.path()).expect("reopen");
+            let log = BatchLog::open(dir.path(), 0).expect("reopen");
             assert_eq!(log.len(), 1);
             assert_eq!(log.get(&key(1)).expect("get"), Some(vec![7u8; 1000]));
             assert!(!log.contains(&key(2)));
@@ -445,7 +706,7 @@ mod tests {
         let n = bytes.len();
         bytes[n - 1] ^= 0xff;
         std::fs::write(&seg, &bytes).expect("write");
-        let log = BatchLog::open(dir.path()).expect("reopen again");
+        let log = BatchLog::open(dir.path(), 0).expect("reopen again");
         assert_eq!(log.len(), 1, "the damaged last record is dropped");
         assert!(log.contains(&key(1)) && !log.contains(&key(3)));
     }
@@ -454,7 +715,7 @@ mod tests {
     fn an_older_segment_that_does_not_parse_refuses_to_open() {
         let dir = tempfile::tempdir().expect("tmp");
         {
-            let log = BatchLog::open(dir.path()).expect("open");
+            let log = BatchLog::open(dir.path(), 0).expect("open");
             log.append(&key(1), b"one").expect("append");
             let mut inner = log.lock();
             log.start_segment(&mut inner).expect("next segment");
@@ -466,7 +727,7 @@ mod tests {
         let f = OpenOptions::new().write(true).open(&first).expect("seg");
         f.set_len(HEADER as u64 + 1).expect("cut");
         drop(f);
-        let err = BatchLog::open(dir.path()).expect_err("corrupt");
+        let err = BatchLog::open(dir.path(), 0).expect_err("corrupt");
         assert!(
             matches!(&err, BatchLogError::Corrupt { path, .. } if *path == first),
             "{err}"
@@ -481,14 +742,15 @@ mod tests {
         let n = 25u8;
         {
             // Ten records per segment.
-            let log = BatchLog::open_with(dir.path(), 10 * (HEADER as u64 + 1000)).expect("open");
+            let log =
+                BatchLog::open_with(dir.path(), 10 * (HEADER as u64 + 1000), 0).expect("open");
             for i in 0..n {
                 log.append(&key(i), &value).expect("append");
             }
             log.sync().expect("sync");
             assert_eq!(log.lock().segments.len(), 3);
         }
-        let log = BatchLog::open_with(dir.path(), 10 * (HEADER as u64 + 1000)).expect("reopen");
+        let log = BatchLog::open_with(dir.path(), 10 * (HEADER as u64 + 1000), 0).expect("reopen");
         assert_eq!(log.len(), usize::from(n));
         assert_eq!(log.get(&key(0)).expect("first"), Some(value.clone()));
         assert_eq!(log.get(&key(n - 1)).expect("last"), Some(value));
@@ -497,10 +759,144 @@ mod tests {
     #[test]
     fn a_value_above_the_limit_is_refused_by_name() {
         let dir = tempfile::tempdir().expect("tmp");
-        let log = BatchLog::open(dir.path()).expect("open");
+        let log = BatchLog::open(dir.path(), 0).expect("open");
         let big = vec![0u8; MAX_VALUE_BYTES as usize + 1];
         let err = log.append(&key(1), &big).expect_err("too large");
         assert!(matches!(err, BatchLogError::TooLarge(_)), "{err}");
         assert!(log.is_empty());
+    }
+
+    /// Bytes of one test record of 1,000 bytes.
+    const RECORD: u64 = HEADER as u64 + 1000;
+
+    fn seg_files(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("seg-"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn committed_values_below_the_horizon_go_with_their_segments_and_the_index_shrinks() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = BatchLog::open_with(dir.path(), 10 * RECORD, 0).expect("open");
+        // Heights 1..=50, one value each, ten per segment.
+        for h in 1..=50u8 {
+            log.set_height(u64::from(h));
+            log.append(&key(h), &[h; 1000]).expect("append");
+            log.mark_committed(&[key(h)], u64::from(h));
+        }
+        log.sync().expect("sync");
+        assert_eq!(log.lock().segments.len(), 5);
+        let before = log.bytes();
+        let done = log
+            .compact(31, &HashSet::new(), log.touches())
+            .expect("compact");
+        assert_eq!(done.segments, 3, "heights 1..=30 fill three segments");
+        assert_eq!(done.values, 30);
+        assert_eq!(done.moved, 0);
+        assert_eq!(log.len(), 20);
+        assert_eq!(log.bytes(), before - 30 * RECORD);
+        assert!(!log.contains(&key(30)) && log.contains(&key(31)));
+        assert_eq!(log.get(&key(31)).expect("get"), Some(vec![31u8; 1000]));
+        assert_eq!(
+            seg_files(dir.path()),
+            ["seg-00000003.log", "seg-00000004.log"]
+        );
+        drop(log);
+        // Reopens with the gap in the numbering, and appends after the newest.
+        let log = BatchLog::open_with(dir.path(), 10 * RECORD, 50).expect("reopen");
+        assert_eq!(log.len(), 20);
+        for h in 51..=61u8 {
+            log.append(&key(h), &[h; 1000]).expect("append");
+        }
+        assert_eq!(log.get(&key(45)).expect("get"), Some(vec![45u8; 1000]));
+        assert!(dir.path().join(segment_name(5)).exists());
+    }
+
+    #[test]
+    fn pinned_young_and_re_offered_values_survive_by_moving_forward() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = BatchLog::open_with(dir.path(), 10 * RECORD, 0).expect("open");
+        // Segment 0: nine values committed at height 1, one never committed (k = 10).
+        log.set_height(1);
+        for i in 1..=10u8 {
+            log.append(&key(i), &[i; 1000]).expect("append");
+        }
+        let committed: Vec<_> = (1..=9u8).map(key).collect();
+        log.mark_committed(&committed, 1);
+        // Segment 1 (the newest): a value appended at height 20.
+        log.set_height(20);
+        log.append(&key(11), &[11; 1000]).expect("append");
+        // Below horizon 5 the unreferenced value is old, but the mempool holds it.
+        let pinned: HashSet<_> = [key(10)].into_iter().collect();
+        let done = log.compact(5, &pinned, log.touches()).expect("compact");
+        assert_eq!((done.segments, done.values, done.moved), (1, 9, 1));
+        assert_eq!(log.get(&key(10)).expect("get"), Some(vec![10u8; 1000]));
+        assert!(!log.contains(&key(1)));
+        // The moved value keeps its age: unpinned, it goes with the next segment it is in.
+        log.append(&key(10), &[10; 1000])
+            .expect("offered again: no second copy");
+        assert_eq!(log.len(), 2);
+        for i in 12..=30u8 {
+            log.append(&key(i), &[i; 1000]).expect("append");
+        }
+        let done = log
+            .compact(21, &HashSet::new(), log.touches())
+            .expect("compact");
+        assert!(done.segments >= 1, "{done:?}");
+        assert!(!log.contains(&key(10)), "old, unreferenced, unpinned");
+        assert!(log.contains(&key(30)), "the newest segment stays");
+        // Durable and consistent after the moves: everything left reads back after a reopen.
+        log.sync().expect("sync");
+        let left = log.len();
+        drop(log);
+        let log = BatchLog::open_with(dir.path(), 10 * RECORD, 30).expect("reopen");
+        assert_eq!(log.len(), left);
+    }
+
+    #[test]
+    fn a_crash_between_the_copies_and_the_unlink_opens_with_both_copies_once() {
+        let dir = tempfile::tempdir().expect("tmp");
+        {
+            let log = BatchLog::open_with(dir.path(), 10 * RECORD, 0).expect("open");
+            for i in 1..=12u8 {
+                log.append(&key(i), &[i; 1000]).expect("append");
+            }
+            log.sync().expect("sync");
+        }
+        // What a compaction leaves when it dies after copying key 1 forward (synced), before
+        // unlinking segment 0: the value in both segments.
+        {
+            let log = BatchLog::open_with(dir.path(), 10 * RECORD, 0).expect("open");
+            log.move_forward(&key(1), 0).expect("copy");
+            log.sync_newest().expect("sync");
+        }
+        let log = BatchLog::open_with(dir.path(), 10 * RECORD, 0).expect("reopen");
+        assert_eq!(log.len(), 12);
+        let loc = log.lock().index.get(&key(1)).copied().expect("indexed");
+        assert_eq!(loc.segment, 1, "the newer copy wins");
+        assert_eq!(log.get(&key(1)).expect("get"), Some(vec![1u8; 1000]));
+        // The next pass deletes segment 0 and keeps every live value.
+        let pinned: HashSet<_> = (1..=12u8).map(key).collect();
+        let done = log
+            .compact(u64::MAX, &pinned, log.touches())
+            .expect("compact");
+        assert_eq!(
+            done.segments, 0,
+            "nine live values of ten: not worth moving yet"
+        );
+        let done = log
+            .compact(u64::MAX, &HashSet::new(), log.touches())
+            .expect("compact");
+        assert_eq!(done.segments, 1);
+        assert_eq!(
+            log.len(),
+            3,
+            "keys 1 (moved), 11 and 12 are in the newest segment"
+        );
     }
 }

@@ -109,6 +109,34 @@ pub struct MempoolSettings {
     pub empty_block_interval_ms: u64,
 }
 
+/// How much history the node keeps on disk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSettings {
+    /// Committed heights kept (blocks, proofs, transaction lists, batches); older ones are
+    /// pruned in the background, except the blocks that ended an epoch. Enough to serve block
+    /// sync to a node that lags this far. 0 keeps everything (an archive node).
+    #[serde(default = "default_retain_heights")]
+    pub retain_heights: u64,
+    /// Bytes the data directory may take; above it the node refuses new transactions (HTTP
+    /// 503) and peers' batches until pruning frees space, and keeps committing. 0: no quota.
+    #[serde(default)]
+    pub max_disk_bytes: u64,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self {
+            retain_heights: default_retain_heights(),
+            max_disk_bytes: 0,
+        }
+    }
+}
+
+fn default_retain_heights() -> u64 {
+    100_000
+}
+
 /// The longest empty-block interval a config may set.
 pub const MAX_EMPTY_BLOCK_INTERVAL_MS: u64 = 10_000;
 
@@ -144,6 +172,9 @@ pub struct Config {
     pub log: LogConfig,
     /// Mempool bounds.
     pub mempool: MempoolSettings,
+    /// Retention and disk quota.
+    #[serde(default)]
+    pub storage: StorageSettings,
 }
 
 impl Default for Config {
@@ -182,6 +213,7 @@ impl Default for Config {
                 batch_timeout_ms: default_batch_timeout_ms(),
                 empty_block_interval_ms: default_empty_block_interval_ms(),
             },
+            storage: StorageSettings::default(),
         }
     }
 }
@@ -288,6 +320,16 @@ batch_timeout_ms = {bt}
 # With nothing to propose and nothing uncommitted, a leader waits this long (ms) before its empty
 # block (at once when transactions arrive). 0: at once. At most half the round timeout applies.
 empty_block_interval_ms = {ebi}
+
+[storage]
+# Committed heights kept on disk (blocks with their commit proofs, transaction lists, batches):
+# older ones are pruned in the background, except the blocks that ended an epoch (every node
+# verifies history with them). A node that lags further than this cannot sync from this one.
+# 0 keeps everything (an archive node).
+retain_heights = {rh}
+# Bytes the data directory may take (0: no quota). Above it the node refuses new transactions
+# (HTTP 503) and other members' batches, and keeps committing and pruning until it is below.
+max_disk_bytes = {mdb}
 "#,
         rpc = toml_str(&cfg.chain.rpc_url),
         genesis = toml_str(&cfg.cluster.genesis),
@@ -306,6 +348,8 @@ empty_block_interval_ms = {ebi}
         mpb = cfg.mempool.max_pending_bytes,
         bt = cfg.mempool.batch_timeout_ms,
         ebi = cfg.mempool.empty_block_interval_ms,
+        rh = cfg.storage.retain_heights,
+        mdb = cfg.storage.max_disk_bytes,
     )
 }
 
@@ -645,6 +689,23 @@ mod tests {
         let cfg = Config::load(dir.path(), Vec::new(), &[]).expect("load");
         assert_eq!(cfg.mempool.batch_timeout_ms, 50);
         assert_eq!(cfg.mempool.empty_block_interval_ms, 100);
+        let without_storage: String = text
+            .split("[storage]")
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        std::fs::write(&path, without_storage).expect("write");
+        let cfg = Config::load(dir.path(), Vec::new(), &[]).expect("load");
+        assert_eq!(cfg.storage, StorageSettings::default());
+        let set = [
+            "storage.retain_heights=0".to_string(),
+            "storage.max_disk_bytes=1000".to_string(),
+        ];
+        let cfg = Config::load(dir.path(), Vec::new(), &set).expect("overrides");
+        assert_eq!(
+            (cfg.storage.retain_heights, cfg.storage.max_disk_bytes),
+            (0, 1000)
+        );
     }
 
     #[test]

@@ -1348,7 +1348,8 @@ impl Driver {
                 gossip_id,
                 canonical,
             } => {
-                let verdict = self.on_batch(canonical)?;
+                let origin = self.by_peer.get(&from).copied();
+                let verdict = self.on_batch(canonical, origin)?;
                 if let Some(id) = gossip_id {
                     self.report(id, from, verdict);
                 }
@@ -1370,14 +1371,37 @@ impl Driver {
         });
     }
 
-    /// A member's batch, as canonical bytes: checked against the batch limits, stored (lazily:
-    /// it can be fetched again) and offered to the mempool.
-    fn on_batch(&mut self, canonical: Vec<u8>) -> Result<MessageAcceptance, DriverError> {
-        let cfg = lock(&self.mempool).config().clone();
+    /// A member's batch, as canonical bytes: refused unless the mempool has room for it and
+    /// the member is within its share (before it is hashed or written), checked against the
+    /// batch limits, stored (lazily: it can be fetched again) and offered to the mempool.
+    fn on_batch(
+        &mut self,
+        canonical: Vec<u8>,
+        origin: Option<Address>,
+    ) -> Result<MessageAcceptance, DriverError> {
+        let Some(origin) = origin else {
+            self.metrics.ignore("batch_from_unknown_member");
+            return Ok(MessageAcceptance::Ignore);
+        };
+        let members = self.members.len();
+        let cfg = {
+            let pool = lock(&self.mempool);
+            if let Err(refusal) = pool.admit_remote(origin, members) {
+                self.metrics.ignore(refusal.reason());
+                return Ok(MessageAcceptance::Ignore);
+            }
+            pool.config().clone()
+        };
         Ok(match SealedBatch::from_canonical(canonical, &cfg) {
             Ok(batch) => {
-                self.store.put_batch_lazy(&batch.digest, &batch.encoded)?;
-                lock(&self.mempool).add_remote(&batch);
+                if lock(&self.mempool).knows_batch(&batch.digest).is_ok() {
+                    self.store.put_batch_lazy(&batch.digest, &batch.encoded)?;
+                    if let Err(refusal) =
+                        lock(&self.mempool).add_remote_from(&batch, origin, members)
+                    {
+                        self.metrics.ignore(refusal.reason());
+                    }
+                }
                 // Kept, but not forwarded: its publisher pushes it to every member directly
                 // (a stream per member; older nodes flood-publish it on the batch topic), so a
                 // forwarded copy would only make each node receive, decrypt and hash every batch
@@ -1405,7 +1429,8 @@ impl Driver {
             GossipBody::Batch(b) => {
                 // An envelope the network could not take apart as canonical bytes (another
                 // encoder's field order, say): re-encode and check it the same way.
-                return self.on_batch(mempool::encode_batch(&b.transactions));
+                let origin = (from != Address::default()).then_some(from);
+                return self.on_batch(mempool::encode_batch(&b.transactions), origin);
             }
             GossipBody::EpochChange(r) => {
                 return Ok(match wire::record_from_wire(&r) {

@@ -46,6 +46,7 @@ fn reason(e: &MempoolError) -> &'static str {
         MempoolError::AlreadyCommitted(_) => "already_committed",
         MempoolError::AlreadyPending => "already_pending",
         MempoolError::BatchTooLarge | MempoolError::MalformedBatch => "invalid",
+        MempoolError::DiskFull { .. } => "disk_full",
     }
 }
 
@@ -133,7 +134,7 @@ pub async fn submit_bulk(State(s): State<ApiState>, body: Bytes) -> Response {
     }
     let code = if accepted > 0 || frames.is_empty() {
         StatusCode::ACCEPTED
-    } else if errors.contains_key("mempool_full") {
+    } else if errors.contains_key("mempool_full") || errors.contains_key("disk_full") {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::BAD_REQUEST

@@ -287,6 +287,8 @@ pub async fn run_start_hooked(
             batch_timeout: Duration::from_millis(cfg.mempool.batch_timeout_ms),
             ..MempoolConfig::default()
         },
+        retain_heights: cfg.storage.retain_heights,
+        max_disk_bytes: cfg.storage.max_disk_bytes,
         registration,
         tap,
         chain: None,

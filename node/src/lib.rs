@@ -16,6 +16,7 @@ pub mod batch_push;
 #[cfg(feature = "full")]
 pub mod chain;
 pub mod config;
+pub mod disk_quota;
 #[cfg(feature = "full")]
 pub mod driver;
 #[cfg(feature = "full")]
@@ -32,6 +33,8 @@ pub mod metrics;
 pub mod net;
 #[cfg(feature = "full")]
 pub mod node;
+#[cfg(feature = "full")]
+pub mod pruner;
 #[cfg(feature = "full")]
 pub mod seen_filter;
 #[cfg(feature = "full")]

@@ -8,16 +8,23 @@
 //!   received from a peer is re-encoded before hashing, so extra or reordered protobuf fields
 //!   cannot give one batch two names.
 //! * The mempool is bounded: local pending transactions by count and bytes (full is
-//!   [`MempoolError::Full`], which the API turns into HTTP 503), batches from peers by count.
+//!   [`MempoolError::Full`], which the API turns into HTTP 503), batches from peers by count,
+//!   and each member's batches by its share of that count ([`Mempool::admit_remote`], asked
+//!   before the batch is written anywhere), so one member cannot fill it or the disk.
+//! * While the store is above its disk quota ([`crate::disk_quota`]) nothing new is taken in.
 //!
 //! Time is an input (`now`), so the batching rules are testable without sleeping.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use consensus::types::Address;
 
 use prost::Message;
 
 use crate::Hash32;
+use crate::disk_quota::DiskQuota;
 
 /// A transaction's hash: BLAKE3-256 of its bytes.
 pub type TxHash = Hash32;
@@ -236,6 +243,42 @@ pub enum MempoolError {
     /// Stored or received bytes are not a batch.
     #[error("malformed batch")]
     MalformedBatch,
+    /// The store is above its disk quota: nothing new is taken in until pruning frees space.
+    #[error(
+        "disk quota exceeded: the store takes {used} bytes of its {max} (storage.max_disk_bytes); \
+         retry later"
+    )]
+    DiskFull {
+        /// Bytes the store takes.
+        used: u64,
+        /// The quota.
+        max: u64,
+    },
+}
+
+/// Why a peer's batch is not taken in (before it is stored; each is a metric reason).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchRefusal {
+    /// Already held: nothing to do.
+    Known,
+    /// The mempool holds its maximum of batches.
+    Full,
+    /// The sending member holds its share of the batch budget already.
+    OverQuota,
+    /// The store is above its disk quota.
+    DiskFull,
+}
+
+impl BatchRefusal {
+    /// The `dstack_messages_ignored_total` reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            BatchRefusal::Known => "known_batch",
+            BatchRefusal::Full => "mempool_full",
+            BatchRefusal::OverQuota => "batch_quota",
+            BatchRefusal::DiskFull => "disk_quota",
+        }
+    }
 }
 
 struct BatchInfo {
@@ -246,6 +289,8 @@ struct BatchInfo {
     ready_at: Instant,
     /// Sealed by this node (not received from a peer).
     local: bool,
+    /// The member that sent it (counted against its share), when it came from one.
+    origin: Option<Address>,
     proposed: std::cell::Cell<bool>,
 }
 
@@ -255,6 +300,7 @@ impl BatchInfo {
             tx_hashes,
             ready_at,
             local,
+            origin: None,
             proposed: std::cell::Cell::new(false),
         }
     }
@@ -276,6 +322,10 @@ pub struct Mempool {
     sealed_out: Vec<SealedBatch>,
     /// How many local batches were sealed (the last one's sequence number).
     sealed_seq: u64,
+    /// Batches held per sending member.
+    held_by: HashMap<Address, usize>,
+    /// The store's disk quota, when one is set.
+    disk: Option<Arc<DiskQuota>>,
 }
 
 impl Mempool {
@@ -293,7 +343,71 @@ impl Mempool {
             ready: VecDeque::new(),
             sealed_out: Vec::new(),
             sealed_seq: 0,
+            held_by: HashMap::new(),
+            disk: None,
         }
+    }
+
+    /// The same mempool refusing new transactions and batches while `quota` is exceeded.
+    pub fn with_disk_quota(mut self, quota: Arc<DiskQuota>) -> Self {
+        self.disk = Some(quota);
+        self
+    }
+
+    fn disk_full(&self) -> Option<(u64, u64)> {
+        self.disk.as_ref().and_then(|d| d.exceeded())
+    }
+
+    /// How many batches one of `members` members may have held here at once: an equal share of
+    /// [`MempoolConfig::max_batches`] (at least one).
+    pub fn member_quota(&self, members: usize) -> usize {
+        (self.cfg.max_batches / members.max(1)).max(1)
+    }
+
+    /// Whether a batch `origin` sent may be taken in, asked before it is hashed or stored: a
+    /// full mempool, a member over its share or a store over its disk quota refuse it.
+    pub fn admit_remote(&self, origin: Address, members: usize) -> Result<(), BatchRefusal> {
+        if self.disk_full().is_some() {
+            return Err(BatchRefusal::DiskFull);
+        }
+        if self.batches.len() >= self.cfg.max_batches {
+            return Err(BatchRefusal::Full);
+        }
+        if self.held_by.get(&origin).copied().unwrap_or(0) >= self.member_quota(members) {
+            return Err(BatchRefusal::OverQuota);
+        }
+        Ok(())
+    }
+
+    /// Whether a batch is known here already (then there is nothing to store).
+    pub fn knows_batch(&self, digest: &Hash32) -> Result<(), BatchRefusal> {
+        match self.batches.contains_key(digest) {
+            true => Err(BatchRefusal::Known),
+            false => Ok(()),
+        }
+    }
+
+    /// Adds a batch `origin` sent, stored by the caller after [`Mempool::admit_remote`] (asked
+    /// again here: the local API may have filled the mempool meanwhile).
+    pub fn add_remote_from(
+        &mut self,
+        batch: &SealedBatch,
+        origin: Address,
+        members: usize,
+    ) -> Result<(), BatchRefusal> {
+        self.knows_batch(&batch.digest)?;
+        self.admit_remote(origin, members)?;
+        let mut info = BatchInfo::new(batch.tx_hashes.clone(), Instant::now(), false);
+        info.origin = Some(origin);
+        self.batches.insert(batch.digest, info);
+        *self.held_by.entry(origin).or_default() += 1;
+        self.ready.push_back(batch.digest);
+        Ok(())
+    }
+
+    /// The digests of every batch held (the store must keep their bytes).
+    pub fn batch_digests(&self) -> HashSet<Hash32> {
+        self.batches.keys().copied().collect()
     }
 
     /// The limits in force.
@@ -385,6 +499,9 @@ impl Mempool {
         if let Some(h) = committed_at {
             return Err(MempoolError::AlreadyCommitted(h));
         }
+        if let Some((used, max)) = self.disk_full() {
+            return Err(MempoolError::DiskFull { used, max });
+        }
         if self.pending.len() >= self.cfg.max_pending_txs
             || self.pending_bytes + tx.len() > self.cfg.max_pending_bytes
             || self.batches.len() >= self.cfg.max_batches
@@ -450,20 +567,6 @@ impl Mempool {
         std::mem::take(&mut self.sealed_out)
     }
 
-    /// Adds a batch received from a peer (already stored by the caller). Returns false when it
-    /// was known or the mempool holds its maximum of batches (it can be fetched again later).
-    pub fn add_remote(&mut self, batch: &SealedBatch) -> bool {
-        if self.batches.contains_key(&batch.digest) || self.batches.len() >= self.cfg.max_batches {
-            return false;
-        }
-        self.batches.insert(
-            batch.digest,
-            BatchInfo::new(batch.tx_hashes.clone(), Instant::now(), false),
-        );
-        self.ready.push_back(batch.digest);
-        true
-    }
-
     /// Whether any held batch could be proposed (cheap: no payload is built).
     pub fn has_proposable(&self) -> bool {
         !self.ready.is_empty()
@@ -522,6 +625,14 @@ impl Mempool {
         let gone: HashSet<Hash32> = batch_digests.iter().copied().collect();
         for d in &gone {
             if let Some(info) = self.batches.remove(d) {
+                if let Some(origin) = info.origin
+                    && let Some(n) = self.held_by.get_mut(&origin)
+                {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.held_by.remove(&origin);
+                    }
+                }
                 for h in info.tx_hashes {
                     latencies.extend(self.forget_tx(&h, now));
                 }
@@ -666,6 +777,11 @@ mod tests {
         None
     }
 
+    /// Adds a batch from one member of one (no share limit but the mempool's).
+    fn add(m: &mut Mempool, b: &SealedBatch) -> bool {
+        m.add_remote_from(b, Address([9; 20]), 1).is_ok()
+    }
+
     #[test]
     fn digest_is_blake3_of_canonical_encoding() {
         let txs = vec![b"a".to_vec(), b"bc".to_vec()];
@@ -796,10 +912,10 @@ mod tests {
         let a = SealedBatch::from_txs(&[b"a".to_vec()]);
         let b = SealedBatch::from_txs(&[b"b".to_vec()]);
         let c = SealedBatch::from_txs(&[b"c".to_vec()]);
-        assert!(m.add_remote(&a));
-        assert!(!m.add_remote(&a), "known batch");
-        assert!(m.add_remote(&b));
-        assert!(m.add_remote(&c));
+        assert!(add(&mut m, &a));
+        assert!(!add(&mut m, &a), "known batch");
+        assert!(add(&mut m, &b));
+        assert!(add(&mut m, &c));
         let ex: HashSet<_> = [a.digest].into_iter().collect();
         assert_eq!(m.payload(1, &ex), vec![b.digest]);
         assert_eq!(m.payload(10, &ex), vec![b.digest, c.digest]);
@@ -814,9 +930,9 @@ mod tests {
         let b = SealedBatch::from_txs(&[b"c".to_vec(), b"d".to_vec()]);
         let big =
             SealedBatch::from_txs(&[b"e".to_vec(), b"f".to_vec(), b"g".to_vec(), b"h".to_vec()]);
-        assert!(m.add_remote(&big));
-        assert!(m.add_remote(&a));
-        assert!(m.add_remote(&b));
+        assert!(add(&mut m, &big));
+        assert!(add(&mut m, &a));
+        assert!(add(&mut m, &b));
         let none = HashSet::new();
         assert_eq!(
             m.payload(10, &none),
@@ -833,9 +949,9 @@ mod tests {
         cfg.max_batches = 2;
         let mut m = Mempool::new(cfg);
         for i in 0..2u8 {
-            assert!(m.add_remote(&SealedBatch::from_txs(&[vec![i + 1]])));
+            assert!(add(&mut m, &SealedBatch::from_txs(&[vec![i + 1]])));
         }
-        assert!(!m.add_remote(&SealedBatch::from_txs(&[vec![9]])));
+        assert!(!add(&mut m, &SealedBatch::from_txs(&[vec![9]])));
         assert_eq!(m.batches_len(), 2);
     }
 
@@ -861,5 +977,62 @@ mod tests {
             SealedBatch::from_wire(empty_tx, &cfg),
             Err(MempoolError::EmptyTx)
         );
+    }
+
+    #[test]
+    fn a_member_holds_at_most_its_share_until_its_batches_commit() {
+        let mut cfg = small();
+        cfg.max_batches = 8;
+        let mut m = Mempool::new(cfg);
+        let (a, b) = (Address([1; 20]), Address([2; 20]));
+        assert_eq!(m.member_quota(4), 2);
+        let batch = |i: u8| SealedBatch::from_txs(&[vec![i]]);
+        m.add_remote_from(&batch(1), a, 4).expect("first");
+        m.add_remote_from(&batch(2), a, 4).expect("second");
+        assert_eq!(m.admit_remote(a, 4), Err(BatchRefusal::OverQuota));
+        assert_eq!(
+            m.add_remote_from(&batch(3), a, 4),
+            Err(BatchRefusal::OverQuota)
+        );
+        assert_eq!(m.admit_remote(b, 4), Ok(()));
+        assert_eq!(m.add_remote_from(&batch(1), b, 4), Err(BatchRefusal::Known));
+        m.add_remote_from(&batch(4), b, 4)
+            .expect("another member's share");
+        assert_eq!(m.batches_len(), 3);
+        m.on_committed(&[batch(1).digest], &[], Instant::now());
+        m.add_remote_from(&batch(3), a, 4)
+            .expect("room again after a commit");
+        assert_eq!(
+            m.batch_digests(),
+            [batch(2).digest, batch(3).digest, batch(4).digest]
+                .into_iter()
+                .collect()
+        );
+    }
+
+    #[test]
+    fn over_the_disk_quota_nothing_new_is_taken_in() {
+        let quota = Arc::new(DiskQuota::new(1_000));
+        let mut m = Mempool::new(small()).with_disk_quota(quota.clone());
+        let t = Instant::now();
+        m.submit(b"a".to_vec(), t, never).expect("within the quota");
+        quota.set_used(1_001);
+        let err = m.submit(b"b".to_vec(), t, never).expect_err("over");
+        assert_eq!(
+            err,
+            MempoolError::DiskFull {
+                used: 1_001,
+                max: 1_000
+            }
+        );
+        assert!(err.to_string().contains("storage.max_disk_bytes"), "{err}");
+        let b = SealedBatch::from_txs(&[b"c".to_vec()]);
+        assert_eq!(
+            m.add_remote_from(&b, Address([1; 20]), 4),
+            Err(BatchRefusal::DiskFull)
+        );
+        quota.set_used(10);
+        m.submit(b"b".to_vec(), t, never)
+            .expect("pruned back under");
     }
 }

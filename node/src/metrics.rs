@@ -32,6 +32,20 @@ pub struct SignerLabel {
     pub signer: String,
 }
 
+/// A label set with one `file` label (a part of the data directory).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FileLabel {
+    /// `node.redb`, `txindex.redb` or `batches`.
+    pub file: String,
+}
+
+/// A label set with one `kind` label (what was pruned).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// `heights` or `batches`.
+    pub kind: String,
+}
+
 /// Every metric a node exports. Cheap handles: clone the fields freely.
 pub struct Metrics {
     registry: Registry,
@@ -65,6 +79,12 @@ pub struct Metrics {
     pub mempool_transactions: Gauge,
     /// `dstack_syncing`: 1 while block sync runs.
     pub syncing: Gauge<u64, AtomicU64>,
+    /// `dstack_storage_bytes{file}`: what each part of the data directory takes.
+    pub storage_bytes: Family<FileLabel, Gauge<u64, AtomicU64>>,
+    /// `dstack_storage_pruned_total{kind}`: heights and batches deleted below the horizon.
+    pub storage_pruned: Family<KindLabel, Counter>,
+    /// `dstack_storage_over_quota`: 1 while the store is above `storage.max_disk_bytes`.
+    pub storage_over_quota: Gauge<u64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -92,6 +112,9 @@ impl Metrics {
         let p2p_peers = Gauge::default();
         let mempool_transactions = Gauge::default();
         let syncing = Gauge::<u64, AtomicU64>::default();
+        let storage_bytes = Family::<FileLabel, Gauge<u64, AtomicU64>>::default();
+        let storage_pruned = Family::<KindLabel, Counter>::default();
+        let storage_over_quota = Gauge::<u64, AtomicU64>::default();
         let r = &mut registry;
         r.register(
             "dstack_consensus_height",
@@ -152,6 +175,21 @@ impl Metrics {
             "1 while the node catches up by block sync",
             syncing.clone(),
         );
+        r.register(
+            "dstack_storage_bytes",
+            "Bytes each part of the data directory takes",
+            storage_bytes.clone(),
+        );
+        r.register(
+            "dstack_storage_pruned",
+            "Heights and batches deleted below the retention horizon",
+            storage_pruned.clone(),
+        );
+        r.register(
+            "dstack_storage_over_quota",
+            "1 while the store is above its disk quota (new transactions and batches refused)",
+            storage_over_quota.clone(),
+        );
         Self {
             registry,
             height,
@@ -169,6 +207,9 @@ impl Metrics {
             p2p_peers,
             mempool_transactions,
             syncing,
+            storage_bytes,
+            storage_pruned,
+            storage_over_quota,
         }
     }
 
@@ -233,7 +274,7 @@ mod tests {
     use super::*;
 
     /// Every name of DESIGN section 9, as it appears in the exposition.
-    pub(crate) const NAMES: [&str; 15] = [
+    pub(crate) const NAMES: [&str; 18] = [
         "dstack_consensus_height",
         "dstack_consensus_round",
         "dstack_consensus_epoch",
@@ -249,6 +290,9 @@ mod tests {
         "dstack_p2p_peers",
         "dstack_mempool_transactions",
         "dstack_syncing",
+        "dstack_storage_bytes",
+        "dstack_storage_pruned_total",
+        "dstack_storage_over_quota",
     ];
 
     #[test]
@@ -269,6 +313,16 @@ mod tests {
             })
             .inc();
         m.block_interval.observe(0.5);
+        m.storage_bytes
+            .get_or_create(&FileLabel {
+                file: "batches".into(),
+            })
+            .set(7);
+        m.storage_pruned
+            .get_or_create(&KindLabel {
+                kind: "heights".into(),
+            })
+            .inc();
         let text = m.encode();
         for name in NAMES {
             assert!(

@@ -13,10 +13,12 @@ use tokio::task::JoinHandle;
 
 use crate::api::{ApiState, NodeStatus, RegistrationFn, SharedStatus, router};
 use crate::chain::ChainView;
+use crate::disk_quota::DiskQuota;
 use crate::driver::{Driver, DriverConfig, DriverError, DriverParts};
 use crate::mempool::{Mempool, MempoolConfig};
 use crate::metrics::Metrics;
 use crate::net::{self, NetConfig, NetError};
+use crate::pruner::{Pruner, PrunerConfig};
 use crate::storage::{StorageError, Store};
 use crate::tap::TapFactory;
 
@@ -36,6 +38,10 @@ pub struct NodeParams {
     pub metrics_listen: Option<SocketAddr>,
     /// Mempool limits.
     pub mempool: MempoolConfig,
+    /// Committed heights kept on disk (0: all), see `storage.retain_heights`.
+    pub retain_heights: u64,
+    /// The data directory's disk quota in bytes (0: none), see `storage.max_disk_bytes`.
+    pub max_disk_bytes: u64,
     /// The `/registration` payload builder.
     pub registration: Option<RegistrationFn>,
     /// A fault-injection hook for test binaries; `None` for an operator's node.
@@ -116,6 +122,8 @@ pub struct RunningNode {
     shutdown: watch::Sender<bool>,
     driver: JoinHandle<Result<(), DriverError>>,
     servers: Vec<JoinHandle<()>>,
+    /// Stopped and joined when the node is dropped, stopped or killed.
+    pruner: Pruner,
 }
 
 impl RunningNode {
@@ -146,6 +154,7 @@ impl RunningNode {
         for s in &self.servers {
             s.abort();
         }
+        drop(self.pruner);
     }
 }
 
@@ -189,7 +198,10 @@ pub async fn start(p: NodeParams) -> Result<RunningNode, NodeError> {
     ncfg.heartbeat = Duration::from_millis(200);
     let (net, events) = net::spawn(ncfg, metrics.clone()).await?;
     let status: SharedStatus = Arc::new(RwLock::new(NodeStatus::default()));
-    let mempool = Arc::new(Mutex::new(Mempool::new(p.mempool.clone())));
+    let quota = Arc::new(DiskQuota::new(p.max_disk_bytes));
+    let mempool = Arc::new(Mutex::new(
+        Mempool::new(p.mempool.clone()).with_disk_quota(quota.clone()),
+    ));
     let wake = Arc::new(Notify::new());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (durable_tx, durable_rx) = watch::channel(0u64);
@@ -207,7 +219,7 @@ pub async fn start(p: NodeParams) -> Result<RunningNode, NodeError> {
         DriverParts {
             store: store.clone(),
             net: net.clone(),
-            mempool,
+            mempool: mempool.clone(),
             mempool_wake: wake,
             status: status.clone(),
             metrics: metrics.clone(),
@@ -216,6 +228,18 @@ pub async fn start(p: NodeParams) -> Result<RunningNode, NodeError> {
             chain: p.chain.clone(),
         },
     )?;
+    // After the driver took back its local batches: they are in the mempool, so pinned.
+    let pruner = Pruner::spawn(
+        store.clone(),
+        p.data_dir.clone(),
+        mempool,
+        PrunerConfig {
+            retain_heights: p.retain_heights,
+            interval: PRUNE_INTERVAL,
+        },
+        quota,
+        metrics.clone(),
+    );
     let (api_addr, api_task) =
         serve(p.api_listen, router(api_state.clone()), shutdown_rx.clone()).await?;
     let mut servers = vec![api_task];
@@ -241,8 +265,12 @@ pub async fn start(p: NodeParams) -> Result<RunningNode, NodeError> {
         shutdown,
         driver,
         servers,
+        pruner,
     })
 }
+
+/// Time between pruning passes: the disk quota is measured this often too.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {

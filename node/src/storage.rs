@@ -21,9 +21,20 @@
 //! and the application state) wait in an [`ExecOverlay`] and are written in groups, and the
 //! `executed_height` meta value says how far they are durable (see [`crate::exec_overlay`]).
 //!
+//! History is bounded by a retention horizon ([`Store::prune_history`], run by
+//! [`crate::pruner`] off the consensus task): committed blocks, their proofs, QCs, transaction
+//! lists and batch references below it are deleted in small transactions from the bottom up,
+//! each of which also moves the `pruned_height` meta value, so a crash leaves a contiguous
+//! suffix of heights that opens and serves sync. The blocks that ended an epoch (named by the
+//! caller) stay: a node replays the epoch-change records against them at every start. The
+//! transaction index is not history but the set of committed transactions that execution
+//! de-duplicates against (every node must agree on it), so it stays whole. Batches go with the
+//! heights that referenced them, through the batch log's compaction.
+//!
 //! The data directory is locked by an exclusive lock on `<dir>/LOCK` for the life of the store,
 //! so two nodes can never share one directory.
 
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -31,7 +42,7 @@ use std::time::Instant;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::batch_log::{BatchLog, BatchLogError};
+use crate::batch_log::{BatchLog, BatchLogError, Compaction};
 use crate::exec_overlay::{ExecOverlay, Executed, FlushPolicy};
 use crate::seen_filter::SeenFilter;
 
@@ -43,6 +54,13 @@ const HEIGHT_IDS: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("height
 const ID_HEIGHTS: TableDefinition<&[u8; 32], u64> = TableDefinition::new("id_heights");
 const COMMIT_PROOFS: TableDefinition<u64, &[u8]> = TableDefinition::new("commit_proofs");
 const BLOCK_TXS: TableDefinition<u64, &[u8]> = TableDefinition::new("block_txs");
+/// The batch digests each committed height references (concatenated): what the batch log's
+/// compaction needs to know which batches the retained heights still name.
+const BLOCK_BATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("block_batches");
+/// Blocks that left the pending table without being committed when they did (value: the
+/// committed height then): deleted once that height is below the retention horizon, unless a
+/// commit named them meanwhile.
+const DROPPED: TableDefinition<&[u8; 32], u64> = TableDefinition::new("dropped_blocks");
 /// Batches of stores written before the batch log (read only).
 const BATCHES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("batches");
 /// The transaction index: in the index file, and in the main file of stores written before the
@@ -76,6 +94,9 @@ pub mod meta {
     pub const CORE_STATE: &str = "core_state";
     /// The highest height whose execution effects are durable (8 bytes, big-endian).
     pub const EXECUTED: &str = "executed_height";
+    /// The lowest height history may still hold (8 bytes, big-endian): everything below it is
+    /// pruned, except the blocks that ended an epoch. Absent: nothing was pruned.
+    pub const PRUNED: &str = "pruned_height";
 }
 
 /// The on-disk layout this build reads and writes.
@@ -206,6 +227,12 @@ impl Store {
     /// Opens (or creates) the store in `dir`, locking the directory first so no other process
     /// can open it at the same time.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
+        Self::open_with_segments(dir, crate::batch_log::SEGMENT_BYTES)
+    }
+
+    /// [`Store::open`] with batch-log segments of about `segment_bytes`: smaller ones give
+    /// space back sooner, at more files (tests use small ones).
+    pub fn open_with_segments(dir: &Path, segment_bytes: u64) -> Result<Self, StorageError> {
         std::fs::create_dir_all(dir).map_err(|source| StorageError::Io {
             path: dir.to_path_buf(),
             source,
@@ -219,7 +246,11 @@ impl Store {
         let db = open_db(dir, &path)?;
         let index_path = dir.join(INDEX_FILE);
         let index_db = open_db(dir, &index_path)?;
-        let batches = BatchLog::open(&dir.join(BATCH_DIR))?;
+        let batches = BatchLog::open_with(
+            &dir.join(BATCH_DIR),
+            segment_bytes,
+            stored_committed_height(&db)?,
+        )?;
         let mut store = Self {
             db: Arc::new(db),
             batches: Arc::new(batches),
@@ -243,6 +274,17 @@ impl Store {
         // old index, or, when there is none (a new store, or a lost index file), is rebuilt
         // from the stored transaction lists below.
         let start = if store.legacy_index { executed } else { 0 };
+        let pruned = store.pruned_height()?;
+        if pruned > 1 && !store.legacy_index && store.index_height()?.is_none() && executed > 0 {
+            return Err(StorageError::Corrupt {
+                path: index_path,
+                detail: format!(
+                    "the transaction index is missing and history below height {pruned} is \
+                     pruned, so it cannot be rebuilt; restore the file or sync a new data \
+                     directory"
+                ),
+            });
+        }
         let indexed = store.init_index(start, executed).map_err(|e| match e {
             StorageError::Malformed(what) => StorageError::Corrupt {
                 path: index_path.clone(),
@@ -256,7 +298,31 @@ impl Store {
         }
         *store.exec.write().unwrap_or_else(PoisonError::into_inner) = overlay;
         store.load_seen_filter()?;
+        store.load_batch_refs()?;
         Ok(store)
+    }
+
+    /// Tells the batch log which retained height references each of its batches.
+    fn load_batch_refs(&self) -> Result<(), StorageError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(BLOCK_BATCHES)?;
+        for item in t.iter()? {
+            let (h, v) = item?;
+            let digests = split_hashes(v.value())
+                .ok_or_else(|| StorageError::Malformed(format!("block_batches[{}]", h.value())))?;
+            self.batches.mark_committed(&digests, h.value());
+        }
+        Ok(())
+    }
+
+    /// How far the index file holds every entry, if it was ever written.
+    fn index_height(&self) -> Result<Option<u64>, StorageError> {
+        let txn = self.index_db.begin_read()?;
+        match txn.open_table(INDEX_META) {
+            Ok(t) => Ok(t.get(INDEXED)?.map(|v| v.value())),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Creates the index file's tables, starting at height `start`, or reads how far it holds
@@ -330,6 +396,8 @@ impl Store {
                 // Tables added since this layout version was stamped (no format change).
                 self.write(|w| {
                     w.txn.open_table(LOCAL_BATCHES)?;
+                    w.txn.open_table(BLOCK_BATCHES)?;
+                    w.txn.open_table(DROPPED)?;
                     match w.get_meta(meta::EXECUTED)? {
                         Some(v) => decode_height(&v),
                         None => {
@@ -355,6 +423,8 @@ impl Store {
                 w.txn.open_table(APP_KV)?;
                 w.txn.open_table(UNCOMMITTED)?;
                 w.txn.open_table(LOCAL_BATCHES)?;
+                w.txn.open_table(BLOCK_BATCHES)?;
+                w.txn.open_table(DROPPED)?;
                 w.put_meta(meta::EXECUTED, &0u64.to_be_bytes())?;
                 w.put_meta(meta::SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
                 Ok(0)
@@ -536,17 +606,7 @@ impl Store {
         let Some(bytes) = self.get_n(BLOCK_TXS, height)? else {
             return Ok(Vec::new());
         };
-        if bytes.len() % 32 != 0 {
-            return Err(StorageError::Malformed(format!("block_txs[{height}]")));
-        }
-        Ok(bytes
-            .chunks_exact(32)
-            .map(|c| {
-                let mut h = [0u8; 32];
-                h.copy_from_slice(c);
-                h
-            })
-            .collect())
+        split_hashes(&bytes).ok_or_else(|| StorageError::Malformed(format!("block_txs[{height}]")))
     }
 
     /// The blocks persisted but not committed (their stored bytes), oldest round first.
@@ -650,6 +710,142 @@ impl Store {
             out.push(b);
         }
         Ok(out)
+    }
+
+    /// The lowest height history may hold (1 when nothing was pruned): see [`meta::PRUNED`].
+    pub fn pruned_height(&self) -> Result<u64, StorageError> {
+        match self.get_meta(meta::PRUNED)? {
+            Some(v) => decode_height(&v),
+            None => Ok(1),
+        }
+    }
+
+    /// How far the retention horizon may reach now: (history, transaction lists). History
+    /// stays for every height whose execution effects are not durable (a restart executes them
+    /// again from their blocks and batches); transaction lists also for every height whose
+    /// index entries are not in the index file yet (a restart rebuilds them from the lists).
+    pub fn prunable_below(&self) -> Result<(u64, u64), StorageError> {
+        let executed = match self.get_meta(meta::EXECUTED)? {
+            Some(v) => decode_height(&v)?,
+            None => 0,
+        };
+        let indexed = if self.legacy_index {
+            executed
+        } else {
+            self.index_height()?.unwrap_or(0)
+        };
+        Ok((
+            executed.saturating_add(1),
+            executed.min(indexed).saturating_add(1),
+        ))
+    }
+
+    /// Deletes committed history below `horizon` (clamped to [`Store::prunable_below`]): at
+    /// most `max_heights` heights, in transactions of `chunk` heights, each moving
+    /// [`meta::PRUNED`] with what it deleted. Blocks in `keep` (those that ended an epoch) stay
+    /// with their height, proof and QC. Dropped uncommitted blocks older than the horizon go too.
+    /// Returns how many heights were pruned.
+    pub fn prune_history(
+        &self,
+        horizon: u64,
+        keep: &HashSet<Hash32>,
+        chunk: u64,
+        max_heights: u64,
+    ) -> Result<u64, StorageError> {
+        let (history, lists) = self.prunable_below()?;
+        let horizon = horizon.min(history);
+        let chunk = chunk.max(1);
+        let mut done = 0u64;
+        loop {
+            let from = self.pruned_height()?;
+            if from >= horizon || done >= max_heights {
+                return Ok(done);
+            }
+            let to = from
+                .saturating_add(chunk.min(max_heights - done))
+                .min(horizon);
+            self.write(|w| {
+                let heights: Vec<(u64, Hash32)> = {
+                    let t = w.txn.open_table(HEIGHT_IDS)?;
+                    let mut v = Vec::new();
+                    for item in t.range(from..to)? {
+                        let (h, id) = item?;
+                        v.push((h.value(), *id.value()));
+                    }
+                    v
+                };
+                for (h, id) in &heights {
+                    if keep.contains(id) {
+                        continue;
+                    }
+                    w.txn.open_table(HEIGHT_IDS)?.remove(h)?;
+                    w.txn.open_table(ID_HEIGHTS)?.remove(id)?;
+                    w.txn.open_table(COMMIT_PROOFS)?.remove(h)?;
+                    w.txn.open_table(BLOCKS)?.remove(id)?;
+                    w.txn.open_table(QCS)?.remove(id)?;
+                }
+                {
+                    // Behind the index file, and at most a chunk of rows per transaction.
+                    let mut t = w.txn.open_table(BLOCK_TXS)?;
+                    for _ in 0..chunk {
+                        let low = t.first()?.map(|(h, _)| h.value());
+                        if low.is_none_or(|h| h >= to.min(lists)) {
+                            break;
+                        }
+                        t.pop_first()?;
+                    }
+                }
+                w.txn
+                    .open_table(BLOCK_BATCHES)?
+                    .retain_in(from..to, |_, _| false)?;
+                let gone: Vec<Hash32> = w
+                    .txn
+                    .open_table(DROPPED)?
+                    .extract_if(|_, at| at < to)?
+                    .map(|e| e.map(|(id, _)| *id.value()))
+                    .collect::<Result<_, _>>()?;
+                for id in &gone {
+                    // Committed after all (a new epoch's B0 and its ancestors), or pending again.
+                    if w.txn.open_table(ID_HEIGHTS)?.get(id)?.is_none()
+                        && w.txn.open_table(UNCOMMITTED)?.get(id)?.is_none()
+                    {
+                        w.txn.open_table(BLOCKS)?.remove(id)?;
+                        w.txn.open_table(QCS)?.remove(id)?;
+                    }
+                }
+                w.put_meta(meta::PRUNED, &to.to_be_bytes())
+            })?;
+            done += to - from;
+        }
+    }
+
+    /// Deletes the batches dead below `horizon` that the set `pins` returns does not name (see
+    /// [`crate::batch_log`]); call after [`Store::prune_history`] moved past it. `pins` is
+    /// asked after the log's append counter is read, so a batch stored meanwhile is kept.
+    pub fn compact_batches(
+        &self,
+        horizon: u64,
+        pins: impl FnOnce() -> Result<HashSet<Hash32>, StorageError>,
+    ) -> Result<Compaction, StorageError> {
+        let since = self.batches.touches();
+        let pinned = pins()?;
+        Ok(self.batches.compact(horizon, &pinned, since)?)
+    }
+
+    /// The bytes each part of the store takes on disk: (name, bytes), for the storage gauges
+    /// and the disk quota.
+    pub fn disk_usage(&self, dir: &Path) -> Vec<(&'static str, u64)> {
+        let size = |name: &str| std::fs::metadata(dir.join(name)).map_or(0, |m| m.len());
+        vec![
+            (DB_FILE, size(DB_FILE)),
+            (INDEX_FILE, size(INDEX_FILE)),
+            (BATCH_DIR, self.batches.bytes()),
+        ]
+    }
+
+    /// Batches in the batch log (its in-memory index).
+    pub fn batch_count(&self) -> usize {
+        self.batches.len()
     }
 
     fn overlay(&self) -> std::sync::RwLockReadGuard<'_, ExecOverlay> {
@@ -847,6 +1043,33 @@ fn decode_height(bytes: &[u8]) -> Result<u64, StorageError> {
     Ok(u64::from_be_bytes(b))
 }
 
+/// 32-byte hashes stored back to back; None when the length is not a multiple of 32.
+fn split_hashes(bytes: &[u8]) -> Option<Vec<Hash32>> {
+    if !bytes.len().is_multiple_of(32) {
+        return None;
+    }
+    Some(
+        bytes
+            .chunks_exact(32)
+            .map(|c| {
+                let mut h = [0u8; 32];
+                h.copy_from_slice(c);
+                h
+            })
+            .collect(),
+    )
+}
+
+/// The highest committed height of a database file (0 when it holds none yet).
+fn stored_committed_height(db: &Database) -> Result<u64, StorageError> {
+    let txn = db.begin_read()?;
+    match txn.open_table(HEIGHT_IDS) {
+        Ok(t) => Ok(t.last()?.map(|(k, _)| k.value()).unwrap_or(0)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The handle a [`Store::write`] closure writes through; everything it writes commits together.
 pub struct Writer<'a> {
     txn: &'a redb::WriteTransaction,
@@ -874,8 +1097,20 @@ impl Writer<'_> {
 
     /// Forgets pending blocks at or below the committed root's round (committed or abandoned).
     pub fn prune_pending(&mut self, root_round: u64) -> Result<(), StorageError> {
-        let mut t = self.txn.open_table(UNCOMMITTED)?;
-        t.retain(|_, round| round > root_round)?;
+        let dropped: Vec<Hash32> = self
+            .txn
+            .open_table(UNCOMMITTED)?
+            .extract_if(|_, round| round <= root_round)?
+            .map(|e| e.map(|(id, _)| *id.value()))
+            .collect::<Result<_, _>>()?;
+        let at = self.committed_height()?;
+        let committed = self.txn.open_table(ID_HEIGHTS)?;
+        let mut t = self.txn.open_table(DROPPED)?;
+        for id in &dropped {
+            if committed.get(id)?.is_none() {
+                t.insert(id, at)?;
+            }
+        }
         Ok(())
     }
 
@@ -948,6 +1183,21 @@ impl Writer<'_> {
         self.txn.open_table(HEIGHT_IDS)?.insert(height, id)?;
         self.txn.open_table(ID_HEIGHTS)?.insert(id, height)?;
         self.txn.open_table(COMMIT_PROOFS)?.insert(height, proof)?;
+        self.batches.set_height(height);
+        Ok(())
+    }
+
+    /// Records the batches the block committed at `height` orders (kept in the batch log while
+    /// the height is retained).
+    pub fn put_block_batches(
+        &mut self,
+        height: u64,
+        digests: &[Hash32],
+    ) -> Result<(), StorageError> {
+        self.txn
+            .open_table(BLOCK_BATCHES)?
+            .insert(height, digests.concat().as_slice())?;
+        self.batches.mark_committed(digests, height);
         Ok(())
     }
 

@@ -32,21 +32,8 @@ impl Cluster {
     }
 
     async fn start(&mut self, i: usize) {
-        // A killed node's store may take a moment to release its lock (tasks winding down).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match start(node_params(i, self.dirs[i].path(), &self.ports, 0)).await {
-                Ok(n) => {
-                    self.nodes[i] = Some(n);
-                    return;
-                }
-                Err(e) if Instant::now() < deadline => {
-                    eprintln!("restart of node {i} retried: {e}");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(e) => panic!("node {i} did not start: {e}"),
-            }
-        }
+        let (dir, ports) = (self.dirs[i].path(), &self.ports);
+        self.nodes[i] = Some(common::start_retrying(i, || node_params(i, dir, ports, 0)).await);
     }
 
     fn api(&self, i: usize) -> std::net::SocketAddr {

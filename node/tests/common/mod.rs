@@ -13,7 +13,7 @@ use consensus::types::MemberInfo;
 use node::app::KvTx;
 use node::driver::{DriverConfig, Member};
 use node::mempool::MempoolConfig;
-use node::node::NodeParams;
+use node::node::{NodeParams, RunningNode, start};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -164,6 +164,8 @@ pub fn node_params(i: usize, data_dir: &Path, p2p_ports: &[u16], api_port: u16) 
         api_listen: SocketAddr::from(([127, 0, 0, 1], api_port)),
         metrics_listen: None,
         mempool: MempoolConfig::default(),
+        retain_heights: 0,
+        max_disk_bytes: 0,
         registration: None,
         tap: None,
         chain: None,
@@ -189,4 +191,20 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Starts node `i` from `params()`, retrying for up to 10 s: a killed node's store may take a
+/// moment to release its lock (tasks winding down).
+pub async fn start_retrying(i: usize, params: impl Fn() -> NodeParams) -> RunningNode {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match start(params()).await {
+            Ok(n) => return n,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("start of node {i} retried: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("node {i} did not start: {e}"),
+        }
+    }
 }
