@@ -287,6 +287,7 @@ pub async fn run_start_hooked(
             batch_timeout: Duration::from_millis(cfg.mempool.batch_timeout_ms),
             ..MempoolConfig::default()
         },
+        serve: cfg.serve.to_config(),
         registration,
         tap,
         chain: None,

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod seen_filter;
+pub mod serve;
 pub mod storage;
 pub mod tap;
 pub mod wire;

@@ -17,6 +17,7 @@ use crate::driver::{Driver, DriverConfig, DriverError, DriverParts};
 use crate::mempool::{Mempool, MempoolConfig};
 use crate::metrics::Metrics;
 use crate::net::{self, NetConfig, NetError};
+use crate::serve::{Gate, ServeConfig, Server};
 use crate::storage::{StorageError, Store};
 use crate::tap::TapFactory;
 
@@ -36,6 +37,8 @@ pub struct NodeParams {
     pub metrics_listen: Option<SocketAddr>,
     /// Mempool limits.
     pub mempool: MempoolConfig,
+    /// Budgets and workers for serving other nodes' batch, block and sync requests.
+    pub serve: ServeConfig,
     /// The `/registration` payload builder.
     pub registration: Option<RegistrationFn>,
     /// A fault-injection hook for test binaries; `None` for an operator's node.
@@ -64,6 +67,9 @@ pub enum NodeError {
     /// The driver failed.
     #[error("consensus driver: {0}")]
     Driver(#[from] DriverError),
+    /// The request server's threads could not start.
+    #[error("request server: {0}")]
+    Serve(std::io::Error),
 }
 
 /// A node running in this process.
@@ -83,6 +89,8 @@ pub struct RunningNode {
     shutdown: watch::Sender<bool>,
     driver: JoinHandle<Result<(), DriverError>>,
     servers: Vec<JoinHandle<()>>,
+    /// Answers other nodes' requests until dropped.
+    _requests: Server,
 }
 
 impl RunningNode {
@@ -154,8 +162,11 @@ pub async fn start(p: NodeParams) -> Result<RunningNode, NodeError> {
     ncfg.bootstrap = p.bootstrap.clone();
     ncfg.request_timeout = Duration::from_secs(5);
     ncfg.heartbeat = Duration::from_millis(200);
-    let (net, events) = net::spawn(ncfg, metrics.clone()).await?;
+    let gate = Gate::new(&p.serve);
+    let (net, events) = net::spawn(ncfg, metrics.clone(), gate.clone()).await?;
     let status: SharedStatus = Arc::new(RwLock::new(NodeStatus::default()));
+    let requests = Server::start(&gate, store.clone(), status.clone(), net.clone())
+        .map_err(NodeError::Serve)?;
     let mempool = Arc::new(Mutex::new(Mempool::new(p.mempool.clone())));
     let wake = Arc::new(Notify::new());
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -208,5 +219,6 @@ pub async fn start(p: NodeParams) -> Result<RunningNode, NodeError> {
         shutdown,
         driver,
         servers,
+        _requests: requests,
     })
 }

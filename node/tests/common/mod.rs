@@ -14,6 +14,7 @@ use node::app::KvTx;
 use node::driver::{DriverConfig, Member};
 use node::mempool::MempoolConfig;
 use node::node::NodeParams;
+use node::serve::ServeConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -164,6 +165,7 @@ pub fn node_params(i: usize, data_dir: &Path, p2p_ports: &[u16], api_port: u16) 
         api_listen: SocketAddr::from(([127, 0, 0, 1], api_port)),
         metrics_listen: None,
         mempool: MempoolConfig::default(),
+        serve: ServeConfig::default(),
         registration: None,
         tap: None,
         chain: None,
