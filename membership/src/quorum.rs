@@ -191,8 +191,7 @@ impl QuorumOracle {
             .enumerate()
             .map(|(i, e)| read(i, &e.oracle))
             .collect();
-        let mut done: Vec<Option<Result<T, OracleError>>> =
-            pending.iter().map(|_| None).collect();
+        let mut done: Vec<Option<Result<T, OracleError>>> = pending.iter().map(|_| None).collect();
         std::future::poll_fn(|cx| {
             let mut waiting = false;
             for (read, slot) in pending.iter_mut().zip(done.iter_mut()) {

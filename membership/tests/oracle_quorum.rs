@@ -146,7 +146,10 @@ async fn agreeing_endpoints_give_the_snapshot_and_a_diverged_one_a_disagreement(
     assert_eq!(snap.members.len(), 3);
     let alone = Oracle::new(chain.anvil.reader(), chain.contract, PinRule::Finalized, 0);
     assert_eq!(snap, alone.snapshot_at(snap.block).await.unwrap());
-    assert_eq!(q.set_at(snap.block.number, snap.block.hash).await.unwrap(), Some(snap.clone()));
+    assert_eq!(
+        q.set_at(snap.block.number, snap.block.hash).await.unwrap(),
+        Some(snap.clone())
+    );
     assert_eq!(
         q.set_at(snap.block.number, B256::repeat_byte(0xee))
             .await
@@ -165,7 +168,10 @@ async fn agreeing_endpoints_give_the_snapshot_and_a_diverged_one_a_disagreement(
         (chain.anvil.head().await >= at + 3).then_some(())
     })
     .await;
-    let e = q.snapshot().await.expect_err("diverged endpoints must not give a snapshot");
+    let e = q
+        .snapshot()
+        .await
+        .expect_err("diverged endpoints must not give a snapshot");
     let OracleError::Disagreement { answers, .. } = &e else {
         panic!("expected a disagreement, got {e}");
     };
@@ -225,7 +231,10 @@ async fn another_chain_disagrees_and_a_dead_endpoint_is_missing() {
         ],
         2,
     );
-    let e = q.snapshot().await.expect_err("another chain must not agree");
+    let e = q
+        .snapshot()
+        .await
+        .expect_err("another chain must not agree");
     assert!(matches!(e, OracleError::Disagreement { .. }), "{e}");
     assert!(e.to_string().contains("other: "), "{e}");
     assert_eq!(counts.disagreements(), 1);
@@ -248,7 +257,11 @@ async fn another_chain_disagrees_and_a_dead_endpoint_is_missing() {
         q3.set_at(snap.block.number, snap.block.hash).await.unwrap(),
         Some(snap.clone())
     );
-    assert_eq!(counts3.disagreements(), 1, "the other chain's None is dissent");
+    assert_eq!(
+        counts3.disagreements(),
+        1,
+        "the other chain's None is dissent"
+    );
 
     // A dead endpoint gives no answer: it is missing, never agreeing.
     let dead = {
@@ -262,16 +275,28 @@ async fn another_chain_disagrees_and_a_dead_endpoint_is_missing() {
         ],
         2,
     );
-    let e = q.snapshot().await.expect_err("one of two cannot make quorum 2");
+    let e = q
+        .snapshot()
+        .await
+        .expect_err("one of two cannot make quorum 2");
     let OracleError::NoQuorum {
-        agreeing, quorum: need, ..
+        agreeing,
+        quorum: need,
+        ..
     } = &e
     else {
         panic!("expected no quorum, got {e}");
     };
     assert_eq!((*agreeing, *need), (1, 2), "{e}");
     assert!(e.to_string().contains("dead: RPC"), "{e}");
-    assert!(counts.rpc_failed.lock().unwrap().iter().all(|n| n == "dead"));
+    assert!(
+        counts
+            .rpc_failed
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|n| n == "dead")
+    );
     assert!(!counts.rpc_failed.lock().unwrap().is_empty());
     assert_eq!(counts.disagreements(), 0, "silence is not dissent");
     let (q, counts) = quorum(

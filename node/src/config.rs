@@ -152,6 +152,125 @@ fn default_batch_timeout_ms() -> u64 {
     50
 }
 
+/// Budgets for serving other nodes' batch, block and sync requests (see [`crate::serve`]): per
+/// member, per non-member, and for all non-members together.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeSettings {
+    /// Threads reading the store to answer requests; non-members may occupy all but one.
+    pub workers: usize,
+    /// Requests per second each member may make (refill rate).
+    pub member_requests_per_sec: u32,
+    /// Requests a member may make at once after a quiet spell.
+    pub member_request_burst: u32,
+    /// A member's requests queued or being answered, at most.
+    pub member_in_flight: u32,
+    /// Response bytes per second to each member.
+    pub member_bytes_per_sec: u64,
+    /// Requests per second each non-member may make.
+    pub non_member_requests_per_sec: u32,
+    /// Requests a non-member may make at once after a quiet spell.
+    pub non_member_request_burst: u32,
+    /// A non-member's requests queued or being answered, at most.
+    pub non_member_in_flight: u32,
+    /// Response bytes per second to each non-member.
+    pub non_member_bytes_per_sec: u64,
+    /// Requests per second of all non-members together.
+    pub non_member_pool_requests_per_sec: u32,
+    /// Requests all non-members together may make at once.
+    pub non_member_pool_request_burst: u32,
+    /// Non-members' requests queued or being answered, at most, all together.
+    pub non_member_pool_in_flight: u32,
+    /// Response bytes per second to all non-members together.
+    pub non_member_pool_bytes_per_sec: u64,
+    /// Non-member peers whose budgets are tracked at most (idle ones are forgotten first).
+    pub max_non_member_peers: usize,
+}
+
+/// The most request-serving threads a config may set.
+pub const MAX_SERVE_WORKERS: usize = 64;
+
+const MIB: u64 = 1024 * 1024;
+
+impl Default for ServeSettings {
+    /// Members ask for what consensus needs at full speed (a lagging member syncs ~16 MiB
+    /// pages); each non-member gets a trickle, and all non-members together a fixed share,
+    /// however many PeerIds they use.
+    fn default() -> Self {
+        Self {
+            workers: 2,
+            member_requests_per_sec: 200,
+            member_request_burst: 400,
+            member_in_flight: 32,
+            member_bytes_per_sec: 128 * MIB,
+            non_member_requests_per_sec: 4,
+            non_member_request_burst: 8,
+            non_member_in_flight: 2,
+            non_member_bytes_per_sec: 4 * MIB,
+            non_member_pool_requests_per_sec: 40,
+            non_member_pool_request_burst: 80,
+            non_member_pool_in_flight: 8,
+            non_member_pool_bytes_per_sec: 16 * MIB,
+            max_non_member_peers: 4096,
+        }
+    }
+}
+
+impl ServeSettings {
+    /// Every bound must let something through: a zero would refuse that class for good.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let counts = [
+            (
+                "member_requests_per_sec",
+                u64::from(self.member_requests_per_sec),
+            ),
+            ("member_request_burst", u64::from(self.member_request_burst)),
+            ("member_in_flight", u64::from(self.member_in_flight)),
+            ("member_bytes_per_sec", self.member_bytes_per_sec),
+            (
+                "non_member_requests_per_sec",
+                u64::from(self.non_member_requests_per_sec),
+            ),
+            (
+                "non_member_request_burst",
+                u64::from(self.non_member_request_burst),
+            ),
+            ("non_member_in_flight", u64::from(self.non_member_in_flight)),
+            ("non_member_bytes_per_sec", self.non_member_bytes_per_sec),
+            (
+                "non_member_pool_requests_per_sec",
+                u64::from(self.non_member_pool_requests_per_sec),
+            ),
+            (
+                "non_member_pool_request_burst",
+                u64::from(self.non_member_pool_request_burst),
+            ),
+            (
+                "non_member_pool_in_flight",
+                u64::from(self.non_member_pool_in_flight),
+            ),
+            (
+                "non_member_pool_bytes_per_sec",
+                self.non_member_pool_bytes_per_sec,
+            ),
+            ("max_non_member_peers", self.max_non_member_peers as u64),
+        ];
+        if let Some((key, _)) = counts.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError::Invalid {
+                key: format!("serve.{key}"),
+                detail: "0 would refuse every such request; use at least 1".into(),
+            });
+        }
+        if !(1..=MAX_SERVE_WORKERS).contains(&self.workers) {
+            return Err(ConfigError::Invalid {
+                key: "serve.workers".into(),
+                detail: format!("{} is outside 1..={MAX_SERVE_WORKERS}", self.workers),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// The whole `config.toml`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -175,6 +294,9 @@ pub struct Config {
     /// Retention and disk quota.
     #[serde(default)]
     pub storage: StorageSettings,
+    /// Request-serving budgets (an older file without the section gets the defaults).
+    #[serde(default)]
+    pub serve: ServeSettings,
 }
 
 impl Default for Config {
@@ -214,6 +336,7 @@ impl Default for Config {
                 empty_block_interval_ms: default_empty_block_interval_ms(),
             },
             storage: StorageSettings::default(),
+            serve: ServeSettings::default(),
         }
     }
 }
@@ -330,6 +453,28 @@ retain_heights = {rh}
 # Bytes the data directory may take (0: no quota). Above it the node refuses new transactions
 # (HTTP 503) and other members' batches, and keeps committing and pruning until it is below.
 max_disk_bytes = {mdb}
+[serve]
+# Budgets for answering other nodes' batch, block and sync requests, read from the store by
+# these worker threads (never the consensus task); non-members may occupy all but one of them.
+workers = {sw}
+# Each member: requests per second (refill), at once after a quiet spell (burst), queued or being
+# answered at once (in flight), and response bytes per second.
+member_requests_per_sec = {mr}
+member_request_burst = {mb}
+member_in_flight = {mf}
+member_bytes_per_sec = {mby}
+# Each non-member (anyone may connect, so these are small).
+non_member_requests_per_sec = {nr}
+non_member_request_burst = {nb}
+non_member_in_flight = {nf}
+non_member_bytes_per_sec = {nby}
+# All non-members together, however many PeerIds they use.
+non_member_pool_requests_per_sec = {pr}
+non_member_pool_request_burst = {pb}
+non_member_pool_in_flight = {pf}
+non_member_pool_bytes_per_sec = {pby}
+# Non-member peers tracked at most (idle ones are forgotten first; beyond it new ones are refused).
+max_non_member_peers = {mnp}
 "#,
         rpc = toml_str(&cfg.chain.rpc_url),
         genesis = toml_str(&cfg.cluster.genesis),
@@ -350,6 +495,20 @@ max_disk_bytes = {mdb}
         ebi = cfg.mempool.empty_block_interval_ms,
         rh = cfg.storage.retain_heights,
         mdb = cfg.storage.max_disk_bytes,
+        sw = cfg.serve.workers,
+        mr = cfg.serve.member_requests_per_sec,
+        mb = cfg.serve.member_request_burst,
+        mf = cfg.serve.member_in_flight,
+        mby = cfg.serve.member_bytes_per_sec,
+        nr = cfg.serve.non_member_requests_per_sec,
+        nb = cfg.serve.non_member_request_burst,
+        nf = cfg.serve.non_member_in_flight,
+        nby = cfg.serve.non_member_bytes_per_sec,
+        pr = cfg.serve.non_member_pool_requests_per_sec,
+        pb = cfg.serve.non_member_pool_request_burst,
+        pf = cfg.serve.non_member_pool_in_flight,
+        pby = cfg.serve.non_member_pool_bytes_per_sec,
+        mnp = cfg.serve.max_non_member_peers,
     )
 }
 
@@ -484,7 +643,7 @@ impl Config {
                 ),
             });
         }
-        Ok(())
+        self.serve.validate()
     }
 
     /// The genesis path, resolved against the home directory.
@@ -570,6 +729,7 @@ pub fn apply_override(table: &mut toml::Table, key: &str, value: &str) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::serve::{ServeConfig, ToServeConfig};
 
     #[test]
     fn init_writes_a_commented_config_that_loads_as_default() {
@@ -669,6 +829,21 @@ mod tests {
         let set = ["mempool.empty_block_interval_ms=0".to_string()];
         let cfg = Config::load(dir.path(), Vec::new(), &set).expect("0 ms");
         assert_eq!(cfg.mempool.empty_block_interval_ms, 0);
+        for bad in [
+            "serve.non_member_in_flight=0",
+            "serve.workers=0",
+            "serve.workers=65",
+        ] {
+            let key = bad.split('=').next().unwrap_or_default();
+            let e = Config::load(dir.path(), Vec::new(), &[bad.to_string()]).expect_err(bad);
+            assert!(e.to_string().contains(key), "{e}");
+        }
+        let set = ["serve.non_member_pool_bytes_per_sec=1000".to_string()];
+        let cfg = Config::load(dir.path(), Vec::new(), &set).expect("pool bytes");
+        assert_eq!(
+            cfg.serve.to_config().limits.non_member_pool.bytes_per_sec,
+            1000
+        );
     }
 
     #[test]
@@ -717,6 +892,18 @@ mod tests {
         assert_eq!(cfg.log.format, "json");
         let e = Config::parse(path, "[api\n", Vec::new(), &[]).expect_err("bad toml");
         assert!(e.to_string().contains("home/config.toml"), "{e}");
+    }
+
+    #[test]
+    fn a_config_without_the_serve_section_loads_with_the_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        init(dir.path(), None).expect("init");
+        let path = dir.path().join("config.toml");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let (older, _) = text.split_once("[serve]").expect("init writes the section");
+        std::fs::write(&path, older).expect("write");
+        let cfg = Config::load(dir.path(), Vec::new(), &[]).expect("load");
+        assert_eq!(cfg.serve.to_config(), ServeConfig::default());
     }
 
     #[test]

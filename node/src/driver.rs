@@ -52,18 +52,10 @@ use crate::chain::{ChainSet, ChainView};
 use crate::mempool::{self, Mempool, SealedBatch, TxHash};
 use crate::metrics::Metrics;
 use crate::net::{NetEvent, NetHandle, Responder, peer_id_from_public_key};
+use crate::serve::{self, MAX_SYNC_BLOCKS, answer::ServeError};
 use crate::storage::{StorageError, Store, meta};
 use crate::tap::OutboundTap;
 use crate::wire;
-
-/// Most batches served per request.
-const MAX_BATCHES_PER_RESPONSE: usize = 256;
-/// Most committed blocks served per sync page.
-const MAX_SYNC_BLOCKS: u32 = 256;
-/// Most epoch-change records served per answer.
-const MAX_RECORDS_PER_RESPONSE: usize = 16;
-/// Bytes a response may carry (leaves room under the wire limit).
-const RESPONSE_BUDGET: usize = proto::limits::MAX_RESPONSE_BYTES - 64 * 1024;
 
 /// Why the driver stopped.
 #[derive(Debug, thiserror::Error)]
@@ -975,23 +967,10 @@ impl Driver {
 
     /// The stored epoch-change records of epochs `since..`, as wire messages (bounded).
     fn stored_records(&self, since: u64) -> Result<Vec<v1::EpochChangeRecord>, DriverError> {
-        let mut out = Vec::new();
-        let mut budget = RESPONSE_BUDGET / 2;
-        for (_, bytes) in self
-            .store
-            .epoch_changes_since(since, MAX_RECORDS_PER_RESPONSE)?
-        {
-            let r = EpochChangeRecord::decode(&bytes)
-                .map_err(|_| DriverError::Corrupt("epoch-change record"))?;
-            let w = wire::record_to_wire(&r);
-            let len = w.encoded_len();
-            if len > budget {
-                break;
-            }
-            budget -= len;
-            out.push(w);
-        }
-        Ok(out)
+        serve::answer::stored_records(&self.store, since).map_err(|e| match e {
+            ServeError::Storage(e) => DriverError::Storage(e),
+            ServeError::Corrupt(what) => DriverError::Corrupt(what),
+        })
     }
 
     /// Members to ask, the hinted one first, then connected ones, then the rest.
@@ -1354,12 +1333,11 @@ impl Driver {
                     self.report(id, from, verdict);
                 }
             }
-            NetEvent::Request {
+            NetEvent::Vote {
                 peer,
-                body,
+                vote,
                 responder,
-                ..
-            } => self.on_request(peer, body, responder)?,
+            } => self.on_vote(peer, vote, responder)?,
         }
         Ok(())
     }
@@ -1472,152 +1450,31 @@ impl Driver {
         });
     }
 
-    fn on_request(
+    /// A member's vote (the network refuses others'); batch, block and sync requests are
+    /// answered by [`crate::serve`], off this task.
+    fn on_vote(
         &mut self,
         peer: PeerId,
-        body: RequestBody,
+        vote: v1::Vote,
         responder: Responder,
     ) -> Result<(), DriverError> {
-        match body {
-            RequestBody::Vote(v) => match wire::vote_from_wire(&v) {
-                Ok(v) => {
-                    let from = self.by_peer.get(&peer).copied().unwrap_or_default();
-                    self.discards.clear();
-                    self.feed(Event::Message {
-                        from,
-                        message: Message::Vote(v),
-                    })?;
-                    self.discards.clear();
-                    self.respond(responder, ResponseBody::Ack(v1::Ack {}));
-                }
-                Err(e) => {
-                    self.metrics.reject("malformed");
-                    self.respond(responder, ResponseBody::Error(e.to_string()));
-                }
-            },
-            RequestBody::Batches(req) => {
-                let mut out = Vec::new();
-                let mut budget = RESPONSE_BUDGET;
-                for d in req.digests.iter().take(MAX_BATCHES_PER_RESPONSE) {
-                    let Ok(d) = <[u8; 32]>::try_from(d.as_slice()) else {
-                        continue;
-                    };
-                    if let Some(bytes) = self.store.get_batch(&d)? {
-                        if bytes.len() > budget {
-                            break;
-                        }
-                        budget -= bytes.len();
-                        if let Ok(b) = v1::Batch::decode(bytes.as_slice()) {
-                            out.push(b);
-                        }
-                    }
-                }
-                self.respond(
-                    responder,
-                    ResponseBody::Batches(v1::BatchResponse { batches: out }),
-                );
+        match wire::vote_from_wire(&vote) {
+            Ok(v) => {
+                let from = self.by_peer.get(&peer).copied().unwrap_or_default();
+                self.discards.clear();
+                self.feed(Event::Message {
+                    from,
+                    message: Message::Vote(v),
+                })?;
+                self.discards.clear();
+                self.respond(responder, ResponseBody::Ack(v1::Ack {}));
             }
-            RequestBody::Blocks(req) => {
-                let resp = self.serve_blocks(&req)?;
-                self.respond(responder, ResponseBody::Blocks(resp));
-            }
-            RequestBody::Sync(req) => {
-                let resp = self.serve_sync(&req)?;
-                self.respond(responder, ResponseBody::Sync(resp));
+            Err(e) => {
+                self.metrics.reject("malformed");
+                self.respond(responder, ResponseBody::Error(e.to_string()));
             }
         }
         Ok(())
-    }
-
-    fn serve_blocks(&self, req: &v1::BlockRequest) -> Result<v1::BlockResponse, DriverError> {
-        let mut out = Vec::new();
-        let Ok(mut id) = <[u8; 32]>::try_from(req.block_id.as_slice()) else {
-            return Ok(v1::BlockResponse { blocks: out });
-        };
-        let max = req.max_blocks.min(1024) as usize;
-        let mut budget = RESPONSE_BUDGET;
-        while out.len() < max {
-            let Some(bytes) = self.store.get_block(&id)? else {
-                break;
-            };
-            let Ok(b) = v1::Block::decode(bytes.as_slice()) else {
-                break;
-            };
-            let round = b.header.as_ref().map_or(0, |h| h.round);
-            if round <= req.stop_at_round || bytes.len() > budget {
-                break;
-            }
-            budget -= bytes.len();
-            let parent = b
-                .header
-                .as_ref()
-                .and_then(|h| <[u8; 32]>::try_from(h.parent_id.as_slice()).ok());
-            out.push(b);
-            match parent {
-                Some(p) => id = p,
-                None => break,
-            }
-        }
-        Ok(v1::BlockResponse { blocks: out })
-    }
-
-    fn serve_sync(&self, req: &v1::SyncRequest) -> Result<v1::SyncResponse, DriverError> {
-        let top = if req.max_blocks == 0 {
-            0
-        } else {
-            self.store.committed_height()?
-        };
-        let mut blocks = Vec::new();
-        let mut h = req.from_height.max(1);
-        let limit = req.max_blocks.clamp(1, MAX_SYNC_BLOCKS) as u64;
-        // Records first: the requester needs them to verify blocks past each epoch's end.
-        let records = if req.known_epoch < self.core.epoch() {
-            self.stored_records(req.known_epoch)?
-        } else {
-            Vec::new()
-        };
-        let mut budget = RESPONSE_BUDGET - records.iter().map(|r| r.encoded_len()).sum::<usize>();
-        while h <= top {
-            let Some(id) = self.store.committed_id(h)? else {
-                break;
-            };
-            let Some(bytes) = self.store.get_block(&id)? else {
-                break;
-            };
-            let proof = self.store.commit_proof(h)?.unwrap_or_default();
-            if bytes.len() + proof.len() > budget {
-                break;
-            }
-            budget -= bytes.len() + proof.len();
-            let block = v1::Block::decode(bytes.as_slice()).ok();
-            let proof = if proof.is_empty() {
-                None
-            } else {
-                v1::CommitProof::decode(proof.as_slice()).ok()
-            };
-            let has_proof = proof.is_some();
-            blocks.push(v1::CommittedBlock {
-                height: h,
-                block,
-                proof,
-            });
-            h += 1;
-            // Stop at a block carrying a proof once the page is full enough.
-            if has_proof && blocks.len() as u64 >= limit {
-                break;
-            }
-        }
-        // Drop a trailing run without a proof: the requester could not verify it.
-        while blocks.last().is_some_and(|b| b.proof.is_none()) {
-            blocks.pop();
-        }
-        let high_qc = Some(wire::qc_to_wire(self.core.high_qc()));
-        Ok(v1::SyncResponse {
-            blocks,
-            records,
-            high_qc,
-            high_tc: None,
-        })
     }
 
     /// Starts a sync round when no block was committed for a while.

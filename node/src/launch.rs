@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::driver::{DriverConfig, Member};
 use crate::mempool::MempoolConfig;
 use crate::node::{NodeParams, start};
+use crate::serve::ToServeConfig;
 use crate::tap::TapFactory;
 
 /// Why `start` failed; every variant names what it could not reach or read.
@@ -289,6 +290,7 @@ pub async fn run_start_hooked(
         },
         retain_heights: cfg.storage.retain_heights,
         max_disk_bytes: cfg.storage.max_disk_bytes,
+        serve: cfg.serve.to_config(),
         registration,
         tap,
         chain: None,

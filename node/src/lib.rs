@@ -38,6 +38,8 @@ pub mod pruner;
 #[cfg(feature = "full")]
 pub mod seen_filter;
 #[cfg(feature = "full")]
+pub mod serve;
+#[cfg(feature = "full")]
 pub mod storage;
 #[cfg(feature = "full")]
 pub mod tap;

@@ -14,7 +14,9 @@
 //!
 //! Identity: the node's 32-byte secp256k1 secret (derived from dstack) is its libp2p key, so a
 //! PeerId names a validator; [`peer_id_from_public_key`] maps a member's registered public key to
-//! its PeerId. Votes are accepted only from members' PeerIds; anyone may fetch batches and sync.
+//! its PeerId. Gossip is signed with that key and checked strictly, so a message's publisher is
+//! authentic. Votes are accepted only from members' PeerIds; batch, block and sync requests are
+//! served by [`crate::serve`] within a budget per peer (members ahead of non-members).
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -25,7 +27,9 @@ use std::time::Duration;
 use libp2p::futures::{AsyncWriteExt, StreamExt};
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId};
 use libp2p::identity;
-use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::request_response::{
+    self, InboundRequestId, OutboundRequestId, ProtocolSupport, ResponseChannel,
+};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify, noise, tcp, yamux};
 use prost::Message as _;
@@ -36,6 +40,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::batch_push::BatchPush;
 use crate::frames::{read_frame, write_frame_open};
 use crate::metrics::Metrics;
+use crate::serve::{Ask, Gate, Permit};
 use crate::wire::wire_reason;
 
 /// The request-response protocol name.
@@ -277,8 +282,27 @@ impl NetConfig {
     }
 }
 
-/// The responder of an inbound request; answer it with [`NetHandle::respond`].
-pub struct Responder(ResponseChannel<Vec<u8>>);
+/// The responder of an inbound request; answer it with [`NetHandle::respond`]. A served request
+/// carries its budget [`Permit`] until its response is sent or fails.
+pub struct Responder {
+    channel: ResponseChannel<Vec<u8>>,
+    id: InboundRequestId,
+    permit: Option<Permit>,
+}
+
+impl Responder {
+    /// The same responder holding `permit` (released when the answer has left or failed).
+    pub(crate) fn with_permit(mut self, permit: Permit) -> Self {
+        self.permit = Some(permit);
+        self
+    }
+
+    /// The same responder without its permit (released now).
+    pub(crate) fn without_permit(mut self) -> Self {
+        self.permit = None;
+        self
+    }
+}
 
 impl std::fmt::Debug for Responder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -295,10 +319,10 @@ pub enum NetEvent {
         id: MessageId,
         /// The peer that forwarded it (the one a Reject penalizes).
         propagation_source: PeerId,
-        /// The peer that published it, as the message claims (gossip is not signed; consensus
-        /// messages carry their own signatures).
+        /// The peer that published it: authentic, gossipsub checked the publisher's signature
+        /// (always `Some`; optional only as gossipsub types it).
         source: Option<PeerId>,
-        /// Whether the publisher is a member of the current set.
+        /// Whether the (authenticated) publisher is a member of the current set.
         from_member: bool,
         /// The decoded body (boxed: proposals are large, other events small).
         body: Box<GossipBody>,
@@ -315,14 +339,13 @@ pub enum NetEvent {
         /// The `v1::Batch` encoding.
         canonical: Vec<u8>,
     },
-    /// A well-formed request; answer with [`NetHandle::respond`].
-    Request {
-        /// The peer asking.
+    /// A member's vote (votes from others are refused by the network); acknowledge it with
+    /// [`NetHandle::respond`]. Other requests go to the [`Gate`] instead.
+    Vote {
+        /// The member that sent it.
         peer: PeerId,
-        /// Whether it is a member.
-        from_member: bool,
-        /// The decoded body.
-        body: RequestBody,
+        /// The vote.
+        vote: proto::v1::Vote,
         /// Where the answer goes.
         responder: Responder,
     },
@@ -456,6 +479,19 @@ impl NetHandle {
         self.send(Command::Respond { responder, bytes }).await
     }
 
+    /// [`NetHandle::respond`] from a plain thread (the server's workers): encodes there, then
+    /// waits for room in the network task's queue. Never call it from async code.
+    pub fn respond_blocking(
+        &self,
+        responder: Responder,
+        body: ResponseBody,
+    ) -> Result<(), NetError> {
+        let bytes = proto::v1::Response::new(body).encode_to_vec();
+        self.cmd
+            .blocking_send(Command::Respond { responder, bytes })
+            .map_err(|_| NetError::Stopped)
+    }
+
     /// Dials an address (a member's connection URL or a bootstrap peer).
     pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetError> {
         self.send(Command::Dial(addr)).await
@@ -488,12 +524,12 @@ fn gossipsub_behaviour(
 ) -> Result<gossipsub::Behaviour, NetError> {
     let gcfg = gossipsub::ConfigBuilder::default()
         .heartbeat_interval(cfg.heartbeat)
-        // Messages carry their publisher and a sequence number but no gossipsub signature:
-        // every consensus message is signed by its member key and every batch is named by its
-        // BLAKE3 digest, so a second signature (SHA-256 of the whole message plus a secp256k1
-        // signature, and its verification on every receipt) bought nothing. The publisher of a
-        // batch is its direct sender (batches are not forwarded), authenticated by Noise.
-        .validation_mode(gossipsub::ValidationMode::Permissive)
+        // Every message is signed by its publisher's libp2p key (the node's secp256k1 key) and
+        // a message without a valid signature is dropped before anything reads it, so `source`
+        // names who published it: membership of the publisher (whether a message is forwarded)
+        // and the fetch hint taken from it cannot be forged by a relay. The contents of
+        // consensus messages carry their own member signatures besides.
+        .validation_mode(gossipsub::ValidationMode::Strict)
         .validate_messages()
         // Room for the largest envelope plus the RPC framing and signature.
         .max_transmit_size(MAX_GOSSIP_BYTES + 64 * 1024)
@@ -518,11 +554,9 @@ fn gossipsub_behaviour(
         })
         .build()
         .map_err(|e| NetError::Transport(format!("gossipsub config: {e}")))?;
-    let mut gs = gossipsub::Behaviour::new(
-        gossipsub::MessageAuthenticity::Author(key.public().to_peer_id()),
-        gcfg,
-    )
-    .map_err(|e| NetError::Transport(format!("gossipsub: {e}")))?;
+    let mut gs =
+        gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gcfg)
+            .map_err(|e| NetError::Transport(format!("gossipsub: {e}")))?;
     // Scoring: only invalid deliveries (our Rejects) cost score. Mesh-delivery-rate penalties are
     // off: a quiet cluster or a lagging node must never look like a misbehaving one.
     let mut params = gossipsub::PeerScoreParams {
@@ -558,6 +592,7 @@ fn gossipsub_behaviour(
 pub async fn spawn(
     cfg: NetConfig,
     metrics: Arc<Metrics>,
+    serve: Gate,
 ) -> Result<(NetHandle, mpsc::Receiver<NetEvent>), NetError> {
     let key = keypair_from_secret(&cfg.secret)?;
     let topics = Topics::new(cfg.chain_id, &cfg.contract);
@@ -644,6 +679,8 @@ pub async fn spawn(
         topics,
         members: HashSet::new(),
         pending: HashMap::new(),
+        serve,
+        sending: HashMap::new(),
         events: ev_tx,
         metrics,
     };
@@ -657,6 +694,11 @@ struct Task {
     topics: Topics,
     members: HashSet<PeerId>,
     pending: HashMap<OutboundRequestId, (PeerId, oneshot::Sender<Result<ResponseBody, NetError>>)>,
+    /// Where batch, block and sync requests go.
+    serve: Gate,
+    /// The permits of served requests whose response is on its way (released when it is sent
+    /// or fails: libp2p reports one or the other for every response it accepted).
+    sending: HashMap<InboundRequestId, Permit>,
     events: mpsc::Sender<NetEvent>,
     metrics: Arc<Metrics>,
 }
@@ -703,14 +745,23 @@ impl Task {
                 self.pending.insert(id, (peer, reply));
             }
             Command::Respond { responder, bytes } => {
+                let Responder {
+                    channel,
+                    id,
+                    permit,
+                } = responder;
+                let len = bytes.len();
                 if self
                     .swarm
                     .behaviour_mut()
                     .rr
-                    .send_response(responder.0, bytes)
+                    .send_response(channel, bytes)
                     .is_err()
                 {
                     tracing::debug!("response not sent: connection gone");
+                } else if let Some(mut permit) = permit {
+                    permit.charge(len);
+                    self.sending.insert(id, permit);
                 }
             }
             Command::Dial(addr) => {
@@ -845,8 +896,8 @@ impl Task {
                     return;
                 }
                 let from_member = message.source.is_some_and(|s| self.members.contains(&s));
-                // A batch must come straight from its publisher, a member: the publisher field
-                // is not signed, the connection is.
+                // A batch must come straight from its publisher, a member (batches are never
+                // forwarded).
                 let direct = message.source == Some(propagation_source);
                 if kind == TopicKind::Batches && !(from_member && direct) {
                     self.ignore_gossip(&message_id, &propagation_source, "non_member");
@@ -870,45 +921,65 @@ impl Task {
         }
     }
 
+    /// An error answer, sent from this task (refusals and malformed requests).
+    fn answer_error(&mut self, responder: Responder, message: String) {
+        let resp = proto::v1::Response::new(ResponseBody::Error(message));
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .rr
+            .send_response(responder.channel, resp.encode_to_vec());
+    }
+
+    /// A request: votes (members only) go to the driver, everything else to the server's gate,
+    /// which queues it within the requester's budget or refuses it here.
+    async fn inbound_request(&mut self, peer: PeerId, request: &[u8], responder: Responder) {
+        let from_member = self.members.contains(&peer);
+        let ask = match proto::v1::Request::decode_checked(request) {
+            Ok(RequestBody::Vote(vote)) => {
+                if !from_member {
+                    self.metrics.ignore("non_member");
+                    self.answer_error(responder, "votes are accepted from members only".into());
+                    return;
+                }
+                self.emit(NetEvent::Vote {
+                    peer,
+                    vote,
+                    responder,
+                })
+                .await;
+                return;
+            }
+            Ok(RequestBody::Batches(r)) => Ask::Batches(r),
+            Ok(RequestBody::Blocks(r)) => Ask::Blocks(r),
+            Ok(RequestBody::Sync(r)) => Ask::Sync(r),
+            Err(e) => {
+                self.metrics.reject(wire_reason(&e));
+                self.answer_error(responder, e.to_string());
+                return;
+            }
+        };
+        if let Err((refusal, responder)) = self.serve.offer(peer, from_member, ask, responder) {
+            self.metrics.reject(refusal.reason());
+            tracing::debug!(%peer, from_member, %refusal, "request refused");
+            self.answer_error(responder, refusal.to_string());
+        }
+    }
+
     async fn rr_event(&mut self, ev: request_response::Event<Vec<u8>, Vec<u8>>) {
         match ev {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
-                    request, channel, ..
+                    request_id,
+                    request,
+                    channel,
                 } => {
-                    let from_member = self.members.contains(&peer);
-                    let body = match proto::v1::Request::decode_checked(&request) {
-                        Ok(b) => b,
-                        Err(e) => {
-                            self.metrics.reject(wire_reason(&e));
-                            let resp = proto::v1::Response::new(ResponseBody::Error(e.to_string()));
-                            let _ = self
-                                .swarm
-                                .behaviour_mut()
-                                .rr
-                                .send_response(channel, resp.encode_to_vec());
-                            return;
-                        }
+                    let responder = Responder {
+                        channel,
+                        id: request_id,
+                        permit: None,
                     };
-                    if matches!(body, RequestBody::Vote(_)) && !from_member {
-                        self.metrics.ignore("non_member");
-                        let resp = proto::v1::Response::new(ResponseBody::Error(
-                            "votes are accepted from members only".into(),
-                        ));
-                        let _ = self
-                            .swarm
-                            .behaviour_mut()
-                            .rr
-                            .send_response(channel, resp.encode_to_vec());
-                        return;
-                    }
-                    self.emit(NetEvent::Request {
-                        peer,
-                        from_member,
-                        body,
-                        responder: Responder(channel),
-                    })
-                    .await;
+                    self.inbound_request(peer, &request, responder).await;
                 }
                 request_response::Message::Response {
                     request_id,
@@ -942,7 +1013,13 @@ impl Task {
                     }));
                 }
             }
-            request_response::Event::InboundFailure { error, peer, .. } => {
+            request_response::Event::InboundFailure {
+                error,
+                peer,
+                request_id,
+                ..
+            } => {
+                self.sending.remove(&request_id);
                 if let request_response::InboundFailure::Io(e) = &error
                     && e.kind() == io::ErrorKind::InvalidData
                 {
@@ -950,7 +1027,9 @@ impl Task {
                 }
                 tracing::debug!(%peer, %error, "inbound request failed");
             }
-            request_response::Event::ResponseSent { .. } => {}
+            request_response::Event::ResponseSent { request_id, .. } => {
+                self.sending.remove(&request_id);
+            }
         }
     }
 }

@@ -19,6 +19,7 @@ use crate::mempool::{Mempool, MempoolConfig};
 use crate::metrics::Metrics;
 use crate::net::{self, NetConfig, NetError};
 use crate::pruner::{Pruner, PrunerConfig};
+use crate::serve::{Gate, ServeConfig, Server};
 use crate::storage::{StorageError, Store};
 use crate::tap::TapFactory;
 
@@ -42,6 +43,8 @@ pub struct NodeParams {
     pub retain_heights: u64,
     /// The data directory's disk quota in bytes (0: none), see `storage.max_disk_bytes`.
     pub max_disk_bytes: u64,
+    /// Budgets and workers for serving other nodes' batch, block and sync requests.
+    pub serve: ServeConfig,
     /// The `/registration` payload builder.
     pub registration: Option<RegistrationFn>,
     /// A fault-injection hook for test binaries; `None` for an operator's node.
@@ -77,6 +80,9 @@ pub enum NodeError {
     /// The driver did not finish its last step within the shutdown grace period.
     #[error("consensus driver did not stop within {0:?}")]
     ShutdownTimeout(Duration),
+    /// The request server's threads could not start.
+    #[error("request server: {0}")]
+    Serve(std::io::Error),
 }
 
 /// How long `stop` waits for the driver to finish its current step.
@@ -124,6 +130,8 @@ pub struct RunningNode {
     servers: Vec<JoinHandle<()>>,
     /// Stopped and joined when the node is dropped, stopped or killed.
     pruner: Pruner,
+    /// Answers other nodes' requests until dropped.
+    _requests: Server,
 }
 
 impl RunningNode {
@@ -196,8 +204,11 @@ pub async fn start(p: NodeParams) -> Result<RunningNode, NodeError> {
     ncfg.bootstrap = p.bootstrap.clone();
     ncfg.request_timeout = Duration::from_secs(5);
     ncfg.heartbeat = Duration::from_millis(200);
-    let (net, events) = net::spawn(ncfg, metrics.clone()).await?;
+    let gate = Gate::new(&p.serve);
+    let (net, events) = net::spawn(ncfg, metrics.clone(), gate.clone()).await?;
     let status: SharedStatus = Arc::new(RwLock::new(NodeStatus::default()));
+    let requests = Server::start(&gate, store.clone(), status.clone(), net.clone())
+        .map_err(NodeError::Serve)?;
     let quota = Arc::new(DiskQuota::new(p.max_disk_bytes));
     let mempool = Arc::new(Mutex::new(
         Mempool::new(p.mempool.clone()).with_disk_quota(quota.clone()),
@@ -266,6 +277,7 @@ pub async fn start(p: NodeParams) -> Result<RunningNode, NodeError> {
         driver,
         servers,
         pruner,
+        _requests: requests,
     })
 }
 

@@ -1,7 +1,8 @@
 //! The libp2p network on real loopback sockets: gossip between members with the driver's verdict,
-//! request-response (sync), malformed gossip rejected and counted, votes from non-members
-//! refused, the lag-tolerant Ignore path that costs no score, and batches pushed on streams
-//! (members only, size-bounded).
+//! signed gossip (a forged publisher is dropped), request-response (sync served from a real
+//! store), malformed gossip rejected and counted, votes from non-members refused, the
+//! lag-tolerant Ignore path that costs no score, and batches pushed on streams (members only,
+//! size-bounded).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -12,8 +13,9 @@ use libp2p::gossipsub::MessageAcceptance;
 use libp2p::{Multiaddr, PeerId};
 use node::metrics::Metrics;
 use node::net::{
-    NetConfig, NetEvent, NetHandle, TopicKind, batch_protocol, keypair_from_secret, spawn,
+    NetConfig, NetEvent, NetHandle, TopicKind, Topics, batch_protocol, keypair_from_secret, spawn,
 };
+use node::serve::{Gate, ServeConfig};
 use proto::{GossipBody, RequestBody, ResponseBody};
 use tokio::sync::mpsc;
 
@@ -23,6 +25,8 @@ struct Peer {
     net: NetHandle,
     events: mpsc::Receiver<NetEvent>,
     metrics: Arc<Metrics>,
+    /// Where its batch, block and sync requests go (no server behind it unless a test starts one).
+    gate: Gate,
 }
 
 async fn node(seed: u8, bootstrap: Vec<Multiaddr>) -> Peer {
@@ -32,11 +36,15 @@ async fn node(seed: u8, bootstrap: Vec<Multiaddr>) -> Peer {
     cfg.heartbeat = Duration::from_millis(100);
     cfg.request_timeout = Duration::from_secs(5);
     let metrics = Arc::new(Metrics::new());
-    let (net, events) = spawn(cfg, metrics.clone()).await.expect("spawn");
+    let gate = Gate::new(&ServeConfig::default());
+    let (net, events) = spawn(cfg, metrics.clone(), gate.clone())
+        .await
+        .expect("spawn");
     Peer {
         net,
         events,
         metrics,
+        gate,
     }
 }
 
@@ -195,39 +203,14 @@ async fn gossip_reaches_members_and_rejects_garbage() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_request_round_trip_and_member_only_votes() {
-    let (a, mut b) = pair().await;
+    let (a, b) = pair().await;
     let pb = b.net.local_peer_id;
-    let responder_net = b.net.clone();
-    let server = tokio::spawn(async move {
-        loop {
-            let Some(ev) = b.events.recv().await else {
-                return;
-            };
-            if let NetEvent::Request {
-                body: RequestBody::Sync(req),
-                responder,
-                from_member,
-                ..
-            } = ev
-            {
-                assert!(from_member);
-                let resp = proto::v1::SyncResponse {
-                    blocks: vec![proto::v1::CommittedBlock {
-                        height: req.from_height,
-                        block: None,
-                        proof: None,
-                    }],
-                    records: Vec::new(),
-                    high_qc: None,
-                    high_tc: None,
-                };
-                responder_net
-                    .respond(responder, ResponseBody::Sync(resp))
-                    .await
-                    .expect("respond");
-            }
-        }
-    });
+    // B answers from a real (empty) store on its server's threads.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = node::storage::Store::open(dir.path()).expect("store");
+    let status = node::api::SharedStatus::default();
+    let _server =
+        node::serve::Server::start(&b.gate, store, status, b.net.clone()).expect("server");
     let r = a
         .net
         .request(
@@ -241,9 +224,25 @@ async fn sync_request_round_trip_and_member_only_votes() {
         .await
         .expect("sync response");
     match r {
-        ResponseBody::Sync(s) => assert_eq!(s.blocks[0].height, 42),
+        ResponseBody::Sync(s) => assert!(s.blocks.is_empty() && s.records.is_empty()),
         other => panic!("unexpected {other:?}"),
     }
+    let r = a
+        .net
+        .request(
+            pb,
+            RequestBody::Blocks(proto::v1::BlockRequest {
+                block_id: vec![3; 32],
+                stop_at_round: 0,
+                max_blocks: 4,
+            }),
+        )
+        .await
+        .expect("block response");
+    assert!(
+        matches!(r, ResponseBody::Blocks(ref b) if b.blocks.is_empty()),
+        "{r:?}"
+    );
 
     // A non-member's vote is refused by the network layer with a clear error.
     let mut c = node(3, a.net.listen_addrs.clone()).await;
@@ -275,7 +274,122 @@ async fn sync_request_round_trip_and_member_only_votes() {
         .await
         .expect_err("garbage");
     assert!(err.to_string().contains("malformed"), "{err}");
-    server.abort();
+}
+
+/// Without a server behind the gate, a sync request gets a clear refusal, counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_without_a_server_are_refused_as_busy() {
+    let (a, b) = pair().await;
+    let err = a
+        .net
+        .request(
+            b.net.local_peer_id,
+            RequestBody::Sync(proto::v1::SyncRequest {
+                from_height: 1,
+                max_blocks: 1,
+                known_epoch: 0,
+            }),
+        )
+        .await
+        .expect_err("refused");
+    assert!(err.to_string().contains("server_busy"), "{err}");
+    wait_for_metric(
+        &b.metrics,
+        r#"dstack_messages_rejected_total{reason="server_busy"} 1"#,
+    )
+    .await;
+}
+
+/// A gossip message whose `source` names a member but is not signed by it (a non-member's
+/// gossipsub claiming to relay member 1's message) never reaches the driver as `from_member`:
+/// B drops it for its missing signature and penalizes the sender.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gossip_with_a_forged_source_is_dropped() {
+    use libp2p::futures::StreamExt;
+    use libp2p::gossipsub;
+    use libp2p::swarm::SwarmEvent;
+
+    let mut b = node(2, Vec::new()).await;
+    let members: HashSet<PeerId> = [peer_id(1), peer_id(2)].into_iter().collect();
+    b.net.set_members(members).await.expect("members");
+
+    // The forger: plain gossipsub that stamps member 1's PeerId as the publisher, unsigned.
+    let key = libp2p::identity::Keypair::generate_secp256k1();
+    let forger = key.public().to_peer_id();
+    let cfg = gossipsub::ConfigBuilder::default()
+        .validation_mode(gossipsub::ValidationMode::Permissive)
+        .heartbeat_interval(Duration::from_millis(100))
+        .build()
+        .expect("gossipsub config");
+    let mut gs: gossipsub::Behaviour =
+        gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Author(peer_id(1)), cfg)
+            .expect("gossipsub");
+    let topic = Topics::new(31337, CONTRACT).consensus;
+    gs.subscribe(&topic).expect("subscribe");
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .expect("transport")
+        .with_behaviour(|_| gs)
+        .expect("behaviour")
+        .build();
+    swarm.dial(b.net.listen_addrs[0].clone()).expect("dial");
+    let pb = b.net.local_peer_id;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let SwarmEvent::Behaviour(gossipsub::Event::Subscribed { peer_id, .. }) =
+                swarm.select_next_some().await
+                && peer_id == pb
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("B subscribed within 20 s");
+    let forged = prost::Message::encode_to_vec(&proto::v1::GossipMessage::new(timeout_msg(5)));
+    swarm
+        .behaviour_mut()
+        .publish(topic, forged)
+        .expect("publish");
+    let drive = tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+
+    // B must penalize the forger and never hand the message over.
+    let verdict = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut poll = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                ev = b.events.recv() => {
+                    if let Some(NetEvent::Gossip { source, from_member, .. }) = ev {
+                        return Err(format!(
+                            "forged message accepted: source {source:?}, from_member {from_member}"
+                        ));
+                    }
+                }
+                _ = poll.tick() => {
+                    let score = b.net.peer_score(forger).await.expect("score");
+                    if score.is_some_and(|s| s < 0.0) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    drive.abort();
+    match verdict {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("{e}"),
+        Err(_) => panic!("the forger was not penalized within 20 s"),
+    }
 }
 
 /// Thirteen members on one IP address (as in a local testnet): the hub hears a timeout from each

@@ -485,7 +485,9 @@ impl Rogue {
             .collect();
         cfg.heartbeat = Duration::from_millis(100);
         let metrics = Arc::new(node::metrics::Metrics::new());
-        let (net, mut events) = spawn(cfg, metrics).await.expect("rogue network");
+        // It serves nothing: its gate has no server behind it.
+        let gate = node::serve::Gate::new(&node::serve::ServeConfig::default());
+        let (net, mut events) = spawn(cfg, metrics, gate).await.expect("rogue network");
         let members: HashSet<PeerId> = (0..4)
             .map(|i| {
                 keypair_from_secret(&secret(i))

@@ -53,7 +53,8 @@ async fn a_member_pushing_more_batches_than_its_share_leaves_the_log_bounded() {
             .expect("addr"),
     ];
     cfg.heartbeat = Duration::from_millis(100);
-    let (net, mut events) = spawn(cfg, std::sync::Arc::new(Metrics::new()))
+    let gate = node::serve::Gate::new(&node::serve::ServeConfig::default());
+    let (net, mut events) = spawn(cfg, std::sync::Arc::new(Metrics::new()), gate)
         .await
         .expect("spawn");
     net.set_members([peer_id(0), peer_id(1)].into_iter().collect::<HashSet<_>>())

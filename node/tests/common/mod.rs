@@ -14,6 +14,7 @@ use node::app::KvTx;
 use node::driver::{DriverConfig, Member};
 use node::mempool::MempoolConfig;
 use node::node::{NodeParams, RunningNode, start};
+use node::serve::ServeConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -166,6 +167,7 @@ pub fn node_params(i: usize, data_dir: &Path, p2p_ports: &[u16], api_port: u16) 
         mempool: MempoolConfig::default(),
         retain_heights: 0,
         max_disk_bytes: 0,
+        serve: ServeConfig::default(),
         registration: None,
         tap: None,
         chain: None,
