@@ -69,7 +69,7 @@ enum Cmd {
     },
 }
 
-/// The member's tap: the equivocator's twins, and each proposal handed to the armed attacks.
+/// The member's tap: the equivocator's twins, and while armed each proposal's conflicting flood.
 struct HostileTap {
     twins: Option<Equivocator>,
     attack: Option<MemberAttack>,
@@ -77,14 +77,16 @@ struct HostileTap {
 
 impl OutboundTap for HostileTap {
     fn extra(&self, message: &Message) -> Vec<Message> {
-        if let (Message::Proposal(p), Some(a)) = (message, &self.attack) {
-            a.on_proposal(p);
-        }
-        self.twins
+        let mut out: Vec<Message> = self
+            .twins
             .as_ref()
             .and_then(|e| e.twin(message))
             .into_iter()
-            .collect()
+            .collect();
+        if let (Message::Proposal(p), Some(a)) = (message, &self.attack) {
+            out.extend(a.on_proposal(p).into_iter().map(Message::Proposal));
+        }
+        out
     }
 }
 

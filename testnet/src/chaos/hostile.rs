@@ -7,8 +7,8 @@
 //! - the longest commit gap of the honest cluster is below [`GAP_TIMEOUTS`] base round timeouts;
 //! - each honest node used at most [`CPU_SHARE_BOUND`] of one core, its resident memory stayed
 //!   at most [`RSS_BOUND_BYTES`] and its home directory grew by at most [`DISK_GROWTH_BOUND`];
-//! - every honest node graylisted each hostile peer (its log names the peer) or, for the
-//!   outsider, no longer has a connection to it when the attack ends;
+//! - every honest node graylisted each hostile peer that sent it gossip to refuse (its log names
+//!   the peer) or, for the outsider, no longer has a connection to it when the attack ends;
 //! - `dstack_messages_rejected_total{reason}` on the honest nodes grew for reasons naming each
 //!   outsider attack that sends something a node must refuse (rounds, records, oversized
 //!   frames), and `dstack_evidence_total` names the member when it equivocated;
@@ -246,6 +246,11 @@ pub(super) async fn scenario_hostile(ctx: &Ctx, budget: f64) -> Result<(), Error
     // The attack.
     let member_attacks = attacks.iter().any(|a| !a.by_outsider()) && ctx.byz.is_some();
     let outsider_attacks = attacks.iter().any(|a| a.by_outsider());
+    // Graylisting follows rejected gossip: it is required when the outsider sent junk consensus
+    // gossip or the member flooded equivocations (requests, frames and batch pushes do not go
+    // through gossipsub's score).
+    let gossip_attacks = attacks.contains(&Attack::Rounds) || attacks.contains(&Attack::Records);
+    let equivocating = member_attacks && attacks.contains(&Attack::Equivocate);
     let start = ctx.now();
     let ta = Instant::now();
     let u0: Vec<Usage> = (0..genesis.len()).map(usage).collect();
@@ -444,14 +449,14 @@ pub(super) async fn scenario_hostile(ctx: &Ctx, budget: f64) -> Result<(), Error
             let outsider_gray = graylisted(outsider_peer);
             let outsider_gone = outsider_seen["ever_connected"] == true
                 && outsider_seen["connected_at_end"] == false;
-            if outsider_attacks && alive && !outsider_gray && !outsider_gone {
+            if gossip_attacks && alive && !outsider_gray && !outsider_gone {
                 problems.push(format!(
                     "{name} neither graylisted the outsider {outsider_peer} nor dropped its \
                      connection"
                 ));
             }
             let member_gray = member_peer.as_deref().is_some_and(graylisted);
-            if member_attacks && alive && !member_gray {
+            if equivocating && alive && !member_gray {
                 problems.push(format!(
                     "{name} never graylisted the hostile member {}",
                     member_peer.as_deref().unwrap_or("(unknown PeerId)")

@@ -9,10 +9,12 @@
 //!   backs off 1 ms), up to [`PUSH_CAP_BYTES`] in all (so a node that keeps them all cannot
 //!   fill this machine's disk).
 //!
-//! Both go out on a second libp2p swarm with the member's own key (built by [`node::net`]), so
-//! the node's own consensus keeps its pace; it runs only while armed (the nodes share each
-//! peer's traffic among its connections, so while it runs the member's own node misses some of
-//! its gossip and votes). SIGUSR1 arms, SIGUSR2 disarms; each arming and disarming, and each
+//! The conflicting proposals go out through the node's own network (the tap returns them; the
+//! node's gossipsub publishes them): a second connection with the same PeerId gets no
+//! subscriptions from gossipsub, so it could not publish. The batches go out on a second swarm
+//! with the member's own key (built by [`node::net`]), which runs only while armed (the nodes
+//! share each peer's traffic among its connections, so while it runs the member's own node
+//! misses some of its votes and batches). SIGUSR1 arms, SIGUSR2 disarms; each arming and disarming, and each
 //! flood, is logged (`hostile member: ...`) to the node's log, where the chaos suite reads the
 //! totals.
 
@@ -28,7 +30,7 @@ use libp2p::{Multiaddr, PeerId};
 use node::driver::DriverConfig;
 use node::metrics::Metrics;
 use node::net::{self, NetConfig, NetEvent, NetHandle};
-use proto::{GossipBody, ResponseBody};
+use proto::ResponseBody;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Mutex, mpsc, watch};
 
@@ -45,9 +47,6 @@ pub const TX_BYTES: usize = 64 * 1024 - 256;
 /// Most bytes of batches queued for all peers together over the member's life.
 pub const PUSH_CAP_BYTES: u64 = 3 << 30;
 
-/// How long arming waits for a peer to subscribe to the attack swarm's consensus topic.
-const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
-
 /// Totals, logged every second while armed and when disarmed.
 #[derive(Default)]
 struct Totals {
@@ -59,8 +58,7 @@ struct Totals {
 
 /// The member's attacks, armed and disarmed by signals.
 pub struct MemberAttack {
-    armed: Arc<AtomicBool>,
-    proposals: mpsc::Sender<Proposal>,
+    ctx: Arc<Ctx>,
 }
 
 struct Ctx {
@@ -69,7 +67,7 @@ struct Ctx {
     net_cfg: NetConfig,
     members: HashSet<PeerId>,
     attacks: BTreeSet<Attack>,
-    armed: Arc<AtomicBool>,
+    armed: AtomicBool,
     totals: Totals,
     /// The attack swarm while armed, and the switch that stops its event drain.
     net: Mutex<Option<(NetHandle, watch::Sender<bool>)>>,
@@ -102,18 +100,16 @@ impl MemberAttack {
             .filter(|m| net::peer_id_from_public_key(&m.info.public_key.0).ok() != Some(me))
             .filter_map(|m| m.url.parse::<Multiaddr>().ok())
             .collect();
-        let armed = Arc::new(AtomicBool::new(false));
         let ctx = Arc::new(Ctx {
             signer,
             domain: Domain::new(cfg.chain_id, Address(cfg.contract), cfg.genesis_id),
             net_cfg,
             members,
             attacks,
-            armed: armed.clone(),
+            armed: AtomicBool::new(false),
             totals: Totals::default(),
             net: Mutex::new(None),
         });
-        let (tx, rx) = mpsc::channel(4);
         let mut arm = signal(SignalKind::user_defined1()).ok()?;
         let mut disarm = signal(SignalKind::user_defined2()).ok()?;
         let c = ctx.clone();
@@ -126,18 +122,26 @@ impl MemberAttack {
                 }
             }
         });
-        rt.spawn(equivocate(ctx, rx));
-        Some(Self {
-            armed,
-            proposals: tx,
-        })
+        Some(Self { ctx })
     }
 
-    /// Sees a proposal the node sends: while armed, it is the seed of a flood.
-    pub fn on_proposal(&self, p: &Proposal) {
-        if self.armed.load(Ordering::Relaxed) {
-            let _ = self.proposals.try_send(p.clone());
+    /// Sees a proposal the node sends: while armed (and equivocating), returns
+    /// [`EQUIVOCATIONS_PER_ROUND`] conflicting ones for the node to publish after it.
+    pub fn on_proposal(&self, p: &Proposal) -> Vec<Proposal> {
+        let c = &self.ctx;
+        if !c.armed.load(Ordering::Relaxed) || !c.attacks.contains(&Attack::Equivocate) {
+            return Vec::new();
         }
+        let flood = conflicting(c, p, EQUIVOCATIONS_PER_ROUND);
+        let t = &c.totals;
+        t.rounds.fetch_add(1, Ordering::Relaxed);
+        let n = flood.len() as u64;
+        let total = t.proposals.fetch_add(n, Ordering::Relaxed) + n;
+        eprintln!(
+            "hostile member: {n} conflicting proposals for round {} (total {total})",
+            p.round()
+        );
+        flood
     }
 }
 
@@ -152,10 +156,7 @@ impl Ctx {
             Ok((net, events)) => {
                 let _ = net.set_members(self.members.clone()).await;
                 let (stop, stopped) = watch::channel(false);
-                let (subscribed, mut first) = watch::channel(false);
-                tokio::spawn(drain(net.clone(), events, stopped, subscribed));
-                // Publishing needs a subscribed peer: wait (a little) for the first one.
-                let _ = tokio::time::timeout(SUBSCRIBE_WAIT, first.wait_for(|s| *s)).await;
+                tokio::spawn(drain(net.clone(), events, stopped));
                 if self.attacks.contains(&Attack::Batches) {
                     tokio::spawn(push_batches(self.clone(), net.clone()));
                 }
@@ -188,11 +189,6 @@ impl Ctx {
         }
         eprintln!("{}", self.totals_line("disarmed"));
     }
-
-    /// The attack swarm, while armed.
-    async fn net(&self) -> Option<NetHandle> {
-        self.net.lock().await.as_ref().map(|(n, _)| n.clone())
-    }
 }
 
 /// The totals every second while armed (so they are in the log even if the node dies).
@@ -203,13 +199,11 @@ async fn log_totals(ctx: Arc<Ctx>) {
     }
 }
 
-/// Answers what reaches the attack swarm (gossip is ignored, requests refused) until `stop`;
-/// `subscribed` turns true once a peer subscribed to the consensus topic.
+/// Answers what reaches the attack swarm (gossip is ignored, requests refused) until `stop`.
 async fn drain(
     net: NetHandle,
     mut events: mpsc::Receiver<NetEvent>,
     mut stop: watch::Receiver<bool>,
-    subscribed: watch::Sender<bool>,
 ) {
     loop {
         let ev = tokio::select! {
@@ -237,9 +231,6 @@ async fn drain(
                 let _ = net
                     .respond(responder, ResponseBody::Error("no".into()))
                     .await;
-            }
-            NetEvent::PeerSubscribed(_, net::TopicKind::Consensus) => {
-                subscribed.send_replace(true);
             }
             _ => {}
         }
@@ -272,37 +263,6 @@ fn conflicting(ctx: &Ctx, p: &Proposal, n: usize) -> Vec<Proposal> {
             })
         })
         .collect()
-}
-
-async fn equivocate(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<Proposal>) {
-    while let Some(p) = rx.recv().await {
-        if !ctx.armed.load(Ordering::Relaxed) || !ctx.attacks.contains(&Attack::Equivocate) {
-            continue;
-        }
-        let Some(net) = ctx.net().await else {
-            continue;
-        };
-        let c = ctx.clone();
-        let round = p.round();
-        let Ok(flood) =
-            tokio::task::spawn_blocking(move || conflicting(&c, &p, EQUIVOCATIONS_PER_ROUND)).await
-        else {
-            continue;
-        };
-        let mut sent = 0u64;
-        for q in &flood {
-            let body = GossipBody::Proposal(node::wire::proposal_to_wire(q));
-            if net.publish(body).await.is_ok() {
-                sent += 1;
-            }
-        }
-        let t = &ctx.totals;
-        if sent > 0 {
-            t.rounds.fetch_add(1, Ordering::Relaxed);
-        }
-        let total = t.proposals.fetch_add(sent, Ordering::Relaxed) + sent;
-        eprintln!("hostile member: {sent} conflicting proposals for round {round} (total {total})");
-    }
 }
 
 /// One batch's gossip envelope: distinct transactions (a counter in each one's first bytes).

@@ -543,7 +543,7 @@ pub async fn run(cfg: OutsiderConfig) -> Result<OutsiderReport, String> {
     let mut k = 0u64;
     while Instant::now() < deadline {
         tick.tick().await;
-        if k % WAVE_TICKS == 0 || view.is_none() {
+        if k.is_multiple_of(WAVE_TICKS) || view.is_none() {
             for (i, t) in cfg.targets.iter().enumerate() {
                 match read_view(&http, &t.http).await {
                     Ok((v, pid, c)) => {
@@ -585,7 +585,7 @@ pub async fn run(cfg: OutsiderConfig) -> Result<OutsiderReport, String> {
         if run.attacks.contains(&Attack::Rounds) {
             run.rounds_wave(&v, k).await;
         }
-        if k % WAVE_TICKS == 0 {
+        if k.is_multiple_of(WAVE_TICKS) {
             if run.attacks.contains(&Attack::Records) {
                 run.records_wave(&v).await;
             }
