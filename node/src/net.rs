@@ -517,6 +517,11 @@ impl NetHandle {
     }
 }
 
+/// Gossipsub's score thresholds (its defaults: gossip -10, publish -50, graylist -80).
+fn score_thresholds() -> gossipsub::PeerScoreThresholds {
+    gossipsub::PeerScoreThresholds::default()
+}
+
 fn gossipsub_behaviour(
     key: &identity::Keypair,
     cfg: &NetConfig,
@@ -578,7 +583,7 @@ fn gossipsub_behaviour(
         };
         params.topics.insert(t.hash(), tp);
     }
-    gs.with_peer_score(params, gossipsub::PeerScoreThresholds::default())
+    gs.with_peer_score(params, score_thresholds())
         .map_err(|e| NetError::Transport(format!("peer score: {e}")))?;
     gs.subscribe(&topics.consensus)
         .map_err(|e| NetError::Transport(format!("subscribe: {e}")))?;
@@ -683,6 +688,7 @@ pub async fn spawn(
         sending: HashMap::new(),
         events: ev_tx,
         metrics,
+        graylisted: HashSet::new(),
     };
     tokio::spawn(task.run(cmd_rx));
     Ok((handle, ev_rx))
@@ -701,10 +707,18 @@ struct Task {
     sending: HashMap<InboundRequestId, Permit>,
     events: mpsc::Sender<NetEvent>,
     metrics: Arc<Metrics>,
+    /// Connected peers whose gossipsub score is below the graylist threshold (logged once each
+    /// time a peer crosses it, so an operator or a test can name who misbehaved).
+    graylisted: HashSet<PeerId>,
 }
+
+/// How often peer scores are compared with the graylist threshold.
+const GRAYLIST_CHECK: Duration = Duration::from_secs(1);
 
 impl Task {
     async fn run(mut self, mut cmds: mpsc::Receiver<Command>) {
+        let mut graylist_check = tokio::time::interval(GRAYLIST_CHECK);
+        graylist_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 cmd = cmds.recv() => match cmd {
@@ -712,9 +726,29 @@ impl Task {
                     None => break,
                 },
                 ev = self.swarm.select_next_some() => self.swarm_event(ev).await,
+                _ = graylist_check.tick() => self.check_graylist(),
             }
         }
         tracing::debug!("network task stopped");
+    }
+
+    /// Logs each connected peer whose gossipsub score fell below the graylist threshold (from
+    /// then on gossipsub ignores everything it sends) and each that recovered.
+    fn check_graylist(&mut self) {
+        let threshold = score_thresholds().graylist_threshold;
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for peer in peers {
+            let Some(score) = self.swarm.behaviour().gossipsub.peer_score(&peer) else {
+                continue;
+            };
+            if score < threshold {
+                if self.graylisted.insert(peer) {
+                    tracing::warn!(%peer, score, "peer graylisted");
+                }
+            } else if self.graylisted.remove(&peer) {
+                tracing::info!(%peer, score, "peer no longer graylisted");
+            }
+        }
     }
 
     fn command(&mut self, c: Command) {
@@ -829,6 +863,9 @@ impl Task {
                     .p2p_peers
                     .set(self.swarm.connected_peers().count() as i64);
                 if num_established == 0 {
+                    if self.graylisted.remove(&peer_id) {
+                        tracing::info!(peer = %peer_id, "graylisted peer disconnected");
+                    }
                     self.emit(NetEvent::PeerDisconnected(peer_id)).await;
                 }
             }

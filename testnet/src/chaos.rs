@@ -5,10 +5,13 @@
 //! partitions, one isolating a node and one splitting the cluster so that no side has a quorum
 //! for at least 10 s (`partition`), random packet loss with iptables' `statistic` match
 //! (`loss`; `tc netem` is not available on these machines), a test-only equivocating node
-//! (`byzantine`), SIGKILL of every node at once (`restart-all`), and membership changes
-//! (`transfer`: a node added mid-run, then a token transferred from it to another node's owner
-//! and registered for that node). `all` runs them in turn with the equivocator present
-//! throughout.
+//! (`byzantine`), SIGKILL of every node at once (`restart-all`), hostile peers (`hostile`: a
+//! non-member sending maximal rounds, forged records, request floods and oversized frames, and
+//! a power-1 member flooding equivocations and batches; checked by [`hostile`]), and membership
+//! changes (`transfer`: a node added mid-run, then a token transferred from it to another node's
+//! owner and registered for that node). `all` runs them in turn with the equivocator present
+//! throughout (node0 runs `dstack-node-hostile`, which equivocates the same way and attacks only
+//! during the `hostile` phase).
 //!
 //! Checks: the committed chains of honest nodes are prefixes of one another (block ids by
 //! height, parent links); blocks a node committed before a restart are the same after it; every
@@ -43,6 +46,12 @@ use crate::status::Client;
 use crate::timeline;
 use crate::up::{self, NetLayout, NodeNet, Testnet, UpOptions};
 
+mod hostile;
+
+pub use hostile::{
+    CPU_SHARE_BOUND, DISK_GROWTH_BOUND, GAP_TIMEOUTS, HOSTILE_BIN_ENV, RSS_BOUND_BYTES,
+};
+
 /// Longest time the cluster (and each faulted node) may take to make progress after a heal.
 pub const RECOVERY_BOUND: Duration = Duration::from_secs(10);
 /// Shortest quorum-breaking partition a `partition` run must contain.
@@ -74,6 +83,9 @@ pub enum Scenario {
     /// Membership changes: a node added (tokens minted to a new owner, registered), then one of
     /// its tokens transferred to another node's owner and registered for that node.
     Transfer,
+    /// A non-member and a power-1 member attack the cluster (maximal rounds, forged records,
+    /// request floods, oversized frames; equivocation floods, batches at line rate).
+    Hostile,
     /// Every scenario in turn (the duration is the total), with the equivocator throughout.
     All,
 }
@@ -89,11 +101,12 @@ impl FromStr for Scenario {
             "byzantine" => Self::Byzantine,
             "restart-all" => Self::RestartAll,
             "transfer" => Self::Transfer,
+            "hostile" => Self::Hostile,
             "all" => Self::All,
             other => {
                 return Err(format!(
                     "unknown scenario {other:?}: kill, pause, partition, loss, byzantine, \
-                     restart-all, transfer or all"
+                     restart-all, transfer, hostile or all"
                 ));
             }
         })
@@ -111,6 +124,7 @@ impl Scenario {
             Self::Byzantine => "byzantine",
             Self::RestartAll => "restart-all",
             Self::Transfer => "transfer",
+            Self::Hostile => "hostile",
             Self::All => "all",
         }
     }
@@ -125,12 +139,19 @@ impl Scenario {
             Self::Byzantine => 10,
             Self::RestartAll => 14,
             Self::Transfer => 10,
+            Self::Hostile => 20,
             Self::All => PHASES.iter().map(|s| s.min_seconds()).sum(),
         }
     }
 
     fn with_equivocator(self) -> bool {
-        matches!(self, Self::Byzantine | Self::All)
+        matches!(self, Self::Byzantine | Self::Hostile | Self::All)
+    }
+
+    /// Whether node0 runs `dstack-node-hostile` (which also equivocates) instead of the
+    /// equivocator.
+    fn with_hostile(self) -> bool {
+        matches!(self, Self::Hostile | Self::All)
     }
 
     /// Nodes the scenario adds during the run (their namespaces are made at the start).
@@ -144,13 +165,14 @@ impl Scenario {
 
 /// The order of `all`'s phases. `byzantine` alone only waits while the equivocator runs; in
 /// `all` the equivocator runs throughout, so its slot went to `transfer`. Membership changes
-/// come last: the partitions are planned on the genesis set.
-const PHASES: [Scenario; 6] = [
+/// come last: the partitions and the hostile peers are planned on the genesis set.
+const PHASES: [Scenario; 7] = [
     Scenario::Kill,
     Scenario::Pause,
     Scenario::Partition,
     Scenario::Loss,
     Scenario::RestartAll,
+    Scenario::Hostile,
     Scenario::Transfer,
 ];
 
@@ -351,6 +373,8 @@ struct Ctx {
     restarted: Mutex<BTreeSet<usize>>,
     chains: Mutex<Vec<Vec<CachedBlock>>>,
     violations: Mutex<Vec<String>>,
+    /// The `hostile` phase's figures (null when it did not run).
+    hostile: Mutex<serde_json::Value>,
     client: Client,
     rng: Mutex<StdRng>,
     opts: ChaosOptions,
@@ -1042,6 +1066,7 @@ async fn run_scenario(ctx: &Ctx, s: Scenario, budget: f64) -> Result<(), Error> 
         }
         Scenario::RestartAll => scenario_restart_all(ctx, budget).await,
         Scenario::Transfer => scenario_transfer(ctx, budget).await,
+        Scenario::Hostile => hostile::scenario_hostile(ctx, budget).await,
         Scenario::All => {
             let total = budget;
             let min_sum: f64 = PHASES.iter().map(|p| p.min_seconds() as f64).sum();
@@ -1184,15 +1209,25 @@ pub struct ChaosReport {
     pub membership: serde_json::Value,
     /// Evidence counters seen on honest nodes, by signer.
     pub evidence: BTreeMap<String, u64>,
+    /// The `hostile` phase: its bounds, each node's figures, what was rejected, what the hostile
+    /// peers did (null when it did not run).
+    pub hostile: serde_json::Value,
     /// Wall time of the whole run, seconds.
     pub wall_seconds: f64,
 }
 
 /// Parses `dstack_evidence_total{signer="0x.."} N` lines.
 pub fn parse_evidence(metrics: &str) -> BTreeMap<String, u64> {
+    parse_labeled(metrics, "dstack_evidence_total", "signer")
+}
+
+/// Parses the lines `name{label="v",..} N` of a Prometheus text: N by v (lowercase), summed.
+pub fn parse_labeled(metrics: &str, name: &str, label: &str) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
+    let prefix = format!("{name}{{");
+    let key = format!("{label}=");
     for line in metrics.lines() {
-        let Some(rest) = line.strip_prefix("dstack_evidence_total{") else {
+        let Some(rest) = line.strip_prefix(prefix.as_str()) else {
             continue;
         };
         let Some((labels, value)) = rest.split_once('}') else {
@@ -1200,7 +1235,7 @@ pub fn parse_evidence(metrics: &str) -> BTreeMap<String, u64> {
         };
         let signer = labels
             .split(',')
-            .find_map(|l| l.trim().strip_prefix("signer="))
+            .find_map(|l| l.trim().strip_prefix(key.as_str()))
             .map(|s| s.trim_matches('"').to_lowercase());
         let v = value
             .split_whitespace()
@@ -1275,11 +1310,12 @@ pub async fn run(opts: ChaosOptions) -> Result<ChaosReport, Error> {
     up_opts.net = Some(layout);
     up_opts.node_log_level = opts.node_log.clone();
     if let Some(b) = byz {
-        let bin = paths::sibling_bin(
-            "dstack-node-equivocator",
-            EQUIVOCATOR_BIN_ENV,
-            "cargo build --release -p testnet --bins",
-        )?;
+        let (name, env) = if opts.scenario.with_hostile() {
+            ("dstack-node-hostile", HOSTILE_BIN_ENV)
+        } else {
+            ("dstack-node-equivocator", EQUIVOCATOR_BIN_ENV)
+        };
+        let bin = paths::sibling_bin(name, env, "cargo build --release -p testnet --bins")?;
         up_opts.node_programs.push((b, bin));
     }
     eprintln!(
@@ -1344,6 +1380,7 @@ pub async fn run(opts: ChaosOptions) -> Result<ChaosReport, Error> {
         kills: Mutex::new(Vec::new()),
         restarted: Mutex::new(BTreeSet::new()),
         violations: Mutex::new(Vec::new()),
+        hostile: Mutex::new(serde_json::Value::Null),
         client: Client::new(Duration::from_secs(1)),
         rng: Mutex::new(StdRng::seed_from_u64(opts.seed)),
         opts: opts.clone(),
@@ -1440,6 +1477,7 @@ async fn drive(ctx: &Arc<Ctx>) -> Result<ChaosReport, Error> {
         chain: chain_summary,
         membership,
         evidence,
+        hostile: lock(&ctx.hostile).clone(),
         wall_seconds: 0.0,
     })
 }
@@ -2087,6 +2125,16 @@ pub fn summary(r: &ChaosReport, dir: &std::path::Path) -> String {
     out.push_str(&format!("  load       {}\n", r.load));
     out.push_str(&format!("  chain      {}\n", r.chain));
     out.push_str(&format!("  evidence   {:?}\n", r.evidence));
+    if !r.hostile.is_null() {
+        let h = &r.hostile;
+        out.push_str(&format!(
+            "  hostile    longest commit gap {:.2} s (bound {} s), rejected {}\n",
+            h["longest_commit_gap_seconds"].as_f64().unwrap_or(0.0),
+            h["bounds"]["longest_commit_gap_seconds"],
+            h["rejected"]
+        ));
+        out.push_str(&format!("  hostile    nodes {}\n", h["nodes"]));
+    }
     for f in &r.faults {
         out.push_str(&format!(
             "    {:>7.1}-{:<7.1} {:<12} {:<24} resume: cluster {} targets {}\n",
@@ -2149,13 +2197,19 @@ mod tests {
             "byzantine",
             "restart-all",
             "transfer",
+            "hostile",
             "all",
         ] {
             assert_eq!(Scenario::from_str(s).expect(s).name(), s);
         }
         assert!(Scenario::from_str("flood").is_err());
-        // `transfer` took the idle `byzantine` slot: `all` keeps its 116 s minimum.
-        assert_eq!(Scenario::All.min_seconds(), 30 + 16 + 34 + 12 + 14 + 10);
+        // `transfer` took the idle `byzantine` slot; `hostile` adds its 20 s.
+        assert_eq!(
+            Scenario::All.min_seconds(),
+            30 + 16 + 34 + 12 + 14 + 20 + 10
+        );
+        assert!(PHASES.contains(&Scenario::Hostile));
+        assert!(Scenario::All.with_hostile() && !Scenario::Byzantine.with_hostile());
         assert!(!PHASES.contains(&Scenario::Byzantine));
         assert_eq!(Scenario::All.added_nodes(), 1);
         assert_eq!(Scenario::Transfer.added_nodes(), 1);

@@ -1,9 +1,9 @@
 //! What the test-only faulty node binaries share (`dstack-node-equivocator`,
-//! `dstack-node-liar`): the same `start --home DIR [--set k=v]...` as `dstack-node`, the
+//! `dstack-node-liar`, `dstack-node-hostile`): the same `start --home DIR [--set k=v]...` as `dstack-node`, the
 //! refusal to run on any chain but anvil's, and the run itself with the binary's fault hooks.
 //! The faults live in crate `testnet`, never in crate `node`, so no operator build has them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -54,6 +54,11 @@ pub fn main_with(name: &'static str, about: &'static str, hooks: FaultHooks) -> 
         Err(e) => e.exit(),
     };
     let Cmd::Start { home, set } = cli.command;
+    run_node(&home, &set, hooks)
+}
+
+/// Runs the node of `home` (with `--set` overrides `set`) and the fault `hooks` until a signal.
+pub fn run_node(home: &Path, set: &[String], hooks: FaultHooks) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -64,7 +69,7 @@ pub fn main_with(name: &'static str, about: &'static str, hooks: FaultHooks) -> 
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(node::launch::run_start_hooked(&home, &set, hooks)) {
+    match runtime.block_on(node::launch::run_start_hooked(home, set, hooks)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

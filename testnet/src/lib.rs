@@ -12,8 +12,10 @@
 
 pub mod chain;
 pub mod chaos;
+pub mod equivocate;
 pub mod error;
 pub mod faulty;
+pub mod hostile;
 pub mod live;
 pub mod load;
 pub mod netns;

@@ -118,7 +118,7 @@ struct LoadArgs {
 
 #[derive(Debug, Clone, clap::Args)]
 struct ChaosArgs {
-    /// kill, pause, partition, loss, byzantine, restart-all, transfer or all.
+    /// kill, pause, partition, loss, byzantine, restart-all, hostile, transfer or all.
     #[arg(long)]
     scenario: testnet::chaos::Scenario,
     /// Seconds of faults (for `all`, the total over the phases).

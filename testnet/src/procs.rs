@@ -166,6 +166,36 @@ fn wait_gone(p: &Proc, within: Duration) -> bool {
     }
 }
 
+/// Clock ticks per second of `/proc/<pid>/stat`'s CPU times (Linux's `USER_HZ`, 100 on every
+/// architecture the project runs on).
+pub const TICKS_PER_SECOND: u64 = 100;
+
+/// The CPU time (user + system, in [`TICKS_PER_SECOND`] ticks) a running recorded process has
+/// used; `None` once it is gone (or its pid was recycled).
+pub fn cpu_ticks(p: &Proc) -> Option<u64> {
+    if !is_running(p) {
+        return None;
+    }
+    let text = std::fs::read_to_string(format!("/proc/{}/stat", p.pid)).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15; `rest` starts at field 3.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// The resident set size (bytes) of a running recorded process (`VmRSS`).
+pub fn rss_bytes(p: &Proc) -> Option<u64> {
+    if !is_running(p) {
+        return None;
+    }
+    let text = std::fs::read_to_string(format!("/proc/{}/status", p.pid)).ok()?;
+    let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// The last `lines` lines of a log file (for error messages).
 pub fn log_tail(path: &Path, lines: usize) -> String {
     match std::fs::read_to_string(path) {
@@ -231,6 +261,32 @@ mod tests {
         assert!(!killed, "sleep exits on SIGTERM");
         let _ = child.wait();
         assert!(!is_running(&p));
+    }
+
+    #[test]
+    fn cpu_and_rss_of_a_busy_process() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut child, p) = spawn(Spawn {
+            name: "busy",
+            program: Path::new("/bin/sh"),
+            args: vec!["-c".into(), "while :; do :; done".into()],
+            env: vec![],
+            clear_env_prefixes: &[],
+            log: dir.path().join("busy.log"),
+            netns: None,
+        })
+        .expect("spawn");
+        let t0 = cpu_ticks(&p).expect("ticks");
+        std::thread::sleep(Duration::from_millis(600));
+        let t1 = cpu_ticks(&p).expect("ticks");
+        // A spinning shell uses most of a core: at least 0.2 s of CPU in 0.6 s.
+        assert!(t1 >= t0 + TICKS_PER_SECOND / 5, "{t0} -> {t1}");
+        let rss = rss_bytes(&p).expect("rss");
+        assert!((64 * 1024..1 << 30).contains(&rss), "{rss}");
+        stop(&p, Duration::from_secs(5)).expect("stop");
+        let _ = child.wait();
+        assert_eq!(cpu_ticks(&p), None);
+        assert_eq!(rss_bytes(&p), None);
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub struct NodeStatus {
     pub syncing: bool,
     /// The node's address.
     pub node_address: String,
+    /// The node's libp2p PeerId.
+    pub peer_id: String,
     /// The chain block the current epoch's set was read at.
     pub epoch_chain_block: u64,
     /// `validator`, `observer` (never a member) or `removed` (no longer authorized).
