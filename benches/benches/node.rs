@@ -96,7 +96,10 @@ fn mempool(c: &mut Criterion) {
     });
     let mut m = Mempool::new(MempoolConfig::default());
     for k in 0..64u8 {
-        m.add_remote(&SealedBatch::from_txs(&[vec![k + 1]]));
+        // One origin per batch, so no member's share limits the set.
+        let origin = consensus::types::Address([k; 20]);
+        m.add_remote_from(&SealedBatch::from_txs(&[vec![k + 1]]), origin, 64)
+            .expect("room for 64 batches");
     }
     group.throughput(Throughput::Elements(1));
     group.bench_function("payload_64_of_64", |b| {

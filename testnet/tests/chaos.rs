@@ -1,8 +1,7 @@
 //! The CI short form of the chaos suite: `testnet chaos --scenario all` with the shortest
-//! duration `all` accepts, bounded to 4.5 minutes of wall time for the whole run (cluster start,
+//! duration `all` accepts, bounded to 4 minutes of wall time for the whole run (cluster start,
 //! faults, checks, teardown). It asserts the report passed, the minimum fault strengths, the
-//! recovery bound, the hostile phase's figures (20 s: 15 s of attacks by a non-member and a
-//! power-1 member), the outputs (report, SVG timeline), and that nothing is left behind
+//! recovery bound, the outputs (report, SVG timeline), and that nothing is left behind
 //! (namespaces, processes). Needs root for network namespaces: as any other user it fails with
 //! the suite's own message (never skips).
 
@@ -15,9 +14,9 @@ use std::time::{Duration, Instant};
 use common::{namespaces_with_prefix, processes_mentioning, run_testnet, show};
 
 /// The whole test's wall-time bound.
-const BUDGET: Duration = Duration::from_secs(270);
+const BUDGET: Duration = Duration::from_secs(240);
 /// `all`'s shortest duration (the sum of its phases' minimums).
-const DURATION: &str = "136";
+const DURATION: &str = "116";
 /// Whether the `dstack-node` under test turns membership changes into epochs (issue 8, node
 /// side). While it does not, the run reports the epochs after its membership changes without
 /// counting a missing one as a violation (`--no-epoch-checks`), and the epoch assertions below
@@ -102,7 +101,6 @@ fn chaos_all_short_form_passes_with_minimum_fault_strengths() {
         "partition",
         "loss",
         "restart-all",
-        "hostile",
         "equivocation",
         "register",
         "transfer",
@@ -148,42 +146,6 @@ fn chaos_all_short_form_passes_with_minimum_fault_strengths() {
     assert_eq!(
         report["evidence"].as_object().unwrap().len(),
         1,
-        "{}",
-        ctx()
-    );
-
-    // the hostile phase: both peers attacked, every node survived, the honest ones stayed in
-    // their bounds and refused what the outsider sent
-    let h = &report["hostile"];
-    assert!(h["attack_seconds"].as_f64().unwrap() >= 10.0, "{}", ctx());
-    assert_eq!(h["violations"].as_array().unwrap().len(), 0, "{}", ctx());
-    assert!(
-        h["longest_commit_gap_seconds"].as_f64().unwrap()
-            < h["bounds"]["longest_commit_gap_seconds"].as_f64().unwrap(),
-        "{}",
-        ctx()
-    );
-    for (name, n) in h["nodes"].as_object().unwrap() {
-        assert_eq!(n["alive"], true, "{name}: {}", ctx());
-        assert_eq!(n["panicked"], false, "{name}: {}", ctx());
-    }
-    assert!(h["member"]["conflicting_proposals"].as_u64().unwrap() >= 1000);
-    assert!(h["member"]["batch_bytes_queued"].as_u64().unwrap() > 0);
-    for kind in [
-        "tc",
-        "timeout",
-        "proposal",
-        "record_huge_set",
-        "oversized_gossip",
-    ] {
-        assert!(
-            h["outsider"]["published"][kind].as_u64().unwrap_or(0) > 0,
-            "the outsider published no {kind}: {}",
-            ctx()
-        );
-    }
-    assert!(
-        h["rejected"].as_object().unwrap().contains_key("oversized"),
         "{}",
         ctx()
     );

@@ -18,6 +18,7 @@
 //! flood, is logged (`hostile member: ...`) to the node's log, where the chaos suite reads the
 //! totals.
 
+use super::no_server;
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -152,7 +153,7 @@ impl Ctx {
         }
         let attacks: Vec<&str> = self.attacks.iter().map(|a| a.name()).collect();
         eprintln!("hostile member: armed ({})", attacks.join(","));
-        match net::spawn(self.net_cfg.clone(), Arc::new(Metrics::new())).await {
+        match net::spawn(self.net_cfg.clone(), Arc::new(Metrics::new()), no_server()).await {
             Ok((net, events)) => {
                 let _ = net.set_members(self.members.clone()).await;
                 let (stop, stopped) = watch::channel(false);
@@ -227,7 +228,7 @@ async fn drain(
                     )
                     .await;
             }
-            NetEvent::Request { responder, .. } => {
+            NetEvent::Vote { responder, .. } => {
                 let _ = net
                     .respond(responder, ResponseBody::Error("no".into()))
                     .await;

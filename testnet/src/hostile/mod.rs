@@ -110,3 +110,9 @@ mod tests {
         assert!(Attack::Records.by_outsider() && !Attack::Equivocate.by_outsider());
     }
 }
+
+/// A request gate with no server behind it: a hostile peer answers no one's batch, block or
+/// sync requests (each is refused as busy).
+pub(crate) fn no_server() -> node::serve::Gate {
+    node::serve::Gate::new(&node::serve::ServeConfig::default())
+}

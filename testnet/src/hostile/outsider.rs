@@ -20,6 +20,7 @@
 //! end, how much gossip each node still sent it (a node that graylisted it sends nothing), and
 //! what its requests got back.
 
+use super::no_server;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -241,7 +242,7 @@ async fn drain(
                     .report(id, propagation_source, MessageAcceptance::Ignore)
                     .await;
             }
-            NetEvent::Request { responder, .. } => {
+            NetEvent::Vote { responder, .. } => {
                 let _ = net
                     .respond(responder, ResponseBody::Error("no".into()))
                     .await;
@@ -496,7 +497,7 @@ pub async fn run(cfg: OutsiderConfig) -> Result<OutsiderReport, String> {
     let mut ncfg = NetConfig::new(secret, cfg.chain_id, &cfg.contract);
     ncfg.bootstrap = cfg.targets.iter().map(|t| t.p2p.clone()).collect();
     ncfg.request_timeout = Duration::from_secs(5);
-    let (net, events) = net::spawn(ncfg, Arc::new(Metrics::new()))
+    let (net, events) = net::spawn(ncfg, Arc::new(Metrics::new()), no_server())
         .await
         .map_err(|e| format!("network: {e}"))?;
     let t0 = Instant::now();
