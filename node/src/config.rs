@@ -959,6 +959,14 @@ mod tests {
         let cfg = load_without(&["batch_timeout_ms", "empty_block_interval_ms"]);
         assert_eq!(cfg.mempool.batch_timeout_ms, 50);
         assert_eq!(cfg.mempool.empty_block_interval_ms, 100);
+    }
+
+    #[test]
+    fn a_config_without_the_storage_section_loads_with_the_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        init(dir.path(), None).expect("init");
+        let path = dir.path().join("config.toml");
+        let text = std::fs::read_to_string(&path).expect("read");
         let without_storage: String = text
             .split("[storage]")
             .next()
