@@ -24,8 +24,80 @@ pub const ENV_PREFIX: &str = "DSTACK_NODE_";
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChainConfig {
-    /// JSON-RPC URL of the chain that holds the membership contract.
+    /// JSON-RPC URL of the chain that holds the membership contract: the one endpoint when
+    /// `rpc_urls` is empty.
     pub rpc_url: String,
+    /// Several independent JSON-RPC endpoints of that chain (empty: `rpc_url` alone). One
+    /// provider can lie or serve another chain; the validator-set oracle reads every endpoint
+    /// and uses a reading only when `rpc_quorum` of them agree.
+    #[serde(default)]
+    pub rpc_urls: Vec<String>,
+    /// How many endpoints must give the same reading; 0: all of them.
+    #[serde(default)]
+    pub rpc_quorum: usize,
+}
+
+impl ChainConfig {
+    /// The endpoints read, in order: `rpc_urls`, or `rpc_url` alone when that list is empty.
+    /// The first also serves start-up reads (purpose, KMS root) and `/registration`.
+    pub fn endpoints(&self) -> Vec<String> {
+        if self.rpc_urls.is_empty() {
+            vec![self.rpc_url.clone()]
+        } else {
+            self.rpc_urls.clone()
+        }
+    }
+
+    /// How many endpoints must agree (`rpc_quorum`, 0 meaning all).
+    pub fn quorum(&self) -> usize {
+        match self.rpc_quorum {
+            0 => self.endpoints().len(),
+            q => q,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, detail: String| ConfigError::Invalid {
+            key: key.into(),
+            detail,
+        };
+        let endpoints = self.endpoints();
+        if !self.rpc_urls.is_empty()
+            && !self.rpc_url.is_empty()
+            && !self.rpc_urls.contains(&self.rpc_url)
+        {
+            return Err(invalid(
+                "chain.rpc_url",
+                format!(
+                    "{:?} is not among chain.rpc_urls: list every endpoint in rpc_urls and set \
+                     rpc_url to \"\" or to one of them",
+                    self.rpc_url
+                ),
+            ));
+        }
+        for (i, url) in endpoints.iter().enumerate() {
+            if url.is_empty() {
+                return Err(invalid("chain.rpc_url", "no RPC endpoint is set".into()));
+            }
+            if endpoints[..i].contains(url) {
+                return Err(invalid(
+                    "chain.rpc_urls",
+                    format!("{url:?} is listed twice (it would count twice toward the quorum)"),
+                ));
+            }
+        }
+        if self.quorum() > endpoints.len() {
+            return Err(invalid(
+                "chain.rpc_quorum",
+                format!(
+                    "{} is above the number of endpoints, {}",
+                    self.rpc_quorum,
+                    endpoints.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Where the cluster is defined.
@@ -304,6 +376,8 @@ impl Default for Config {
         Self {
             chain: ChainConfig {
                 rpc_url: "http://127.0.0.1:8545".into(),
+                rpc_urls: Vec::new(),
+                rpc_quorum: 0,
             },
             cluster: ClusterConfig {
                 genesis: GENESIS_FILE.into(),
@@ -394,8 +468,18 @@ pub fn render(cfg: &Config) -> String {
 # comma-separated), or on the command line with --set section.key=value.
 
 [chain]
-# JSON-RPC endpoint of the chain holding the membership contract.
+# JSON-RPC endpoint of the chain holding the membership contract (the one endpoint when rpc_urls
+# is empty).
 rpc_url = {rpc}
+# Several independent endpoints of that chain (distinct providers; a provider can lie or serve
+# another chain). The validator-set oracle reads the pinned block's hash and the set at that hash
+# from every one and uses a reading only when rpc_quorum of them agree on block and set;
+# otherwise the node keeps its previous view and logs which endpoint said what. When set, rpc_url
+# must be "" or one of them; the first also serves start-up reads and /registration.
+rpc_urls = {rpc_urls}
+# How many endpoints must agree; 0: all of them. With half of them or fewer, two answers can each
+# reach the quorum: that is a disagreement too.
+rpc_quorum = {rpc_quorum}
 
 [cluster]
 # The cluster's genesis file (relative to this directory).
@@ -477,6 +561,8 @@ non_member_pool_bytes_per_sec = {pby}
 max_non_member_peers = {mnp}
 "#,
         rpc = toml_str(&cfg.chain.rpc_url),
+        rpc_urls = list(&cfg.chain.rpc_urls),
+        rpc_quorum = cfg.chain.rpc_quorum,
         genesis = toml_str(&cfg.cluster.genesis),
         endpoint = toml_str(&cfg.dstack.endpoint),
         kms = toml_str(&cfg.dstack.kms_root),
@@ -608,6 +694,7 @@ impl Config {
 
     /// Checks values that TOML types cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.chain.validate()?;
         if !matches!(self.log.format.as_str(), "human" | "json") {
             return Err(ConfigError::Invalid {
                 key: "log.format".into(),
@@ -846,24 +933,40 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_config_without_the_batch_timeout_loads_with_the_default() {
+    /// Loads the config `init` writes with the lines of `keys` taken out, as an older
+    /// version wrote it.
+    fn load_without(keys: &[&str]) -> Config {
         let dir = tempfile::tempdir().expect("tempdir");
         init(dir.path(), None).expect("init");
         let path = dir.path().join("config.toml");
         let text = std::fs::read_to_string(&path).expect("read");
         let older: String = text
             .lines()
-            .filter(|l| {
-                !l.starts_with("batch_timeout_ms") && !l.starts_with("empty_block_interval_ms")
-            })
+            .filter(|l| !keys.iter().any(|k| l.starts_with(&format!("{k} ="))))
             .map(|l| format!("{l}\n"))
             .collect();
-        assert_ne!(older, text, "init writes the key");
+        assert_eq!(
+            text.lines().count() - older.lines().count(),
+            keys.len(),
+            "init writes each key once"
+        );
         std::fs::write(&path, older).expect("write");
-        let cfg = Config::load(dir.path(), Vec::new(), &[]).expect("load");
+        Config::load(dir.path(), Vec::new(), &[]).expect("load")
+    }
+
+    #[test]
+    fn a_config_without_the_batch_timeout_loads_with_the_default() {
+        let cfg = load_without(&["batch_timeout_ms", "empty_block_interval_ms"]);
         assert_eq!(cfg.mempool.batch_timeout_ms, 50);
         assert_eq!(cfg.mempool.empty_block_interval_ms, 100);
+    }
+
+    #[test]
+    fn a_config_without_the_storage_section_loads_with_the_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        init(dir.path(), None).expect("init");
+        let path = dir.path().join("config.toml");
+        let text = std::fs::read_to_string(&path).expect("read");
         let without_storage: String = text
             .split("[storage]")
             .next()
@@ -904,6 +1007,71 @@ mod tests {
         std::fs::write(&path, older).expect("write");
         let cfg = Config::load(dir.path(), Vec::new(), &[]).expect("load");
         assert_eq!(cfg.serve.to_config(), ServeConfig::default());
+    }
+
+    #[test]
+    fn several_rpc_endpoints_and_their_quorum() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        init(dir.path(), None).expect("init");
+        let text = std::fs::read_to_string(dir.path().join("config.toml")).expect("read");
+        assert!(text.contains("rpc_urls = []"), "{text}");
+        assert!(text.contains("rpc_quorum = 0"), "{text}");
+        let one = Config::load(dir.path(), Vec::new(), &[]).expect("default");
+        assert_eq!(one.chain.endpoints(), vec!["http://127.0.0.1:8545"]);
+        assert_eq!(one.chain.quorum(), 1);
+
+        let env = vec![
+            (
+                "DSTACK_NODE_CHAIN_RPC_URLS".to_string(),
+                "http://a:1, http://b:2,http://c:3".to_string(),
+            ),
+            ("DSTACK_NODE_CHAIN_RPC_URL".to_string(), String::new()),
+        ];
+        let all = Config::load(dir.path(), env.clone(), &[]).expect("three");
+        assert_eq!(
+            all.chain.endpoints(),
+            vec!["http://a:1", "http://b:2", "http://c:3"]
+        );
+        assert_eq!(all.chain.quorum(), 3, "0 means all of them");
+        let mut env2 = env.clone();
+        env2.push(("DSTACK_NODE_CHAIN_RPC_QUORUM".into(), "2".into()));
+        let two = Config::load(dir.path(), env2, &[]).expect("quorum 2");
+        assert_eq!(two.chain.quorum(), 2);
+        let kept = Config::load(
+            dir.path(),
+            env.clone(),
+            &["chain.rpc_url=http://b:2".into()],
+        )
+        .expect("rpc_url among them");
+        assert_eq!(kept.chain.endpoints().len(), 3);
+
+        let bad = |sets: &[&str], key: &str| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            let e = Config::load(dir.path(), Vec::new(), &sets).expect_err(key);
+            assert!(e.to_string().contains(key), "{e}");
+        };
+        bad(&["chain.rpc_urls=http://a:1,http://b:2"], "chain.rpc_url");
+        bad(
+            &["chain.rpc_url=", "chain.rpc_urls=http://a:1,http://a:1"],
+            "chain.rpc_urls",
+        );
+        bad(
+            &[
+                "chain.rpc_url=",
+                "chain.rpc_urls=http://a:1,http://b:2",
+                "chain.rpc_quorum=3",
+            ],
+            "chain.rpc_quorum",
+        );
+        bad(&["chain.rpc_quorum=2"], "chain.rpc_quorum");
+        bad(&["chain.rpc_url="], "chain.rpc_url");
+    }
+
+    #[test]
+    fn a_config_without_the_endpoint_list_loads_with_one_endpoint() {
+        let cfg = load_without(&["rpc_urls", "rpc_quorum"]);
+        assert_eq!(cfg, Config::default());
+        assert_eq!(cfg.chain.endpoints(), vec!["http://127.0.0.1:8545"]);
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //!
 //! 1. node settings from `config.toml` (+ environment and `--set` overrides);
 //! 2. the cluster's `genesis.json` (membership crate format; a missing file is an error naming it);
-//! 3. the chain RPC: contract checks, its purpose and KMS root (bounded retries, errors name it);
+//! 3. the chain RPC endpoints: each one's chain id and contract checked, then the purpose and KMS
+//!    root read through the first (bounded retries, errors name the endpoint);
 //! 4. the node key from dstack on the DESIGN path, its signature chain verified against the KMS
 //!    root (configured, or the contract's) before anything else uses it;
-//! 5. epoch 0's validator set read at the genesis chain block (by hash);
+//! 5. epoch 0's validator set read at the genesis chain block (by hash, a quorum of endpoints
+//!    agreeing);
 //! 6. the node (store, libp2p, API, metrics, driver) until SIGTERM/SIGINT, then a clean stop.
 
 use std::path::Path;
@@ -14,17 +16,17 @@ use std::time::Duration;
 
 use alloy::primitives::{Address, U256};
 use consensus::core::Config as CoreConfig;
-use consensus::types::{Address as CAddress, MemberInfo, PublicKey};
 use membership::dstack::{DstackClient, NodeKey};
 use membership::genesis::Genesis;
 use membership::identity::KmsRoot;
 use membership::oracle::{BlockRef, Oracle};
+use membership::quorum::{Endpoint, QuorumOracle, endpoint_label};
 use membership::sdk::Cluster;
 
 use crate::api::RegistrationFn;
-use crate::chain::{ChainView, OracleView};
+use crate::chain::{ChainView, OracleView, chain_set_of};
 use crate::config::Config;
-use crate::driver::{DriverConfig, Member};
+use crate::driver::DriverConfig;
 use crate::mempool::MempoolConfig;
 use crate::node::{NodeParams, start};
 use crate::serve::ToServeConfig;
@@ -93,6 +95,25 @@ where
     Err(format!("{last} (after {attempts} attempts)"))
 }
 
+/// How logs and metrics name endpoint `i` of `urls`: scheme, host and port only (a provider's
+/// URL often holds an API key), with `#i` added when two endpoints share them.
+fn endpoint_name(urls: &[String], i: usize) -> String {
+    let label = endpoint_label(urls.get(i).map_or("", String::as_str));
+    if urls.iter().filter(|u| endpoint_label(u) == label).count() > 1 {
+        format!("{label}#{i}")
+    } else {
+        label
+    }
+}
+
+/// The endpoints for an error message (credentials left out).
+fn endpoints_text(urls: &[String]) -> String {
+    (0..urls.len())
+        .map(|i| endpoint_name(urls, i))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Installs the tracing subscriber (human or JSON) with the configured filter.
 pub fn init_logging(format: &str, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -156,28 +177,54 @@ pub async fn run_start_hooked(
         membership::genesis::GenesisError::Io { .. } => LaunchError::Genesis(e.to_string()),
         other => LaunchError::Genesis(format!("{}: {other}", genesis_path.display())),
     })?;
-    let rpc = cfg.chain.rpc_url.clone();
+    let urls = cfg.chain.endpoints();
+    // Reads through every endpoint fail with all of them named; start-up reads go to the first.
     let chain_err = |reason: String| LaunchError::Chain {
-        url: rpc.clone(),
+        url: endpoints_text(&urls),
         reason,
     };
-    let cluster = retry("chain RPC", 5, || Cluster::connect(&rpc, genesis.contract))
-        .await
-        .map_err(chain_err)?;
-    if cluster.chain_id() != genesis.chain_id {
-        return Err(chain_err(format!(
-            "chain id {} differs from the genesis file's {}",
-            cluster.chain_id(),
-            genesis.chain_id
-        )));
+    let first_err = |reason: String| LaunchError::Chain {
+        url: urls.first().cloned().unwrap_or_default(),
+        reason,
+    };
+    let mut endpoints = Vec::with_capacity(urls.len());
+    let mut cluster = None;
+    for (i, url) in urls.iter().enumerate() {
+        let err = |reason: String| LaunchError::Chain {
+            url: url.clone(),
+            reason,
+        };
+        let c = retry("chain RPC", 5, || Cluster::connect(url, genesis.contract))
+            .await
+            .map_err(err)?;
+        if c.chain_id() != genesis.chain_id {
+            return Err(err(format!(
+                "chain id {} differs from the genesis file's {}",
+                c.chain_id(),
+                genesis.chain_id
+            )));
+        }
+        endpoints.push(Endpoint {
+            name: endpoint_name(&urls, i),
+            oracle: Oracle::from_genesis(c.provider().clone(), &genesis),
+        });
+        cluster.get_or_insert(c);
+    }
+    let Some(cluster) = cluster else {
+        return Err(chain_err("no RPC endpoint configured".into()));
+    };
+    let oracle = QuorumOracle::new(endpoints, cfg.chain.quorum())
+        .map_err(|e| LaunchError::Invalid(format!("chain.rpc_quorum: {e}")))?;
+    if urls.len() > 1 {
+        tracing::info!(endpoints = %endpoints_text(&urls), quorum = cfg.chain.quorum(), "the validator-set oracle reads several RPC endpoints");
     }
     let purpose = retry("purpose()", 5, || cluster.purpose())
         .await
-        .map_err(chain_err)?;
+        .map_err(first_err)?;
     let kms_root = if cfg.dstack.kms_root.is_empty() {
         let a = retry("kmsRoot()", 5, || cluster.kms_root())
             .await
-            .map_err(chain_err)?;
+            .map_err(first_err)?;
         KmsRoot::Address(a)
     } else {
         KmsRoot::parse(&cfg.dstack.kms_root)
@@ -201,7 +248,6 @@ pub async fn run_start_hooked(
     let _ = verified;
     let secret: [u8; 32] = node_key.key.secret.to_bytes().into();
 
-    let oracle = Oracle::from_genesis(cluster.provider().clone(), &genesis);
     let at = BlockRef {
         number: genesis.genesis_block.number,
         hash: genesis.genesis_block.hash,
@@ -211,27 +257,9 @@ pub async fn run_start_hooked(
     })
     .await
     .map_err(chain_err)?;
-    if snapshot.members.is_empty() {
-        return Err(chain_err(format!(
-            "no validators registered at genesis block {}",
-            at.number
-        )));
-    }
-    let mut members = Vec::new();
-    for m in &snapshot.members {
-        let pk: [u8; 64] =
-            m.public_key.as_ref().try_into().map_err(|_| {
-                chain_err(format!("member {} has a malformed public key", m.address))
-            })?;
-        members.push(Member {
-            info: MemberInfo {
-                address: CAddress(m.address.into_array()),
-                public_key: PublicKey(pk),
-                power: m.power,
-            },
-            url: m.connection_url.clone(),
-        });
-    }
+    let members = chain_set_of(&snapshot)
+        .map_err(|e| chain_err(e.to_string()))?
+        .members;
 
     let registration = registration_fn(&cfg, cluster.clone(), node_key.clone())?;
     let listen = parse_addrs("p2p.listen", &cfg.p2p.listen)?;

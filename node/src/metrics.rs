@@ -46,6 +46,38 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+/// A label set with one `endpoint` label (an RPC endpoint's scheme, host and port).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabel {
+    /// The endpoint, without credentials, path or query.
+    pub endpoint: String,
+}
+
+/// The chain oracle's counters. The chain view counts into them and the node's registry serves
+/// them; the handles share their values, so the view can be built before the registry.
+#[derive(Clone, Debug, Default)]
+pub struct OracleMetrics {
+    /// `dstack_oracle_disagreements_total`: reads where RPC endpoints answered differently.
+    pub disagreements: Counter,
+    /// `dstack_oracle_rpc_errors_total{endpoint}`: reads an endpoint did not answer (after its
+    /// retries).
+    pub rpc_errors: Family<EndpointLabel, Counter>,
+    /// `dstack_oracle_malformed_members_total`: snapshots refused because a member's public key
+    /// is not 64 bytes.
+    pub malformed_members: Counter,
+}
+
+impl OracleMetrics {
+    /// Counts a read `endpoint` did not answer.
+    pub fn rpc_error(&self, endpoint: &str) {
+        self.rpc_errors
+            .get_or_create(&EndpointLabel {
+                endpoint: endpoint.to_owned(),
+            })
+            .inc();
+    }
+}
+
 /// Every metric a node exports. Cheap handles: clone the fields freely.
 pub struct Metrics {
     registry: Registry,
@@ -85,6 +117,8 @@ pub struct Metrics {
     pub storage_pruned: Family<KindLabel, Counter>,
     /// `dstack_storage_over_quota`: 1 while the store is above `storage.max_disk_bytes`.
     pub storage_over_quota: Gauge<u64, AtomicU64>,
+    /// The chain oracle's counters.
+    pub oracle: OracleMetrics,
 }
 
 impl Default for Metrics {
@@ -96,6 +130,12 @@ impl Default for Metrics {
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
+        Self::with_oracle(OracleMetrics::default())
+    }
+
+    /// Creates and registers every metric, the oracle's being the given handles (those a chain
+    /// view counts into).
+    pub fn with_oracle(oracle: OracleMetrics) -> Self {
         let mut registry = Registry::default();
         let height = Gauge::default();
         let round = Gauge::default();
@@ -190,6 +230,21 @@ impl Metrics {
             "1 while the store is above its disk quota (new transactions and batches refused)",
             storage_over_quota.clone(),
         );
+        r.register(
+            "dstack_oracle_disagreements",
+            "Validator-set reads where the RPC endpoints answered differently",
+            oracle.disagreements.clone(),
+        );
+        r.register(
+            "dstack_oracle_rpc_errors",
+            "Validator-set reads an RPC endpoint did not answer, by endpoint",
+            oracle.rpc_errors.clone(),
+        );
+        r.register(
+            "dstack_oracle_malformed_members",
+            "Validator-set snapshots refused for a member whose public key is not 64 bytes",
+            oracle.malformed_members.clone(),
+        );
         Self {
             registry,
             height,
@@ -210,6 +265,7 @@ impl Metrics {
             storage_bytes,
             storage_pruned,
             storage_over_quota,
+            oracle,
         }
     }
 
@@ -273,8 +329,8 @@ mod tests {
 
     use super::*;
 
-    /// Every name of DESIGN section 9, as it appears in the exposition.
-    pub(crate) const NAMES: [&str; 18] = [
+    /// Every name of DESIGN section 9, the storage and the oracle's, as they appear in the exposition.
+    pub(crate) const NAMES: [&str; 21] = [
         "dstack_consensus_height",
         "dstack_consensus_round",
         "dstack_consensus_epoch",
@@ -293,6 +349,9 @@ mod tests {
         "dstack_storage_bytes",
         "dstack_storage_pruned_total",
         "dstack_storage_over_quota",
+        "dstack_oracle_disagreements_total",
+        "dstack_oracle_rpc_errors_total",
+        "dstack_oracle_malformed_members_total",
     ];
 
     #[test]
@@ -323,6 +382,7 @@ mod tests {
                 kind: "heights".into(),
             })
             .inc();
+        m.oracle.rpc_error("http://127.0.0.1:8545");
         let text = m.encode();
         for name in NAMES {
             assert!(
@@ -344,6 +404,10 @@ mod tests {
             text.contains("dstack_block_interval_seconds_bucket"),
             "{text}"
         );
+        assert!(
+            text.contains(r#"dstack_oracle_rpc_errors_total{endpoint="http://127.0.0.1:8545"} 1"#),
+            "{text}"
+        );
         // No metric outside the design's list.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap_or_default();
@@ -352,5 +416,27 @@ mod tests {
                 "unexpected metric {name}"
             );
         }
+    }
+
+    #[test]
+    fn oracle_counters_are_shared_with_the_registry() {
+        let oracle = OracleMetrics::default();
+        let m = Metrics::with_oracle(oracle.clone());
+        oracle.disagreements.inc();
+        oracle.malformed_members.inc();
+        oracle.rpc_error("http://a:1");
+        let text = m.encode();
+        assert!(
+            text.contains("dstack_oracle_disagreements_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dstack_oracle_malformed_members_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"dstack_oracle_rpc_errors_total{endpoint="http://a:1"} 1"#),
+            "{text}"
+        );
     }
 }

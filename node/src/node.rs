@@ -194,7 +194,8 @@ async fn serve(
 pub async fn start(p: NodeParams) -> Result<RunningNode, NodeError> {
     let store = Store::open(&p.data_dir)?;
     let tap = p.tap.as_ref().map(|make| make(&p.driver));
-    let metrics = Arc::new(Metrics::new());
+    let oracle_metrics = p.chain.as_ref().and_then(|c| c.oracle_metrics());
+    let metrics = Arc::new(Metrics::with_oracle(oracle_metrics.unwrap_or_default()));
     let mut ncfg = NetConfig::new(
         p.driver.secret,
         p.driver.chain_id,
