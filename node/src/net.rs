@@ -996,7 +996,8 @@ impl Task {
                 return;
             }
         };
-        if let Err((refusal, responder)) = self.serve.offer(peer, from_member, ask, responder) {
+        if let Err(refused) = self.serve.offer(peer, from_member, ask, responder) {
+            let (refusal, responder) = *refused;
             self.metrics.reject(refusal.reason());
             tracing::debug!(%peer, from_member, %refusal, "request refused");
             self.answer_error(responder, refusal.to_string());

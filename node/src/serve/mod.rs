@@ -183,14 +183,15 @@ impl Gate {
     }
 
     /// Charges `ask` to `peer`'s budget and queues it, or gives the responder back with the
-    /// bound that refused it. Cheap: the network task calls it for every request.
+    /// bound that refused it (boxed: refusals are the rare path). Cheap: the network task calls
+    /// it for every request.
     pub(crate) fn offer(
         &self,
         peer: PeerId,
         from_member: bool,
         ask: Ask,
         responder: Responder,
-    ) -> Result<(), (Refusal, Responder)> {
+    ) -> Result<(), Box<(Refusal, Responder)>> {
         let class = if from_member {
             Class::Member
         } else {
@@ -202,7 +203,7 @@ impl Gate {
             .unwrap_or_else(PoisonError::into_inner)
             .admit(peer, class, Instant::now());
         if let Err(r) = admitted {
-            return Err((r, responder));
+            return Err(Box::new((r, responder)));
         }
         let permit = Permit {
             budgets: self.budgets.clone(),
@@ -216,7 +217,7 @@ impl Gate {
         };
         self.mailbox
             .push(job, class)
-            .map_err(|job| (Refusal::Busy, job.responder.without_permit()))
+            .map_err(|job| Box::new((Refusal::Busy, job.responder.without_permit())))
     }
 
     /// Requests waiting for a worker (diagnostics and tests).
