@@ -94,6 +94,12 @@ pub fn attacks_from_env() -> Result<BTreeSet<Attack>, String> {
     parse_attacks(&std::env::var(ATTACKS_ENV).unwrap_or_default())
 }
 
+/// A request gate with no server behind it: a hostile peer answers no one's batch, block or
+/// sync requests (each is refused as busy).
+pub(crate) fn no_server() -> node::serve::Gate {
+    node::serve::Gate::new(&node::serve::ServeConfig::default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,10 +115,4 @@ mod tests {
         assert!(parse_attacks("rounds,flood").is_err());
         assert!(Attack::Records.by_outsider() && !Attack::Equivocate.by_outsider());
     }
-}
-
-/// A request gate with no server behind it: a hostile peer answers no one's batch, block or
-/// sync requests (each is refused as busy).
-pub(crate) fn no_server() -> node::serve::Gate {
-    node::serve::Gate::new(&node::serve::ServeConfig::default())
 }
