@@ -66,6 +66,18 @@ impl Cluster {
         }
     }
 
+    /// A new context equal to the cluster's (a core takes its own: contexts hold a verification
+    /// cache and are not cloned).
+    pub fn fresh_context(&self) -> EpochContext {
+        EpochContext::new(
+            self.ctx.epoch(),
+            self.ctx.genesis_block(),
+            self.ctx.set().clone(),
+            self.ctx.domain().clone(),
+            self.ctx.scheme(),
+        )
+    }
+
     /// A fresh copy of signer `i` (to hand to a core or safety rules).
     pub fn signer_of(&self, i: usize) -> Box<dyn Signer> {
         signer(self.ctx.scheme(), self.seeds[i])

@@ -10,13 +10,7 @@ use consensus::types::{Address, BatchDigest, Message, Vote};
 use consensus::verify::EpochContext;
 
 fn ctx(c: &Cluster) -> EpochContext {
-    EpochContext::new(
-        c.ctx.epoch(),
-        c.ctx.genesis_block(),
-        c.ctx.set().clone(),
-        c.ctx.domain().clone(),
-        c.ctx.scheme(),
-    )
+    c.fresh_context()
 }
 
 fn core(c: &Cluster, i: usize, durable: DurableState) -> Core {

@@ -26,14 +26,7 @@ fn config() -> Config {
 }
 
 fn ctx(c: &Cluster) -> EpochContext {
-    EpochContext::new(
-        c.ctx.epoch(),
-        c.ctx.genesis_block(),
-        c.ctx.set().clone(),
-        c.ctx.domain().clone(),
-        c.ctx.scheme(),
-    )
-    .with_chain_block(5)
+    c.fresh_context().with_chain_block(5)
 }
 
 fn cluster() -> Cluster {

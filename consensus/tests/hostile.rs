@@ -19,14 +19,7 @@ use consensus::verify::EpochContext;
 const CHAIN_BLOCK: [u8; 32] = [0xcb; 32];
 
 fn ctx(c: &Cluster) -> EpochContext {
-    EpochContext::new(
-        c.ctx.epoch(),
-        c.ctx.genesis_block(),
-        c.ctx.set().clone(),
-        c.ctx.domain().clone(),
-        c.ctx.scheme(),
-    )
-    .with_chain_block(5)
+    c.fresh_context().with_chain_block(5)
 }
 
 fn config() -> Config {
@@ -68,6 +61,38 @@ fn discarded(acts: &[Action], reason: &str) -> bool {
 
 fn junk_signature() -> Signature {
     Signature([7; 65])
+}
+
+/// A block of epoch 0 by the round's leader that carries a `Reconfigure` to `members`.
+fn reconfigure_block(c: &Cluster, round: u64, members: Vec<MemberInfo>) -> Block {
+    let leader = c.signers[c.leader(round)].address();
+    Block::new(
+        0,
+        round,
+        c.ctx.genesis_qc(),
+        leader,
+        vec![],
+        Some(Reconfigure {
+            chain_block_number: 20,
+            chain_block_hash: CHAIN_BLOCK,
+            validator_set_hash: validator_set_hash(&members),
+            members,
+        }),
+    )
+}
+
+/// The genuine record that ends epoch 0 (member 0's power raised by one): B0 at round 1, B1 at
+/// round 2 with the QC of B0, and the QC of B1.
+fn record_to_epoch_1(c: &Cluster) -> EpochChangeRecord {
+    let mut m1 = c.ctx.set().member_infos();
+    m1[0].power += 1;
+    let b0 = reconfigure_block(c, 1, m1);
+    let b1 = c.block(2, c.full_qc(1, b0.id()), vec![]);
+    EpochChangeRecord {
+        epoch: 0,
+        qc: c.full_qc(2, b1.id()),
+        path: vec![b0, b1],
+    }
 }
 
 #[test]
@@ -121,19 +146,7 @@ fn rounds_near_u64_max_are_rejected_before_any_arithmetic() {
     // A forged record whose first block has the last round.
     let mut rc_members = c.ctx.set().member_infos();
     rc_members[0].power += 1;
-    let b0 = Block::new(
-        0,
-        u64::MAX,
-        c.ctx.genesis_qc(),
-        c.signers[0].address(),
-        vec![],
-        Some(Reconfigure {
-            chain_block_number: 20,
-            chain_block_hash: CHAIN_BLOCK,
-            validator_set_hash: validator_set_hash(&rc_members),
-            members: rc_members,
-        }),
-    );
+    let b0 = reconfigure_block(&c, u64::MAX, rc_members);
     let record = EpochChangeRecord {
         epoch: 0,
         path: vec![b0.clone(), b0],
@@ -269,19 +282,7 @@ fn a_forged_record_with_a_huge_set_fails_on_its_qc_before_the_set_is_built() {
     let members = huge_members(1_440);
     let total: u64 = members.iter().map(|m| m.power).sum();
     assert!(total <= MAX_TOTAL_POWER);
-    let b0 = Block::new(
-        0,
-        1,
-        c.ctx.genesis_qc(),
-        c.signers[c.leader(1)].address(),
-        vec![],
-        Some(Reconfigure {
-            chain_block_number: 20,
-            chain_block_hash: CHAIN_BLOCK,
-            validator_set_hash: validator_set_hash(&members),
-            members,
-        }),
-    );
+    let b0 = reconfigure_block(&c, 1, members);
     let b1 = c.block(2, c.full_qc(1, b0.id()), vec![]);
     let mut qc = c.full_qc(2, b1.id());
     qc.signatures = vec![junk_signature(); qc.signatures.len()];
@@ -301,27 +302,7 @@ fn a_junk_record_of_a_later_epoch_cannot_displace_the_genuine_one() {
     let c = Cluster::new(Scheme::Fast, &[1, 2, 1, 3], 94);
     let me = plain(&c);
     // Epoch 0 -> 1 by a genuine record.
-    let mut m1 = c.ctx.set().member_infos();
-    m1[0].power += 1;
-    let b0 = Block::new(
-        0,
-        1,
-        c.ctx.genesis_qc(),
-        c.signers[c.leader(1)].address(),
-        vec![],
-        Some(Reconfigure {
-            chain_block_number: 20,
-            chain_block_hash: CHAIN_BLOCK,
-            validator_set_hash: validator_set_hash(&m1),
-            members: m1.clone(),
-        }),
-    );
-    let b1 = c.block(2, c.full_qc(1, b0.id()), vec![]);
-    let r0 = EpochChangeRecord {
-        epoch: 0,
-        path: vec![b0, b1.clone()],
-        qc: c.full_qc(2, b1.id()),
-    };
+    let r0 = record_to_epoch_1(&c);
     let mut junk = r0.clone();
     junk.epoch = 1;
     let mut core = started(&c, me);
@@ -357,27 +338,7 @@ fn a_junk_record_of_a_later_epoch_cannot_displace_the_genuine_one() {
 fn forged_old_epoch_messages_get_no_records_sent_to_their_named_signers() {
     let c = Cluster::new(Scheme::Fast, &[1, 2, 1, 3], 95);
     let me = plain(&c);
-    let mut m1 = c.ctx.set().member_infos();
-    m1[0].power += 1;
-    let b0 = Block::new(
-        0,
-        1,
-        c.ctx.genesis_qc(),
-        c.signers[c.leader(1)].address(),
-        vec![],
-        Some(Reconfigure {
-            chain_block_number: 20,
-            chain_block_hash: CHAIN_BLOCK,
-            validator_set_hash: validator_set_hash(&m1),
-            members: m1,
-        }),
-    );
-    let b1 = c.block(2, c.full_qc(1, b0.id()), vec![]);
-    let r0 = EpochChangeRecord {
-        epoch: 0,
-        path: vec![b0, b1.clone()],
-        qc: c.full_qc(2, b1.id()),
-    };
+    let r0 = record_to_epoch_1(&c);
     let mut core = started(&c, me);
     core.handle(Event::EpochChanges {
         from: None,
