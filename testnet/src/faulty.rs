@@ -23,14 +23,18 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Start the node from its home (see `dstack-node start`), with the binary's fault.
-    Start {
-        /// The node's home directory (config.toml, genesis.json, data).
-        #[arg(long)]
-        home: PathBuf,
-        /// Overrides `section.key=value`.
-        #[arg(long = "set")]
-        set: Vec<String>,
-    },
+    Start(StartArgs),
+}
+
+/// The arguments of `start`, as `dstack-node start` takes them.
+#[derive(Debug, clap::Args)]
+pub struct StartArgs {
+    /// The node's home directory (config.toml, genesis.json, data).
+    #[arg(long)]
+    pub home: PathBuf,
+    /// Overrides `section.key=value`.
+    #[arg(long = "set")]
+    pub set: Vec<String>,
 }
 
 /// Exits (code 3) unless the node is configured for anvil's chain id: a faulty binary must never
@@ -53,8 +57,8 @@ pub fn main_with(name: &'static str, about: &'static str, hooks: FaultHooks) -> 
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    let Cmd::Start { home, set } = cli.command;
-    run_node(&home, &set, hooks)
+    let Cmd::Start(a) = cli.command;
+    run_node(&a.home, &a.set, hooks)
 }
 
 /// Runs the node of `home` (with `--set` overrides `set`) and the fault `hooks` until a signal.

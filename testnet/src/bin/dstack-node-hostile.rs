@@ -41,14 +41,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Start the hostile member's node from its home (see `dstack-node start`).
-    Start {
-        /// The node's home directory (config.toml, genesis.json, data).
-        #[arg(long)]
-        home: PathBuf,
-        /// Overrides `section.key=value`.
-        #[arg(long = "set")]
-        set: Vec<String>,
-    },
+    Start(faulty::StartArgs),
     /// Attack the cluster as a non-member for a while, then write a JSON report.
     Outsider {
         /// The cluster's chain id (31337 only).
@@ -195,9 +188,9 @@ fn outsider_main(
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Cmd::Start { home, set } => faulty::run_node(
-            &home,
-            &set,
+        Cmd::Start(a) => faulty::run_node(
+            &a.home,
+            &a.set,
             FaultHooks {
                 tap: Some(factory()),
                 ..FaultHooks::default()
