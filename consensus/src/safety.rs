@@ -38,6 +38,46 @@ impl SafetyState {
             ..Self::default()
         }
     }
+
+    /// The round of the last proposal signed (0: none).
+    pub fn last_proposal_round(&self) -> u64 {
+        self.last_proposal.as_ref().map_or(0, |p| p.block.round())
+    }
+
+    /// Names the first counter in which `self` is behind `stored`, if any: writing such a state
+    /// over `stored` would let the node sign again what it already signed (two votes, timeouts
+    /// or proposals for one round). A later epoch supersedes every counter of an earlier one.
+    pub fn behind(&self, stored: &SafetyState) -> Option<&'static str> {
+        if self.epoch != stored.epoch {
+            return (self.epoch < stored.epoch).then_some("epoch");
+        }
+        let counters = [
+            (
+                "last_voted_round",
+                self.last_voted_round,
+                stored.last_voted_round,
+            ),
+            (
+                "one_chain_round",
+                self.one_chain_round,
+                stored.one_chain_round,
+            ),
+            (
+                "highest_timeout_round",
+                self.highest_timeout_round,
+                stored.highest_timeout_round,
+            ),
+            (
+                "last_proposal_round",
+                self.last_proposal_round(),
+                stored.last_proposal_round(),
+            ),
+        ];
+        counters
+            .into_iter()
+            .find(|(_, mine, theirs)| mine < theirs)
+            .map(|(name, _, _)| name)
+    }
 }
 
 impl Encode for SafetyState {
@@ -367,6 +407,25 @@ mod tests {
         let b1 = c.block(1, c.ctx.genesis_qc(), vec![]);
         let b2 = c.block(2, c.full_qc(1, b1.id()), vec![]);
         (c, b1, b2)
+    }
+
+    #[test]
+    fn a_state_is_behind_when_any_counter_of_its_epoch_went_back() {
+        let (c, b1, _) = setup();
+        let mut s = rules(&c, c.leader(1));
+        let before = s.state().clone();
+        let p = s.make_proposal(&c.ctx, b1, None).expect("propose b1");
+        let after = s.state().clone();
+        assert_eq!(after.last_proposal_round(), p.block.round());
+        assert_eq!(after.behind(&before), None);
+        assert_eq!(before.behind(&after), Some("last_proposal_round"));
+        assert_eq!(before.behind(&before), None);
+        let mut voted = before.clone();
+        voted.last_voted_round = 3;
+        assert_eq!(before.behind(&voted), Some("last_voted_round"));
+        let next_epoch = SafetyState::new(before.epoch + 1);
+        assert_eq!(next_epoch.behind(&voted), None);
+        assert_eq!(voted.behind(&next_epoch), Some("epoch"));
     }
 
     #[test]
