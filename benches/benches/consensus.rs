@@ -4,7 +4,7 @@
 
 use consensus::core::{Config, Core, DurableState, Event};
 use consensus::crypto::Scheme;
-use consensus::sim::{self, Scenario, SimConfig};
+use consensus::sim::{self, HostMode, Scenario, SimConfig};
 use consensus::testkit::Cluster;
 use consensus::types::{BlockId, Message, QuorumCert};
 use consensus::validators::build_schedule;
@@ -146,6 +146,7 @@ fn simulated_rounds(c: &mut Criterion) {
             scenario: Scenario::Honest,
             rounds: 100,
             scheme,
+            host: HostMode::Deferred,
         };
         let rounds = sim::run(&cfg).max_round;
         group.throughput(Throughput::Elements(rounds));

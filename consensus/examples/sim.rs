@@ -3,7 +3,8 @@
 //! ```text
 //! cargo run --release -p consensus --example sim -- --seeds <from>..<to> --nodes <n>
 //!     [--powers 1,1,2,3] --scenario <honest|partition|crash|twins|byzantine|reconfig|mixed>
-//!     [--rounds <r>] [--crypto real|fast] [--stop-on-failure] [--report-memory]
+//!     [--rounds <r>] [--crypto real|fast] [--host deferred|immediate] [--stop-on-failure]
+//!     [--report-memory]
 //! ```
 //!
 //! Seeds run from `from` (inclusive) to `to` (exclusive). The last line is
@@ -15,7 +16,7 @@
 //! last line.
 
 use consensus::crypto::Scheme;
-use consensus::sim::{self, Scenario, SimConfig};
+use consensus::sim::{self, HostMode, Scenario, SimConfig};
 use std::process::ExitCode;
 
 struct Args {
@@ -24,6 +25,7 @@ struct Args {
     nodes: usize,
     powers: Option<Vec<u64>>,
     scenario: String,
+    host: String,
     rounds: u64,
     crypto: String,
     stop_on_failure: bool,
@@ -33,7 +35,7 @@ struct Args {
 fn usage() -> &'static str {
     "usage: sim --seeds <from>..<to> --nodes <n> [--powers 1,1,2,3] \
      --scenario <honest|partition|crash|twins|byzantine|reconfig|mixed> [--rounds <r>] \
-     [--crypto real|fast] [--stop-on-failure] [--report-memory]"
+     [--crypto real|fast] [--host deferred|immediate] [--stop-on-failure] [--report-memory]"
 }
 
 fn parse() -> Result<Args, String> {
@@ -42,6 +44,7 @@ fn parse() -> Result<Args, String> {
     let mut nodes = None;
     let mut powers = None;
     let mut scenario = None;
+    let mut host = "deferred".to_string();
     let mut rounds = 60;
     let mut crypto = "fast".to_string();
     let mut stop_on_failure = false;
@@ -76,6 +79,7 @@ fn parse() -> Result<Args, String> {
                 rounds = v.parse().map_err(|_| format!("bad --rounds {v}"))?;
             }
             "--crypto" => crypto = value()?,
+            "--host" => host = value()?,
             "--stop-on-failure" => stop_on_failure = true,
             "--report-memory" => report_memory = true,
             "-h" | "--help" => return Err(usage().into()),
@@ -100,6 +104,7 @@ fn parse() -> Result<Args, String> {
         scenario: scenario.ok_or(format!("--scenario is required\n{}", usage()))?,
         rounds,
         crypto,
+        host,
         stop_on_failure,
         report_memory,
     })
@@ -134,6 +139,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let host = match args.host.as_str() {
+        "deferred" => HostMode::Deferred,
+        "immediate" => HostMode::Immediate,
+        other => {
+            eprintln!("unknown --host {other} (deferred|immediate)");
+            return ExitCode::from(2);
+        }
+    };
     let powers_arg = args
         .powers
         .as_ref()
@@ -153,6 +166,7 @@ fn main() -> ExitCode {
             scenario,
             rounds: args.rounds,
             scheme,
+            host,
         };
         let out = sim::run(&cfg);
         runs += 1;
@@ -176,12 +190,13 @@ fn main() -> ExitCode {
             }
             println!(
                 "  replay: cargo run --release -p consensus --example sim -- --seeds {seed}..{} \
-                 --nodes {}{powers_arg} --scenario {} --rounds {} --crypto {}",
+                 --nodes {}{powers_arg} --scenario {} --rounds {} --crypto {} --host {}",
                 seed + 1,
                 args.nodes,
                 scenario.name(),
                 args.rounds,
-                args.crypto
+                args.crypto,
+                host.name()
             );
         }
         if !out.safety.is_empty() {

@@ -9,6 +9,7 @@
 //! (certificate and message checks against an epoch), [`safety`] (the persisted safety rules),
 //! [`block_tree`] (blocks, QCs, the commit rule), [`pacemaker`] (rounds, timers, timeout
 //! certificates), [`core`] (the state machine), [`evidence`] (equivocation records), [`epoch`] (epoch-change records),
+//! [`host`] (the order a host applies actions in), [`restore`] (the epoch a node restarts in),
 //! [`sim`] (the deterministic simulator) and [`testkit`] (signed test objects).
 #![forbid(unsafe_code)]
 
@@ -20,7 +21,9 @@ pub mod crypto;
 pub mod domain;
 pub mod epoch;
 pub mod evidence;
+pub mod host;
 pub mod pacemaker;
+pub mod restore;
 pub mod safety;
 pub mod sim;
 pub mod testkit;

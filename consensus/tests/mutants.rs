@@ -8,49 +8,81 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// (feature, scenario, seeds, powers): uneven powers so that power and count differ. Each run
-/// stops at the first failing seed; every range is at most 1,000 seeds.
-const MUTANTS: &[(&str, &str, &str, &str)] = &[
-    (
+/// One mutant and the simulation that must catch it.
+struct Mutant {
+    feature: &'static str,
+    scenario: &'static str,
+    /// At most 1,000 seeds; the run stops at the first failing one.
+    seeds: &'static str,
+    /// Uneven powers where power and count differ; their number is the node count.
+    powers: &'static str,
+    /// When the simulated host answers the core's requests.
+    host: &'static str,
+}
+
+const fn mutant(
+    feature: &'static str,
+    scenario: &'static str,
+    seeds: &'static str,
+    powers: &'static str,
+) -> Mutant {
+    Mutant {
+        feature,
+        scenario,
+        seeds,
+        powers,
+        host: "deferred",
+    }
+}
+
+const MUTANTS: &[Mutant] = &[
+    mutant(
         "mutant-vote-after-timeout",
         "partition",
         "0..300",
         "1,2,1,3",
     ),
-    ("mutant-one-chain-commit", "partition", "0..300", "1,2,1,3"),
-    (
+    mutant("mutant-one-chain-commit", "partition", "0..300", "1,2,1,3"),
+    mutant(
         "mutant-no-persist-before-send",
         "crash",
         "0..300",
         "1,2,1,3",
     ),
-    ("mutant-quorum-by-count", "partition", "0..300", "1,1,1,4"),
-    // Epochs and Byzantine behaviours (issue 5).
-    (
+    mutant("mutant-quorum-by-count", "partition", "0..300", "1,1,1,4"),
+    // Epochs and Byzantine behaviours.
+    mutant(
         "mutant-tc-ignores-high-qc",
         "byzantine",
         "0..1000",
         "1,2,1,3",
     ),
-    (
+    mutant(
         "mutant-accept-old-epoch-qc",
         "reconfig",
         "0..1000",
         "1,2,1,3",
     ),
-    (
+    mutant(
         "mutant-accept-stale-reconfigure",
         "reconfig",
         "0..1000",
         "1,2,1,3",
     ),
-    (
+    mutant(
         "mutant-payload-in-limbo-epoch",
         "reconfig",
         "0..1000",
         "1,2,1,3",
     ),
-    ("mutant-no-epoch-in-digest", "mixed", "0..1000", "1,2,1,3"),
+    mutant("mutant-no-epoch-in-digest", "mixed", "0..1000", "1,2,1,3"),
+    // A host that answers at once and lets the answer re-enter the core mid-list: with powers
+    // where one timeout makes every node join it, a leader's proposal record is overwritten by
+    // the older timeout record of the same list.
+    Mutant {
+        host: "immediate",
+        ..mutant("mutant-reentrant-answers", "partition", "0..300", "1,1,1")
+    },
 ];
 
 /// Bound of one mutant (build + runs).
@@ -66,7 +98,15 @@ fn every_mutant_is_caught() {
         .parent()
         .expect("workspace root");
     let mut report = Vec::new();
-    for (feature, scenario, seeds, powers) in MUTANTS {
+    for Mutant {
+        feature,
+        scenario,
+        seeds,
+        powers,
+        host,
+    } in MUTANTS
+    {
+        let nodes = powers.split(',').count().to_string();
         let started = Instant::now();
         // Mutant builds use opt-level 1 without debuginfo (their own fingerprint in the same
         // target dir): each compiles in ~13 s instead of ~35 s, and the runs stop at the first
@@ -89,11 +129,13 @@ fn every_mutant_is_caught() {
                 "--seeds",
                 seeds,
                 "--nodes",
-                "4",
+                &nodes,
                 "--powers",
                 powers,
                 "--scenario",
                 scenario,
+                "--host",
+                host,
                 "--stop-on-failure",
             ])
             .stdout(Stdio::piped())

@@ -4,7 +4,7 @@
 //! seed local run.
 
 use consensus::crypto::Scheme;
-use consensus::sim::{self, Scenario, SimConfig};
+use consensus::sim::{self, HostMode, Scenario, SimConfig};
 use std::time::{Duration, Instant};
 
 /// Wall-clock bound of one group (the runs take a few seconds on 2 cores; the bound only stops a
@@ -12,6 +12,17 @@ use std::time::{Duration, Instant};
 const GROUP_BOUND: Duration = Duration::from_secs(240);
 
 fn run_group(scenario: Scenario, scheme: Scheme, nodes: &[usize], seeds_per_size: u64) -> u64 {
+    run_hosted(scenario, scheme, HostMode::Deferred, nodes, seeds_per_size)
+}
+
+/// [`run_group`] with the host answering requests as `host` says.
+fn run_hosted(
+    scenario: Scenario,
+    scheme: Scheme,
+    host: HostMode,
+    nodes: &[usize],
+    seeds_per_size: u64,
+) -> u64 {
     let started = Instant::now();
     let mut failures = Vec::new();
     let mut runs = 0;
@@ -29,6 +40,7 @@ fn run_group(scenario: Scenario, scheme: Scheme, nodes: &[usize], seeds_per_size
                 scenario,
                 rounds: 60,
                 scheme,
+                host,
             };
             let out = sim::run(&cfg);
             runs += 1;
@@ -41,12 +53,13 @@ fn run_group(scenario: Scenario, scheme: Scheme, nodes: &[usize], seeds_per_size
                 failures.push(format!(
                     "seed={seed} nodes={n} scenario={} safety={:?} liveness={:?}\n  replay: cargo \
                      run --release -p consensus --example sim -- --seeds {seed}..{} --nodes {n} \
-                     --scenario {} --rounds 60 --crypto {crypto}",
+                     --scenario {} --rounds 60 --crypto {crypto} --host {}",
                     scenario.name(),
                     out.safety,
                     out.liveness,
                     seed + 1,
-                    scenario.name()
+                    scenario.name(),
+                    host.name()
                 ));
             }
             assert!(out.commits > 0, "seed {seed} n={n}: nothing committed");
@@ -106,6 +119,7 @@ fn byzantine_fast() {
                 scenario: Scenario::Byzantine,
                 rounds: 60,
                 scheme: Scheme::Fast,
+                host: HostMode::Deferred,
             })
             .evidence
         })
@@ -143,6 +157,7 @@ fn mixed_fast() {
                 scenario: Scenario::Mixed,
                 rounds: 60,
                 scheme: Scheme::Fast,
+                host: HostMode::Deferred,
             })
         })
         .collect();
@@ -150,6 +165,27 @@ fn mixed_fast() {
     let ancestor: u64 = outs.iter().map(|o| o.ancestor_epoch_changes).sum();
     assert!(epochs >= 20, "only {epochs} epoch changes in 20 runs");
     assert!(ancestor > 0, "no Reconfigure committed only as an ancestor");
+}
+
+/// The host answers payload, batch and chain-set requests at once, as the node's mempool and
+/// store can; the answers must wait for the rest of their action list (safety records never go
+/// back).
+#[test]
+fn immediate_host_fast() {
+    let runs = run_hosted(
+        Scenario::Partition,
+        Scheme::Fast,
+        HostMode::Immediate,
+        &[3, 4, 5],
+        100,
+    ) + run_hosted(
+        Scenario::Crash,
+        Scheme::Fast,
+        HostMode::Immediate,
+        &[3, 4, 5],
+        100,
+    ) + run_hosted(Scenario::Mixed, Scheme::Fast, HostMode::Immediate, &[4], 50);
+    assert_eq!(runs, 650);
 }
 
 #[test]
@@ -173,6 +209,7 @@ fn same_seed_same_outcome() {
         scenario: Scenario::Crash,
         rounds: 60,
         scheme: Scheme::Fast,
+        host: HostMode::Immediate,
     };
     let a = sim::run(&cfg);
     let b = sim::run(&cfg);

@@ -402,8 +402,29 @@ impl Checker {
         }
     }
 
-    /// A safety state the node made durable: every signed message it names is recorded.
-    pub fn on_persist_safety(&mut self, node: usize, st: &crate::safety::SafetyState) {
+    /// A safety state the node made durable over `stored`: it must not be behind it, and every
+    /// signed message it names is recorded.
+    pub fn on_persist_safety(
+        &mut self,
+        node: usize,
+        st: &crate::safety::SafetyState,
+        stored: &crate::safety::SafetyState,
+    ) {
+        // Persisted safety never goes back: an older record over a newer one lets the node sign
+        // again, after a crash, what it already signed.
+        if let Some(counter) = st.behind(stored) {
+            self.violations.push(format!(
+                "node {node}: persisted safety went back in {counter} (epoch {}: voted {}, \
+                 timed out {}, proposed {} over voted {}, timed out {}, proposed {})",
+                st.epoch,
+                st.last_voted_round,
+                st.highest_timeout_round,
+                st.last_proposal_round(),
+                stored.last_voted_round,
+                stored.highest_timeout_round,
+                stored.last_proposal_round()
+            ));
+        }
         if let Some(v) = &st.last_vote {
             self.record_vote(node, v.epoch, v.round, v.block_id);
         }

@@ -22,6 +22,7 @@ use crate::block_tree::Root;
 use crate::core::{Action, Config, Core, DurableState, Event};
 use crate::crypto::{PreparedKey, Scheme, Signer};
 use crate::epoch::EpochChangeRecord;
+use crate::host::{Pump, Step};
 use crate::safety::SafetyState;
 use crate::testkit;
 use crate::types::{
@@ -102,6 +103,29 @@ pub struct SimConfig {
     pub rounds: u64,
     /// Signature scheme.
     pub scheme: Scheme,
+    /// When the host answers the core's requests.
+    pub host: HostMode,
+}
+
+/// When a simulated host answers the core's requests (payload, batches, chain sets).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HostMode {
+    /// As later events, after a short simulated delay.
+    #[default]
+    Deferred,
+    /// At once, while the request's action list is being applied, as the node's mempool and
+    /// batch store can: the answer is queued behind the rest of that list ([`Pump`]).
+    Immediate,
+}
+
+impl HostMode {
+    /// The CLI name.
+    pub fn name(self) -> &'static str {
+        match self {
+            HostMode::Deferred => "deferred",
+            HostMode::Immediate => "immediate",
+        }
+    }
 }
 
 /// The result of one simulation.
@@ -874,7 +898,44 @@ impl Sim {
         h.crash_pending = false;
     }
 
+    /// Feeds `event` to node `i` and applies its actions in the node's order ([`Pump`]): an
+    /// answer the host gives at once is handled after the rest of the list.
     fn handle(&mut self, i: usize, event: Event) {
+        let mut pump = Pump::new(event);
+        let mut crash_after = false;
+        while let Some(step) = pump.next_step() {
+            match step {
+                Step::Handle(event) => {
+                    let Some((actions, crash)) = self.core_step(i, event) else {
+                        return;
+                    };
+                    crash_after |= crash;
+                    pump.push_actions(actions);
+                }
+                Step::Apply(a) => {
+                    if let Some(answer) = self.apply(i, a) {
+                        pump.answer(answer);
+                    }
+                    if self.hosts[i].kill_now {
+                        // Silent for good: the rest of its actions never happen.
+                        self.crash(i);
+                        self.hosts[i].dead = true;
+                        return;
+                    }
+                }
+                Step::EndOfActions => {
+                    if crash_after {
+                        self.crash(i);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One event into node `i`'s core: its actions (cut short at random when a crash is due,
+    /// with `true`), or `None` when the node is down.
+    fn core_step(&mut self, i: usize, event: Event) -> Option<(Vec<Action>, bool)> {
         // No honest node accepts a message of its epoch signed by a member that an epoch change
         // removed: such a message may only be discarded.
         let removed_signer = match (&event, self.hosts[i].core.as_ref()) {
@@ -894,9 +955,7 @@ impl Sim {
             }
             _ => None,
         };
-        let Some(core) = self.hosts[i].core.as_mut() else {
-            return;
-        };
+        let core = self.hosts[i].core.as_mut()?;
         let trace_ev = if self.trace {
             format!("{event:?}")
         } else {
@@ -928,25 +987,12 @@ impl Sim {
             }
             h.last_round = round;
         }
-        let crash_after = if self.hosts[i].crash_pending {
+        let crash_after = self.hosts[i].crash_pending;
+        if crash_after {
             let k = self.rng.gen_range(0..=actions.len());
             actions.truncate(k);
-            true
-        } else {
-            false
-        };
-        for a in actions {
-            self.apply(i, a);
-            if self.hosts[i].kill_now {
-                // Silent for good: the rest of its actions never happen.
-                self.crash(i);
-                self.hosts[i].dead = true;
-                return;
-            }
         }
-        if crash_after {
-            self.crash(i);
-        }
+        Some((actions, crash_after))
     }
 
     fn send(&mut self, from: usize, to: usize, msg: Message) {
@@ -964,7 +1010,9 @@ impl Sim {
         }
     }
 
-    fn apply(&mut self, i: usize, a: Action) {
+    /// Applies one action of node `i`; returns the answer to a request when this host answers
+    /// at once ([`HostMode::Immediate`]).
+    fn apply(&mut self, i: usize, a: Action) -> Option<Event> {
         match a {
             Action::PersistBlock(b) => {
                 let s = &mut self.hosts[i].store;
@@ -980,7 +1028,8 @@ impl Sim {
             }
             Action::PersistSafety(st) => {
                 if self.honest(i) {
-                    self.checker.on_persist_safety(i, &st);
+                    self.checker
+                        .on_persist_safety(i, &st, &self.hosts[i].store.safety);
                 }
                 let s = &mut self.hosts[i].store;
                 s.view.last_voted_round = st.last_voted_round;
@@ -1011,27 +1060,11 @@ impl Sim {
                 let batches = (0..k)
                     .map(|_| BatchDigest(self.rng.r#gen::<[u8; 32]>()))
                     .collect();
-                let inc = self.hosts[i].inc;
-                self.push(
-                    1,
-                    Ev::Host {
-                        node: i,
-                        inc,
-                        event: Event::PayloadReady { round, batches },
-                    },
-                );
+                return self.answer_request(i, 1, Event::PayloadReady { round, batches });
             }
             Action::FetchBatches { block_id, .. } => {
-                let inc = self.hosts[i].inc;
                 let d = self.rng.gen_range(0..20);
-                self.push(
-                    d,
-                    Ev::Host {
-                        node: i,
-                        inc,
-                        event: Event::BatchesAvailable { block_id },
-                    },
-                );
+                return self.answer_request(i, d, Event::BatchesAvailable { block_id });
             }
             Action::FetchBlocks {
                 block_id,
@@ -1068,20 +1101,13 @@ impl Sim {
                     (number <= c.head(self.now) && c.hash(number) == hash)
                         .then(|| c.set_at(number).to_vec())
                 });
-                let inc = self.hosts[i].inc;
                 let d = self.rng.gen_range(1..30);
-                self.push(
-                    d,
-                    Ev::Host {
-                        node: i,
-                        inc,
-                        event: Event::ChainSet {
-                            number,
-                            hash,
-                            members,
-                        },
-                    },
-                );
+                let answer = Event::ChainSet {
+                    number,
+                    hash,
+                    members,
+                };
+                return self.answer_request(i, d, answer);
             }
             Action::PersistEpochChange(r) => {
                 let set = self.hosts[i]
@@ -1187,6 +1213,24 @@ impl Sim {
                 }
             }
         }
+        None
+    }
+
+    /// Answers a request of node `i` now ([`HostMode::Immediate`]) or `delay` ms later.
+    fn answer_request(&mut self, i: usize, delay: u64, event: Event) -> Option<Event> {
+        if self.cfg.host == HostMode::Immediate {
+            return Some(event);
+        }
+        let inc = self.hosts[i].inc;
+        self.push(
+            delay,
+            Ev::Host {
+                node: i,
+                inc,
+                event,
+            },
+        );
+        None
     }
 
     fn send_records(&mut self, from: usize, to: usize, records: Vec<EpochChangeRecord>) {
