@@ -170,6 +170,14 @@ impl BlockTree {
     /// The commit rule, applied to a (verified) QC whose block is in the tree. Returns the
     /// commit it triggers, and prunes the tree below the new root.
     pub fn on_qc(&mut self, qc: &QuorumCert) -> Option<Commit> {
+        let c = self.commit_for(qc)?;
+        self.advance_root(&c.blocks);
+        Some(c)
+    }
+
+    /// The commit a (verified) QC would trigger, leaving the tree as it is: the caller can refuse
+    /// it (a commit that cannot end its epoch) before anything changes.
+    pub fn commit_for(&self, qc: &QuorumCert) -> Option<Commit> {
         let b1 = self.blocks.get(&qc.block_id)?;
         let b0 = self.blocks.get(&b1.parent_id())?;
         #[cfg(not(feature = "mutant-one-chain-commit"))]
@@ -201,14 +209,21 @@ impl BlockTree {
                 block,
             })
             .collect();
-        let last = blocks.last()?;
+        Some(Commit { blocks, proof })
+    }
+
+    /// Makes the last of `blocks` (a commit from [`Self::commit_for`], maybe cut short) the root,
+    /// and prunes the tree below it.
+    pub fn advance_root(&mut self, blocks: &[CommittedBlock]) {
+        let Some(last) = blocks.last() else {
+            return;
+        };
         self.root = Root {
             id: last.block.id(),
             round: last.block.round(),
             height: last.height,
         };
         self.prune();
-        Some(Commit { blocks, proof })
     }
 
     /// Drops every block that does not descend from the root.
@@ -288,6 +303,25 @@ mod tests {
         assert_eq!(commit.proof.certified, b4);
         assert_eq!(t.root().id, b3.id());
         assert_eq!(t.len(), 1, "only B4 is left");
+    }
+
+    #[test]
+    fn commit_for_leaves_the_tree_until_the_root_advances() {
+        let c = Cluster::new(Scheme::Fast, &[1, 1, 1, 1], 7);
+        let mut t = tree(&c);
+        let b1 = c.block(1, c.ctx.genesis_qc(), vec![]);
+        let b2 = c.block(2, c.full_qc(1, b1.id()), vec![]);
+        let q2 = c.full_qc(2, b2.id());
+        for b in [&b1, &b2] {
+            assert_eq!(t.insert(b.clone()), Ok(true));
+        }
+        let commit = t.commit_for(&q2).expect("QC(B2) commits B1");
+        assert_eq!(t.root().height, 0, "a peek commits nothing");
+        assert_eq!(t.len(), 2);
+        t.advance_root(&commit.blocks);
+        assert_eq!((t.root().id, t.root().height), (b1.id(), 1));
+        assert_eq!(t.len(), 1, "only B2 is left");
+        assert_eq!(t.commit_for(&q2), None, "B1 is the root now");
     }
 
     #[test]

@@ -440,6 +440,31 @@ fn not_behind(prev: &SafetyState, next: &SafetyState) -> bool {
         && next.one_chain_round >= prev.one_chain_round
 }
 
+/// Whether `CORE_HARNESS_TRACE` is set: each event and action is then printed (shortened unless
+/// it is `full`), to read how a failing input reached its violation.
+fn tracing_on() -> bool {
+    trace_mode().is_some()
+}
+
+fn trace_mode() -> Option<bool> {
+    static MODE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    *MODE.get_or_init(|| std::env::var("CORE_HARNESS_TRACE").ok().map(|v| v == "full"))
+}
+
+/// A value's debug form, shortened unless the trace is `full`.
+fn brief(x: &impl std::fmt::Debug) -> String {
+    let mut s = format!("{x:?}");
+    if trace_mode() != Some(true) && s.len() > 400 {
+        let mut end = 400;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str(" ...");
+    }
+    s
+}
+
 fn push_bounded<T>(v: &mut Vec<T>, x: T) {
     if v.len() >= MAX_KNOWN {
         v.remove(0);
@@ -705,8 +730,15 @@ impl<'c> Harness<'c> {
     // ----- delivery and checks -----
 
     fn deliver(&mut self, event: Event) -> Result<Vec<Action>, Violation> {
+        let trace = tracing_on();
+        if trace {
+            eprintln!("-> {}", brief(&event));
+        }
         let actions = self.core.handle(event);
         for a in &actions {
+            if trace {
+                eprintln!("   <- {}", brief(a));
+            }
             self.learn(a)?;
         }
         let now = self.core.safety_state().clone();

@@ -251,10 +251,19 @@ impl Core {
     /// Ends the current epoch at the committed B0 of `record` (at height `height`) and starts
     /// the next one from its genesis block and genesis QC, with a fresh safety state.
     pub(super) fn end_epoch(&mut self, record: EpochChangeRecord, height: u64) {
-        let next = match record.next_context(&self.ctx) {
-            Ok(c) => c,
-            Err(_) => return self.discard(true, "epoch-change record does not verify"),
-        };
+        match record.next_context(&self.ctx) {
+            Ok(next) => self.enter_next_epoch(record, next, height),
+            Err(_) => self.discard(true, "epoch-change record does not verify"),
+        }
+    }
+
+    /// Ends the current epoch with `record`, already checked: `next` is the context it builds.
+    pub(super) fn enter_next_epoch(
+        &mut self,
+        record: EpochChangeRecord,
+        next: EpochContext,
+        height: u64,
+    ) {
         self.out.push(Action::PersistEpochChange(record.clone()));
         let root = Root {
             id: next.genesis_block(),

@@ -438,35 +438,46 @@ impl Core {
     }
 
     fn try_commit(&mut self, qc: &QuorumCert) {
-        if let Some(mut c) = self.tree.on_qc(qc) {
-            // Epoch e ends at the first Reconfigure block that commits: nothing after it in
-            // epoch e is committed; the record carries the path to the certified block.
-            if let Some(pos) = c
+        let Some(mut c) = self.tree.commit_for(qc) else {
+            return;
+        };
+        // Epoch e ends at the first Reconfigure block that commits: nothing after it in epoch e
+        // is committed; the record carries the path to the certified block.
+        if let Some(pos) = c
+            .blocks
+            .iter()
+            .position(|cb| cb.block.header().reconfigure.is_some())
+        {
+            let mut path: Vec<Block> = c.blocks[pos..].iter().map(|cb| cb.block.clone()).collect();
+            path.push(c.proof.certified.clone());
+            c.blocks.truncate(pos + 1);
+            let record = EpochChangeRecord {
+                epoch: self.ctx.epoch(),
+                path,
+                qc: c.proof.qc.clone(),
+            };
+            // Only a quorum with more than f faulty can certify a branch whose record does not
+            // verify (a second Reconfigure after B0): nothing of it is committed, so the tree,
+            // the commits and the epoch stay consistent.
+            let next = match record.next_context(&self.ctx) {
+                Ok(next) => next,
+                Err(_) => {
+                    return self.discard(true, "certified branch ends its epoch without a record");
+                }
+            };
+            self.tree.advance_root(&c.blocks);
+            let height = c
                 .blocks
-                .iter()
-                .position(|cb| cb.block.header().reconfigure.is_some())
-            {
-                let mut path: Vec<Block> =
-                    c.blocks[pos..].iter().map(|cb| cb.block.clone()).collect();
-                path.push(c.proof.certified.clone());
-                c.blocks.truncate(pos + 1);
-                let record = EpochChangeRecord {
-                    epoch: self.ctx.epoch(),
-                    path,
-                    qc: c.proof.qc.clone(),
-                };
-                let height = c
-                    .blocks
-                    .last()
-                    .map_or(self.tree.root().height, |b| b.height);
-                self.out.push(Action::Commit(c));
-                self.end_epoch(record, height);
-                return;
-            }
-            let root_round = self.tree.root().round;
+                .last()
+                .map_or(self.tree.root().height, |b| b.height);
             self.out.push(Action::Commit(c));
-            self.orphans.retain(|_, b| b.round() > root_round);
+            self.enter_next_epoch(record, next, height);
+            return;
         }
+        self.tree.advance_root(&c.blocks);
+        let root_round = self.tree.root().round;
+        self.out.push(Action::Commit(c));
+        self.orphans.retain(|_, b| b.round() > root_round);
     }
 
     /// Uses a verified TC: its high QC, high TC, round entry.
