@@ -83,6 +83,14 @@ const MUTANTS: &[Mutant] = &[
         host: "immediate",
         ..mutant("mutant-reentrant-answers", "partition", "0..300", "1,1,1")
     },
+    // A restart whose ledger lags across an epoch change walks back past the epoch's genesis id
+    // (never stored), cannot follow its records and refuses to start in the epoch it signed in.
+    mutant(
+        "mutant-restore-past-genesis",
+        "mixed",
+        "0..1000",
+        "1,2,1,3",
+    ),
 ];
 
 /// Bound of one mutant (build + runs).
