@@ -454,3 +454,50 @@ fn a_tc_and_a_qc_that_merely_name_signers_cost_nothing_when_out_of_range() {
     };
     assert_eq!(consensus::bounds::check_tc(&tc), Err("round out of range"));
 }
+
+/// More than f faulty can certify a branch with a second `Reconfigure` after B0. The commit of
+/// B0 could then not be proved by a record (a record holds one `Reconfigure`): the core commits
+/// nothing of that branch, so its committed root, its commits and its epoch stay consistent.
+#[test]
+fn a_branch_with_two_reconfigures_commits_nothing() {
+    let c = Cluster::new(Scheme::Fast, &[1, 1, 1, 1], 97);
+    let me = plain(&c);
+    let mut core = started(&c, me);
+    let mut m1 = c.ctx.set().member_infos();
+    m1[0].power += 1;
+    let b1 = reconfigure_block(&c, 1, m1.clone());
+    m1[1].power += 1;
+    let leader2 = c.signers[c.leader(2)].address();
+    let b2 = Block::new(
+        0,
+        2,
+        c.full_qc(1, b1.id()),
+        leader2,
+        vec![],
+        Some(Reconfigure {
+            chain_block_number: 21,
+            chain_block_hash: CHAIN_BLOCK,
+            validator_set_hash: validator_set_hash(&m1),
+            members: m1,
+        }),
+    );
+    let b3 = c.block(3, c.full_qc(2, b2.id()), vec![]);
+    let b4 = c.block(4, c.full_qc(3, b3.id()), vec![]);
+    let mut acts = Vec::new();
+    for b in [b1, b2, b3, b4] {
+        let from = c.signers[c.leader(b.round())].address();
+        acts.extend(send(&mut core, from, Message::Proposal(c.proposal(b, None))));
+    }
+    assert!(
+        rejected(&acts, "certified branch ends its epoch without a record"),
+        "{acts:?}"
+    );
+    assert!(
+        !acts.iter().any(|a| matches!(
+            a,
+            Action::Commit(_) | Action::PersistEpochChange(_) | Action::BroadcastEpochChange(_)
+        )),
+        "{acts:?}"
+    );
+    assert_eq!(core.epoch(), 0);
+}
