@@ -486,7 +486,11 @@ fn a_branch_with_two_reconfigures_commits_nothing() {
     let mut acts = Vec::new();
     for b in [b1, b2, b3, b4] {
         let from = c.signers[c.leader(b.round())].address();
-        acts.extend(send(&mut core, from, Message::Proposal(c.proposal(b, None))));
+        acts.extend(send(
+            &mut core,
+            from,
+            Message::Proposal(c.proposal(b, None)),
+        ));
     }
     assert!(
         rejected(&acts, "certified branch ends its epoch without a record"),

@@ -85,12 +85,7 @@ const MUTANTS: &[Mutant] = &[
     },
     // A restart whose ledger lags across an epoch change walks back past the epoch's genesis id
     // (never stored), cannot follow its records and refuses to start in the epoch it signed in.
-    mutant(
-        "mutant-restore-past-genesis",
-        "mixed",
-        "0..1000",
-        "1,2,1,3",
-    ),
+    mutant("mutant-restore-past-genesis", "mixed", "0..1000", "1,2,1,3"),
 ];
 
 /// Bound of one mutant (build + runs).
