@@ -1,4 +1,4 @@
-//! The HTTP JSON API and the Prometheus endpoint (issue 6 item 7, DESIGN section 9).
+//! The HTTP JSON API and the Prometheus endpoint (DESIGN section 9).
 //!
 //! Routes: `GET /health`, `GET /status`, `GET /validators`, `GET /blocks/latest`,
 //! `GET /blocks/{height}`, `POST /txs`, `GET /txs/{hash}`, `GET /kv/{key}`,

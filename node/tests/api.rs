@@ -1,4 +1,4 @@
-//! The HTTP API over a real socket: every route of issue 6 item 7, the 503 of a full mempool,
+//! The HTTP API over a real socket: every route, the 503 of a full mempool,
 //! and the metric names of DESIGN section 9, fed by a status struct (no consensus needed).
 
 mod common;

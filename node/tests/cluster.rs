@@ -1,6 +1,6 @@
 //! In-process clusters of real nodes: real libp2p on loopback, real redb files, real k256
 //! signatures, the HTTP API over sockets. The validator set is given directly (the chain oracle
-//! is exercised by the membership crate's tests); powers 1, 1, 2, 3 as in issue 6.
+//! is exercised by the membership crate's tests); powers 1, 1, 2, 3 (the testnet's).
 
 mod common;
 

@@ -1,7 +1,7 @@
 //! Nodes as real processes, so a crash is a real SIGKILL: the test binary re-runs itself as one
 //! node per child process (the ignored `child_node` entry point), over real libp2p sockets on
-//! loopback and real redb files. Covers issue 6's crash, leader-kill, late-start, hostile-peer
-//! and flood tests. A failing run prints the seed that reproduces its choices
+//! loopback and real redb files: the crash, leader-kill, late-start, hostile-peer and flood
+//! tests. A failing run prints the seed that reproduces its choices
 //! (`DSTACK_TEST_SEED=<seed>`).
 
 mod common;

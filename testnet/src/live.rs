@@ -1,4 +1,4 @@
-//! Live membership changes of a running testnet (issue 8): `add-node` mints tokens to a new
+//! Live membership changes of a running testnet: `add-node` mints tokens to a new
 //! owner account, starts a simulated TEE and a `dstack-node` with the cluster's `genesis.json`,
 //! and registers the node for its tokens through the membership SDK; `transfer` and `burn` move
 //! or destroy a token with its owner's key (development keys of the local chain, recorded in

@@ -17,8 +17,8 @@ use common::{namespaces_with_prefix, processes_mentioning, run_testnet, show};
 const BUDGET: Duration = Duration::from_secs(240);
 /// `all`'s shortest duration (the sum of its phases' minimums).
 const DURATION: &str = "116";
-/// Whether the `dstack-node` under test turns membership changes into epochs (issue 8, node
-/// side). While it does not, the run reports the epochs after its membership changes without
+/// Whether the `dstack-node` under test turns membership changes into epochs (the node
+/// side of live membership). While it does not, the run reports the epochs after its membership changes without
 /// counting a missing one as a violation (`--no-epoch-checks`), and the epoch assertions below
 /// are not made. Set to true once the node side is on main.
 const NODE_HAS_LIVE_EPOCHS: bool = true;

@@ -1,4 +1,4 @@
-//! Issue 8 end to end, under load: `testnet up --detach --powers 1,1,1,3` and an open-loop KV
+//! Live membership end to end, under load: `testnet up --detach --powers 1,1,1,3` and an open-loop KV
 //! load on the initial nodes for the whole run, then, one after the other,
 //! - `add-node`: a 5th node joins at a later epoch on every node and then signs QCs (it votes);
 //! - node1's owner edits its connection URL: every node shows the new URL, no epoch change;

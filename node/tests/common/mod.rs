@@ -1,5 +1,5 @@
 //! What the node's integration tests share: a tiny HTTP client for the API, the four-member
-//! test cluster (powers 1, 1, 2, 3 as in issue 6) and the node parameters every test starts
+//! test cluster (powers 1, 1, 2, 3, the testnet's) and the node parameters every test starts
 //! its nodes with. Each test binary uses a different part of it.
 #![allow(dead_code)]
 
