@@ -40,6 +40,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
+use consensus::codec::{Decode, Encode};
+use consensus::safety::SafetyState;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::batch_log::{BatchLog, BatchLogError, Compaction};
@@ -142,6 +144,10 @@ pub enum StorageError {
         /// The height that must come next.
         expected: u64,
     },
+    /// A safety state older than the stored one was about to overwrite it: writing it would
+    /// let the node sign again what it signed before.
+    #[error("refusing to write a safety state behind the stored one (older {0})")]
+    SafetyRegression(&'static str),
     /// A stored value has the wrong shape (a torn or foreign value).
     #[error("stored value under {0} is malformed")]
     Malformed(String),
@@ -1152,6 +1158,20 @@ impl Writer<'_> {
         Ok(())
     }
 
+    /// Stores the consensus safety state, refusing one behind the stored state (in epoch, last
+    /// voted, one-chain, timeout or proposal round): a second guard, after the order in which the
+    /// driver applies actions, against signing twice after a restart.
+    pub fn put_safety(&mut self, state: &SafetyState) -> Result<(), StorageError> {
+        if let Some(bytes) = self.get_meta(meta::SAFETY)? {
+            let stored = SafetyState::decode(&bytes)
+                .map_err(|_| StorageError::Malformed(meta::SAFETY.to_string()))?;
+            if let Some(counter) = state.behind(&stored) {
+                return Err(StorageError::SafetyRegression(counter));
+            }
+        }
+        self.put_meta(meta::SAFETY, &state.encode())
+    }
+
     /// Stores the record that ended `epoch`.
     pub fn put_epoch_change(&mut self, epoch: u64, bytes: &[u8]) -> Result<(), StorageError> {
         self.txn.open_table(EPOCH_CHANGES)?.insert(epoch, bytes)?;
@@ -1218,6 +1238,44 @@ impl Writer<'_> {
 mod tests {
     use super::*;
     use crate::exec_overlay::test_block as executed;
+
+    #[test]
+    fn an_older_safety_state_never_overwrites_a_newer_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(dir.path()).expect("open");
+        let newer = SafetyState {
+            last_voted_round: 7,
+            highest_timeout_round: 6,
+            ..SafetyState::new(2)
+        };
+        s.write(|w| w.put_safety(&newer)).expect("first write");
+        let older_round = SafetyState {
+            last_voted_round: 6,
+            ..newer.clone()
+        };
+        let older_epoch = SafetyState {
+            last_voted_round: 99,
+            ..SafetyState::new(1)
+        };
+        for (older, counter) in [(older_round, "last_voted_round"), (older_epoch, "epoch")] {
+            let e = s.write(|w| w.put_safety(&older)).expect_err("older state");
+            assert!(
+                matches!(e, StorageError::SafetyRegression(c) if c == counter),
+                "{e}"
+            );
+        }
+        let stored = s.get_meta(meta::SAFETY).expect("read").expect("stored");
+        assert_eq!(SafetyState::decode(&stored).expect("decode"), newer);
+        // Equal or later states are written; a later epoch supersedes the rounds.
+        let later_epoch = SafetyState::new(3);
+        s.write(|w| {
+            w.put_safety(&newer)?;
+            w.put_safety(&later_epoch)
+        })
+        .expect("equal, then later");
+        let stored = s.get_meta(meta::SAFETY).expect("read").expect("stored");
+        assert_eq!(SafetyState::decode(&stored).expect("decode"), later_epoch);
+    }
 
     #[test]
     fn writes_survive_reopen() {
