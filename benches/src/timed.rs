@@ -14,7 +14,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use consensus::types::Message;
 use node::driver::DriverConfig;
-use node::tap::{OutboundTap, TapFactory};
+use node::node::TapFactory;
+use node::tap::OutboundTap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{BenchError, io};

@@ -17,8 +17,16 @@ use consensus::types::{Address, MemberInfo, PublicKey};
 use membership::oracle::{OracleError, Snapshot};
 use membership::quorum::{QuorumObserver, QuorumOracle};
 
-use crate::driver::Member;
 use crate::metrics::OracleMetrics;
+
+/// A validator with its registered connection URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// Address, public key, power.
+    pub info: MemberInfo,
+    /// The connection URL (a multiaddr) registered on chain.
+    pub url: String,
+}
 
 /// A boxed future, so the trait stays object-safe.
 pub type ChainFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

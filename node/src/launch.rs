@@ -28,9 +28,9 @@ use crate::chain::{ChainView, OracleView, chain_set_of};
 use crate::config::Config;
 use crate::driver::DriverConfig;
 use crate::mempool::MempoolConfig;
+use crate::node::TapFactory;
 use crate::node::{NodeParams, start};
 use crate::serve::ToServeConfig;
-use crate::tap::TapFactory;
 
 /// Why `start` failed; every variant names what it could not reach or read.
 #[derive(Debug, thiserror::Error)]

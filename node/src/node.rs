@@ -21,7 +21,10 @@ use crate::net::{self, NetConfig, NetError};
 use crate::pruner::{Pruner, PrunerConfig};
 use crate::serve::{Gate, ServeConfig, Server};
 use crate::storage::{StorageError, Store};
-use crate::tap::TapFactory;
+use crate::tap::OutboundTap;
+
+/// Builds a tap once the node's identity and cluster are known (its key, chain id, contract).
+pub type TapFactory = Arc<dyn Fn(&DriverConfig) -> Arc<dyn OutboundTap> + Send + Sync>;
 
 /// Everything needed to start a node.
 pub struct NodeParams {

@@ -6,11 +6,7 @@
 //! exercised with real processes. Keeping the misbehaviour outside this crate means no operator
 //! build can contain it.
 
-use std::sync::Arc;
-
 use consensus::types::Message;
-
-use crate::driver::DriverConfig;
 
 /// Sees each consensus message the node is about to send and may add more.
 pub trait OutboundTap: Send + Sync {
@@ -18,6 +14,3 @@ pub trait OutboundTap: Send + Sync {
     /// gossip).
     fn extra(&self, message: &Message) -> Vec<Message>;
 }
-
-/// Builds a tap once the node's identity and cluster are known (its key, chain id, contract).
-pub type TapFactory = Arc<dyn Fn(&DriverConfig) -> Arc<dyn OutboundTap> + Send + Sync>;

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::{POWERS, free_port, get_json, http, node_params, put};
-use node::driver::Member;
+use node::chain::Member;
 use node::node::{RunningNode, start};
 
 struct Cluster {

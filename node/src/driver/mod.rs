@@ -54,7 +54,7 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::api::{SharedStatus, ValidatorInfo};
 use crate::app::{self, CommitInput};
-use crate::chain::{ChainSet, ChainView};
+use crate::chain::{ChainSet, ChainView, Member};
 use crate::mempool::{self, Mempool, SealedBatch, TxHash};
 use crate::metrics::Metrics;
 use crate::net::{NetEvent, NetHandle, Responder, peer_id_from_public_key};
@@ -92,15 +92,6 @@ pub enum DriverError {
     /// A stored record does not decode.
     #[error("stored {0} is corrupt")]
     Corrupt(&'static str),
-}
-
-/// A validator with its registered connection URL.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Member {
-    /// Address, public key, power.
-    pub info: MemberInfo,
-    /// The connection URL (a multiaddr) registered on chain.
-    pub url: String,
 }
 
 /// What the driver needs to run an epoch.

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use consensus::types::Message;
 use node::driver::DriverConfig;
 use node::launch::FaultHooks;
-use node::tap::{OutboundTap, TapFactory};
+use node::node::TapFactory;
+use node::tap::OutboundTap;
 use testnet::equivocate::Equivocator;
 use testnet::faulty;
 
