@@ -26,6 +26,7 @@ pub mod pacemaker;
 pub mod restore;
 pub mod safety;
 pub mod sim;
+pub mod sync;
 pub mod testkit;
 pub mod types;
 pub mod validators;

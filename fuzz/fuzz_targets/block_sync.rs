@@ -1,9 +1,11 @@
 //! Block-sync and fetch answers as a peer sends them: a response envelope holding a sync page,
 //! a block page or batches, converted the way the driver converts them (records, blocks, commit
-//! proofs, batches through the mempool's limits), and each record checked against a real
-//! cluster's epoch context the way a sync page's records are.
+//! proofs, batches through the mempool's limits), each record checked against a real cluster's
+//! epoch context the way a sync page's records are, and the page checked as the requester checks
+//! it (`consensus::sync::verify_page`).
 #![no_main]
 use consensus::crypto::Scheme;
+use consensus::sync::{Anchor, PageBlock, verify_page};
 use consensus::testkit::Cluster;
 use libfuzzer_sys::fuzz_target;
 use node::mempool::{MempoolConfig, SealedBatch};
@@ -36,6 +38,38 @@ fuzz_target!(|data: &[u8]| {
                     fuzz::roundtrip::proof(p);
                 }
             }
+            // The requester's check of the page, from an empty ledger, as the driver runs it.
+            let records: Vec<_> = page
+                .records
+                .iter()
+                .filter_map(|r| wire::record_from_wire(r).ok())
+                .collect();
+            let blocks: Vec<PageBlock> = page
+                .blocks
+                .iter()
+                .map_while(|cb| {
+                    Some(PageBlock {
+                        height: cb.height,
+                        block: wire::block_from_wire(cb.block.as_ref()?).ok()?,
+                        proof: cb
+                            .proof
+                            .as_ref()
+                            .and_then(|p| wire::proof_from_wire(p).ok()),
+                    })
+                })
+                .collect();
+            let n = blocks.len();
+            CLUSTER.with(|c| {
+                let anchor = Anchor {
+                    ctx: &c.ctx,
+                    height: 0,
+                    tip: None,
+                    epoch_b0: None,
+                };
+                let v = verify_page(&anchor, blocks, &records);
+                assert!(v.blocks.len() + v.unproved.len() <= n);
+                assert!(v.records.len() <= records.len() + 1);
+            });
         }
         ResponseBody::Blocks(page) => {
             for b in &page.blocks {

@@ -448,7 +448,11 @@ fn tracing_on() -> bool {
 
 fn trace_mode() -> Option<bool> {
     static MODE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
-    *MODE.get_or_init(|| std::env::var("CORE_HARNESS_TRACE").ok().map(|v| v == "full"))
+    *MODE.get_or_init(|| {
+        std::env::var("CORE_HARNESS_TRACE")
+            .ok()
+            .map(|v| v == "full")
+    })
 }
 
 /// A value's debug form, shortened unless the trace is `full`.

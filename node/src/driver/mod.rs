@@ -41,6 +41,7 @@ use consensus::domain::Domain;
 use consensus::epoch::EpochChangeRecord;
 use consensus::host::{Pump, Step};
 use consensus::safety::SafetyState;
+use consensus::sync::PageBlock;
 use consensus::types::{
     Address, BatchDigest, Block, BlockId, MemberInfo, Message, QuorumCert, TimeoutCert,
 };
@@ -192,6 +193,9 @@ pub struct Driver {
     syncing: bool,
     sync_inflight: bool,
     sync_peer_turn: usize,
+    /// Blocks a sync page linked but did not prove yet (a commit longer than a page), with their
+    /// wire size: the next page, asked from after them, may prove them.
+    sync_held: Vec<(PageBlock, usize)>,
 }
 
 enum Outgoing {
@@ -295,6 +299,7 @@ impl Driver {
             syncing: false,
             sync_inflight: false,
             sync_peer_turn: 0,
+            sync_held: Vec::new(),
             cfg,
         };
         for bytes in d.store.uncommitted_blocks()? {

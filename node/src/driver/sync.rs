@@ -2,7 +2,13 @@
 //! checks them by hash links and commit proofs (across epochs by their records), applies them
 //! and restarts its core from the new root.
 
+use consensus::sync::{Anchor, verify_page};
+
 use super::*;
+
+/// Most bytes of unproved blocks held between sync pages: a commit up to about three pages long
+/// can be proved by the page that ends it.
+const MAX_HELD_SYNC_BYTES: usize = 2 * crate::serve::answer::RESPONSE_BUDGET;
 
 impl Driver {
     /// Starts a sync round when no block was committed for a while.
@@ -23,13 +29,24 @@ impl Driver {
         peers.sort();
         let peer = peers[self.sync_peer_turn % peers.len()];
         self.sync_peer_turn = self.sync_peer_turn.wrapping_add(1);
-        let from = match self.store.committed_height() {
-            Ok(h) => h.saturating_add(1),
+        let committed = match self.store.committed_height() {
+            Ok(h) => h,
             Err(e) => {
                 tracing::warn!(error = %e, "block sync: cannot read the committed height");
                 return;
             }
         };
+        // Ask for what follows the held run, if it still starts right after the ledger.
+        if self
+            .sync_held
+            .first()
+            .is_some_and(|(b, _)| Some(b.height) != committed.checked_add(1))
+        {
+            self.sync_held.clear();
+        }
+        let from = committed
+            .saturating_add(self.sync_held.len() as u64)
+            .saturating_add(1);
         let known_epoch = self.core.epoch();
         self.sync_inflight = true;
         self.outbox.push(Outgoing::Fetch(Box::new(move |net, done| {
@@ -48,10 +65,9 @@ impl Driver {
         })));
     }
 
-    /// Verifies a sync page and applies it, then restarts the core from the new root. Blocks
-    /// are checked by hash links from the committed root, each epoch's blocks against that
-    /// epoch's set: a block is proved by its commit proof (QC verified), or, for the block that
-    /// ended an epoch, by that epoch's record, which also yields the next epoch's context.
+    /// Verifies a sync page ([`consensus::sync::verify_page`], after the run held from the page
+    /// before) and applies what it proves, then restarts the core from the new root. What links
+    /// but is not proved yet is held (bounded) for the next page.
     pub(super) fn apply_sync_page(
         &mut self,
         page: Option<Box<v1::SyncResponse>>,
@@ -59,91 +75,86 @@ impl Driver {
         let Some(page) = page else {
             return Ok(());
         };
-        let records: HashMap<u64, EpochChangeRecord> = page
+        let records: Vec<EpochChangeRecord> = page
             .records
             .iter()
             .filter_map(|r| wire::record_from_wire(r).ok())
-            .map(|r| (r.epoch, r))
             .collect();
         let committed = self.store.committed_height()?;
-        let core_ctx = self.core.context();
-        // The context of the epoch being verified: the core's, then each next one a record yields.
-        let mut next_ctx: Option<EpochContext> = None;
-        let tip = self.store.committed_id(committed)?.map(BlockId);
-        let mut expect_parent = match tip {
-            Some(id) if Some(id) != self.epoch_b0 => id,
-            _ => core_ctx.genesis_block(),
+        let anchor = Anchor {
+            ctx: self.core.context(),
+            height: committed,
+            tip: self.store.committed_id(committed)?.map(BlockId),
+            epoch_b0: self.epoch_b0,
         };
-        // The ledger may end at B0 with its record lost (crash): the page's record ends the epoch.
-        let mut new_records: Vec<(u64, EpochChangeRecord)> = Vec::new();
-        if let Some(id) = tip
-            && Some(id) != self.epoch_b0
-            && let Some(r) = records.get(&core_ctx.epoch())
-            && r.b0().map(Block::id) == Some(id)
-            && let Ok(next) = r.next_context(core_ctx)
-        {
-            new_records.push((committed, r.clone()));
-            expect_parent = next.genesis_block();
-            next_ctx = Some(next);
+        let mut sizes: HashMap<u64, usize> = HashMap::new();
+        let mut blocks: Vec<PageBlock> = Vec::with_capacity(self.sync_held.len());
+        for (b, size) in self.sync_held.drain(..) {
+            sizes.insert(b.height, size);
+            blocks.push(b);
         }
-        let mut verified: Vec<(u64, Block, Option<CommitProof>)> = Vec::new();
-        let mut last_proved: Option<usize> = None;
-        for (next_height, cb) in (committed + 1..).zip(page.blocks.iter()) {
-            if cb.height != next_height {
-                break;
-            }
-            let Some(b) = cb
+        for cb in &page.blocks {
+            let Some(block) = cb
                 .block
                 .as_ref()
                 .and_then(|b| wire::block_from_wire(b).ok())
             else {
                 break;
             };
-            let ctx = next_ctx.as_ref().unwrap_or(core_ctx);
-            if b.parent_id() != expect_parent || b.epoch() != ctx.epoch() {
-                break;
-            }
             let proof = cb
                 .proof
                 .as_ref()
                 .and_then(|p| wire::proof_from_wire(p).ok());
-            let direct = proof.as_ref().is_some_and(|p| proves_directly(&b, p, ctx));
-            let id = b.id();
-            let ends_epoch = b.header().reconfigure.is_some();
-            verified.push((cb.height, b, proof));
-            if direct {
-                last_proved = Some(verified.len() - 1);
-            }
-            if !ends_epoch {
-                expect_parent = id;
-                continue;
-            }
-            // A committed Reconfigure block is the epoch's B0: nothing after it in this epoch.
-            let Some(r) = records
-                .get(&ctx.epoch())
-                .filter(|r| r.b0().map(Block::id) == Some(id))
-            else {
-                break;
-            };
-            match r.next_context(ctx) {
-                Ok(next) => {
-                    last_proved = Some(verified.len() - 1);
-                    new_records.push((cb.height, r.clone()));
-                    expect_parent = next.genesis_block();
-                    next_ctx = Some(next);
-                }
-                Err(e) => {
-                    tracing::warn!(epoch = r.epoch, error = %e, "sync: epoch-change record does not verify");
-                    break;
-                }
-            }
+            sizes.insert(cb.height, cb.encoded_len());
+            blocks.push(PageBlock {
+                height: cb.height,
+                block,
+                proof,
+            });
         }
-        let reached_epoch = next_ctx.as_ref().unwrap_or(core_ctx).epoch();
-        let keep = last_proved.map_or(0, |i| i + 1);
-        verified.truncate(keep);
-        new_records.retain(|(h, _)| *h <= committed + keep as u64);
+        let v = verify_page(&anchor, blocks, &records);
+        if let Some(why) = v.stopped {
+            tracing::debug!(reason = why, "sync page: the check stopped before its end");
+        }
+        let reached_epoch = v.epoch(&anchor);
+        let held_bytes: usize = v
+            .unproved
+            .iter()
+            .map(|b| sizes.get(&b.height).copied().unwrap_or(0))
+            .sum();
+        if held_bytes <= MAX_HELD_SYNC_BYTES {
+            self.sync_held = v
+                .unproved
+                .into_iter()
+                .map(|b| {
+                    let size = sizes.get(&b.height).copied().unwrap_or(0);
+                    (b, size)
+                })
+                .collect();
+        } else {
+            tracing::warn!(
+                bytes = held_bytes,
+                "sync: an unproved run longer than the held bound is dropped"
+            );
+        }
+        let high_qc = page
+            .high_qc
+            .as_ref()
+            .and_then(|q| wire::qc_from_wire(q).ok())
+            .filter(|q| q.epoch == reached_epoch);
+        let next_ctx = v.next_ctx;
+        let new_records = v.records;
+        let verified: Vec<(u64, Block, Option<CommitProof>)> = v
+            .blocks
+            .into_iter()
+            .map(|b| (b.height, b.block, b.proof))
+            .collect();
         if verified.is_empty() && new_records.is_empty() {
-            self.syncing = false;
+            // Keep asking while a run is held: the next page may prove it.
+            self.syncing = !self.sync_held.is_empty();
+            if self.syncing {
+                self.last_commit = Instant::now() - self.cfg.stall_after;
+            }
             return Ok(());
         }
         let mut missing = Vec::new();
@@ -186,6 +197,19 @@ impl Driver {
             epoch = reached_epoch,
             "applied a sync page; restarting consensus from the new root"
         );
+        if let Some(qc) = high_qc
+            && self.above_stored_high_qc(&qc)?
+            && next_ctx
+                .as_ref()
+                .unwrap_or(self.core.context())
+                .verify_qc(&qc)
+                .is_ok()
+        {
+            // The responder's round: the restarted core enters it at once instead of waiting
+            // for the cluster's next certificate.
+            self.store
+                .write(|w| w.put_meta(meta::HIGH_QC, &qc.encode()))?;
+        }
         self.commit_queue.clear();
         let (core, restored) = build_core(&self.cfg, &self.store)?;
         self.core = core;
@@ -195,11 +219,22 @@ impl Driver {
         self.feed(Event::Start { now_ms: now })?;
         // Keep syncing while pages come full; the stall timer triggers the next page.
         self.last_commit = Instant::now() - self.cfg.stall_after;
-        if n < MAX_SYNC_BLOCKS as usize / 2 {
+        if n < MAX_SYNC_BLOCKS as usize / 2 && self.sync_held.is_empty() {
             self.syncing = false;
             self.last_commit = Instant::now();
         }
         Ok(())
+    }
+
+    /// Whether `qc` is above the stored high QC (by epoch, then round).
+    fn above_stored_high_qc(&self, qc: &QuorumCert) -> Result<bool, DriverError> {
+        let stored = match self.store.get_meta(meta::HIGH_QC)? {
+            Some(b) => Some(QuorumCert::decode(&b).map_err(|_| DriverError::Corrupt("high QC"))?),
+            None => None,
+        };
+        Ok(stored
+            .as_ref()
+            .is_none_or(|s| (s.epoch, s.round) < (qc.epoch, qc.round)))
     }
 
     /// Stores a record verified during sync (its B0 is in the ledger) and applies the epoch.
@@ -212,41 +247,5 @@ impl Driver {
         self.uncommitted_reconfigure.clear();
         self.on_epoch_changed(r);
         Ok(())
-    }
-}
-
-/// Whether a sync page's proof shows `b` committed by a direct 2-chain: its child one round
-/// later, certified by a QC valid in `ctx`. The peer's rounds are compared without arithmetic that
-/// could overflow, and the QC is checked last.
-pub(super) fn proves_directly(b: &Block, p: &CommitProof, ctx: &EpochContext) -> bool {
-    p.certified.parent_id() == b.id()
-        && b.round().checked_add(1) == Some(p.certified.round())
-        && p.qc.block_id == p.certified.id()
-        && ctx.verify_qc(&p.qc).is_ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use consensus::testkit::Cluster;
-
-    #[test]
-    fn a_sync_proof_with_a_last_round_block_is_refused_without_overflow() {
-        let c = Cluster::new(Scheme::Fast, &[1, 1, 1, 1], 5);
-        let b1 = c.block(1, c.ctx.genesis_qc(), vec![]);
-        let b2 = c.block(2, c.full_qc(1, b1.id()), vec![]);
-        let proof = CommitProof {
-            qc: c.full_qc(2, b2.id()),
-            certified: b2,
-        };
-        assert!(proves_directly(&b1, &proof, &c.ctx));
-        // A peer's page naming the last round: no `round + 1` may overflow on it.
-        let far = Block::new(0, u64::MAX, c.ctx.genesis_qc(), b1.proposer(), vec![], None);
-        let child = Block::new(0, 3, c.full_qc(2, far.id()), b1.proposer(), vec![], None);
-        let bad = CommitProof {
-            qc: c.full_qc(3, child.id()),
-            certified: child,
-        };
-        assert!(!proves_directly(&far, &bad, &c.ctx));
     }
 }

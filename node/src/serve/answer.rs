@@ -100,6 +100,7 @@ pub fn sync(
         store.committed_height()?
     };
     let mut blocks = Vec::new();
+    let mut proved: Option<usize> = None;
     let mut h = req.from_height.max(1);
     let limit = u64::from(req.max_blocks.clamp(1, MAX_SYNC_BLOCKS));
     // Records first: the requester needs them to verify blocks past each epoch's end.
@@ -128,21 +129,34 @@ pub fn sync(
         } else {
             v1::CommitProof::decode(proof.as_slice()).ok()
         };
-        let has_proof = proof.is_some();
+        // The block that ended an epoch is proved by that epoch's record when the page carries
+        // it (blocks re-applied after a restart have no proof of their own).
+        let has_proof = proof.is_some()
+            || block.as_ref().is_some_and(|b| {
+                b.header.as_ref().is_some_and(|h| h.reconfigure.is_some())
+                    && records
+                        .iter()
+                        .any(|r| r.proof.as_ref().and_then(|p| p.path.first()) == Some(b))
+            });
         blocks.push(v1::CommittedBlock {
             height: h,
             block,
             proof,
         });
+        if has_proof {
+            proved = Some(blocks.len() - 1);
+        }
         h += 1;
         // Stop at a block carrying a proof once the page is full enough.
         if has_proof && blocks.len() as u64 >= limit {
             break;
         }
     }
-    // Drop a trailing run without a proof: the requester could not verify it.
-    while blocks.last().is_some_and(|b| b.proof.is_none()) {
-        blocks.pop();
+    // Drop a trailing run without a proof (the requester asks again from after the last proof),
+    // unless the page holds no proof at all: a commit longer than a page is then sent in parts,
+    // which the requester holds until the page that proves them.
+    if let Some(last) = proved {
+        blocks.truncate(last + 1);
     }
     let high_qc = match store.get_meta(meta::HIGH_QC)? {
         Some(b) => Some(wire::qc_to_wire(
