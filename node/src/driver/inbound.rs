@@ -44,6 +44,18 @@ impl Driver {
         self.outbox.push(out);
     }
 
+    /// Collects the tasks that ended; one that panicked stops the driver.
+    pub(super) fn reap_tasks(&mut self) -> Result<(), DriverError> {
+        while let Some(done) = self.tasks.try_join_next() {
+            if let Err(e) = done
+                && e.is_panic()
+            {
+                return Err(DriverError::TaskPanicked(e.to_string()));
+            }
+        }
+        Ok(())
+    }
+
     /// Sends what the executed actions queued (after their persistence).
     pub(super) async fn flush(&mut self) {
         for o in std::mem::take(&mut self.outbox) {
@@ -56,7 +68,7 @@ impl Driver {
                 }
                 Outgoing::Vote(peer, vote) => {
                     let net = self.net.clone();
-                    tokio::spawn(async move {
+                    self.tasks.spawn(async move {
                         if let Err(e) = net.request(peer, RequestBody::Vote(vote)).await {
                             tracing::debug!(%peer, error = %e, "vote not delivered");
                         }
@@ -73,7 +85,7 @@ impl Driver {
                     }
                 }
                 Outgoing::Fetch(f) => {
-                    tokio::spawn(f(self.net.clone(), self.done_tx.clone()));
+                    self.tasks.spawn(f(self.net.clone(), self.done_tx.clone()));
                 }
             }
         }
@@ -176,9 +188,9 @@ impl Driver {
         Ok(())
     }
 
-    pub(super) fn report(&self, id: MessageId, source: PeerId, acceptance: MessageAcceptance) {
+    pub(super) fn report(&mut self, id: MessageId, source: PeerId, acceptance: MessageAcceptance) {
         let net = self.net.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let _ = net.report(id, source, acceptance).await;
         });
     }
@@ -277,9 +289,9 @@ impl Driver {
         }
     }
 
-    pub(super) fn respond(&self, responder: Responder, body: ResponseBody) {
+    pub(super) fn respond(&mut self, responder: Responder, body: ResponseBody) {
         let net = self.net.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let _ = net.respond(responder, body).await;
         });
     }

@@ -93,6 +93,9 @@ pub enum DriverError {
     /// A stored record does not decode.
     #[error("stored {0} is corrupt")]
     Corrupt(&'static str),
+    /// A task the driver started (a send, a fetch, a report) panicked: a bug, so the node stops.
+    #[error("a driver task panicked: {0}")]
+    TaskPanicked(String),
 }
 
 /// What the driver needs to run an epoch.
@@ -152,6 +155,9 @@ pub struct Driver {
     store: Store,
     chain: Option<Arc<dyn ChainView>>,
     oracle_task: Option<tokio::task::JoinHandle<()>>,
+    /// The sends, fetches and reports in flight: reaped as they end, aborted when the driver
+    /// stops (dropping the set aborts them).
+    tasks: tokio::task::JoinSet<()>,
     /// The current epoch's members (with the latest URLs the chain showed).
     members: Vec<Member>,
     /// The previous epoch's members: still heard (they may lag) and served.
@@ -267,6 +273,7 @@ impl Driver {
             store: parts.store,
             chain: parts.chain,
             oracle_task: None,
+            tasks: tokio::task::JoinSet::new(),
             members,
             prev_members: Vec::new(),
             registered: cfg.members.clone(),
@@ -517,6 +524,7 @@ impl Driver {
                 _ = tick.tick() => {
                     self.seal_batches(true)?;
                     self.store.flush_executed_if_due()?;
+                    self.reap_tasks()?;
                 }
                 _ = sync_check.tick() => self.maybe_sync(),
                 _ = redial.tick() => self.dial_members().await,
@@ -529,6 +537,7 @@ impl Driver {
         if let Some(t) = self.oracle_task.take() {
             t.abort();
         }
+        self.tasks.abort_all();
         self.store.flush_executed()?;
         self.store.wait_index_merge();
         tracing::info!("driver stopped");
