@@ -12,7 +12,6 @@ pub mod app;
 #[cfg(feature = "full")]
 pub mod batch_log;
 #[cfg(feature = "full")]
-pub mod batch_push;
 #[cfg(feature = "full")]
 pub mod chain;
 pub mod config;

@@ -1,7 +1,7 @@
 //! The libp2p network of a node (DESIGN section 7): TCP + Noise + Yamux, identify, gossipsub
 //! (with `validate_messages()` and peer scoring), request-response (votes to every member,
 //! batch fetch, block sync) with a size-bounded codec, and a direct push of batches to every
-//! member over long-lived streams ([`crate::batch_push`]).
+//! member over long-lived streams ([`batch_push`]).
 //!
 //! The swarm runs in its own tokio task; the driver talks to it through a [`NetHandle`] and
 //! receives [`NetEvent`]s. The network checks what it can without consensus: size, wire version
@@ -41,17 +41,18 @@ use proto::limits::{MAX_GOSSIP_BYTES, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES};
 use proto::{GossipBody, RequestBody, ResponseBody, WireError};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::batch_push::BatchPush;
 use crate::frames::{read_frame, write_frame_open};
 use crate::metrics::Metrics;
 use crate::serve::{Ask, Gate, Permit};
 use crate::wire::wire_reason;
 
+pub mod batch_push;
 mod codec;
 mod handle;
 mod task;
 mod topics;
 
+use batch_push::BatchPush;
 pub use codec::WireCodec;
 use handle::Command;
 pub use handle::NetHandle;

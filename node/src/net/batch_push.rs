@@ -27,9 +27,9 @@ use proto::limits::MAX_GOSSIP_BYTES;
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
+use super::{NetError, NetEvent};
 use crate::frames::{Refusal, canonical_batch, read_frame, write_frame_open};
 use crate::metrics::Metrics;
-use crate::net::{NetError, NetEvent};
 
 /// Frames waiting for one peer's writer; beyond this the newest frame is dropped for that peer.
 pub const QUEUE_FRAMES: usize = 64;
