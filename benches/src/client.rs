@@ -153,7 +153,7 @@ pub async fn run(cfg: ClientConfig) -> Result<ClientReport, BenchError> {
             if i == 0 && k % cfg.sample_every.max(1) == 0 {
                 sample_hash = Some(node::mempool::tx_hash(&tx));
             }
-            node::ingest::push_frame(&mut body, &tx);
+            node::frames::push_frame(&mut body, &tx);
         }
         seq += n;
         while tasks.try_join_next().is_some() {}

@@ -22,7 +22,6 @@ pub mod driver;
 pub mod exec_overlay;
 pub mod frames;
 #[cfg(feature = "full")]
-pub mod ingest;
 #[cfg(feature = "full")]
 pub mod launch;
 pub mod mempool;

@@ -29,6 +29,8 @@ use crate::mempool::{Mempool, MempoolError};
 use crate::metrics::Metrics;
 use crate::storage::{Hash32, Store};
 
+pub mod ingest;
+
 /// A member of the current validator set, as the API shows it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ValidatorInfo {
@@ -119,7 +121,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/blocks/latest", get(block_latest))
         .route("/blocks/{height}", get(block_at))
         .route("/txs", post(submit_tx))
-        .route("/txs/bulk", post(crate::ingest::submit_bulk))
+        .route("/txs/bulk", post(ingest::submit_bulk))
         .route("/txs/{hash}", get(tx_status))
         .route("/kv/{key}", get(kv_get))
         .route("/registration", get(registration))

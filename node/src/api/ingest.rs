@@ -26,7 +26,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::api::ApiState;
+use super::ApiState;
 use crate::app::KvTx;
 use crate::mempool::{MempoolError, TxHash, tx_hash};
 
@@ -62,7 +62,7 @@ pub async fn submit_bulk(State(s): State<ApiState>, body: Bytes) -> Response {
                 .into_response();
         }
     };
-    if let Some(refusal) = crate::api::not_a_member(&s) {
+    if let Some(refusal) = super::not_a_member(&s) {
         return refusal;
     }
     let mut errors: BTreeMap<&'static str, u64> = BTreeMap::new();
