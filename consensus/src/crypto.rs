@@ -4,7 +4,7 @@
 //! deterministic test scheme (a keyed hash of the exact digest per signer) so the simulator can run
 //! hundreds of thousands of rounds while every binding the digest carries is still exercised.
 
-use crate::domain::keccak256;
+use crate::hash::keccak256;
 use crate::types::{Address, PublicKey, Signature};
 use k256::ecdsa::{SigningKey, VerifyingKey};
 use k256::elliptic_curve::scalar::IsHigh;

@@ -15,10 +15,7 @@ pub const TIMEOUT_TAG: &str = "DSTACK_NFT_CLUSTER_TIMEOUT";
 /// Tag of epoch genesis block ids.
 pub const GENESIS_TAG: &str = "DSTACK_NFT_CLUSTER_GENESIS";
 
-/// keccak256 of `data`.
-pub fn keccak256(data: &[u8]) -> [u8; 32] {
-    Keccak256::digest(data).into()
-}
+pub use crate::hash::keccak256;
 
 /// The ABI word of a `uint64`/`uint256` value below 2^64 (left-padded big-endian).
 pub fn word_u64(v: u64) -> [u8; 32] {

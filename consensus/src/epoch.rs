@@ -7,7 +7,6 @@
 //! ever enter through these records.
 
 use crate::codec::{Decode, DecodeError, Encode, Reader, Writer};
-use crate::domain::validator_set_hash;
 use crate::types::{Block, MemberInfo, QuorumCert, Reconfigure};
 use crate::validators::{SetError, ValidatorSet};
 use crate::verify::{CertError, EpochContext};
@@ -134,21 +133,7 @@ impl EpochChangeRecord {
     }
 }
 
-/// Checks of a `Reconfigure` that need no outside view: members sorted by address without
-/// duplicates, positive powers, addresses derived from keys (a valid set), and
-/// `validator_set_hash` equal to the hash of `members`.
-pub fn check_reconfigure_shape(rc: &Reconfigure) -> Result<(), &'static str> {
-    if rc.members.windows(2).any(|w| w[0].address >= w[1].address) {
-        return Err("reconfigure members are not sorted by address");
-    }
-    if crate::validators::check_members(&rc.members).is_err() {
-        return Err("reconfigure members are not a valid set");
-    }
-    if validator_set_hash(&rc.members) != rc.validator_set_hash {
-        return Err("reconfigure validator_set_hash does not match its members");
-    }
-    Ok(())
-}
+pub use crate::validators::check_reconfigure_shape;
 
 impl Encode for EpochChangeRecord {
     fn encode_to(&self, w: &mut Writer) {

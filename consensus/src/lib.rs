@@ -21,6 +21,7 @@ pub mod crypto;
 pub mod domain;
 pub mod epoch;
 pub mod evidence;
+pub mod hash;
 pub mod host;
 pub mod pacemaker;
 pub mod restore;

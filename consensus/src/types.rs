@@ -3,7 +3,7 @@
 //! here: validity against a validator set is in `verify`, the rules in `safety` and `core`.
 
 use crate::codec::{Decode, DecodeError, Encode, Reader, Writer};
-use crate::domain::keccak256;
+use crate::hash::keccak256;
 use std::fmt;
 
 /// The most validators a set (and so a signer bitmap) may have. Bounds every certificate.

@@ -5,7 +5,7 @@
 
 use crate::crypto::{PreparedKey, address_of};
 use crate::domain::validator_set_hash;
-use crate::types::{Address, MAX_VALIDATORS, MemberInfo, PublicKey, SignerBitmap};
+use crate::types::{Address, MAX_VALIDATORS, MemberInfo, PublicKey, Reconfigure, SignerBitmap};
 use std::collections::{HashMap, VecDeque};
 use thiserror::Error;
 
@@ -321,6 +321,22 @@ pub fn build_schedule_naive(powers: &[u64]) -> Vec<u32> {
         out.push(best as u32);
     }
     out
+}
+
+/// Checks of a `Reconfigure` that need no outside view: members sorted by address without
+/// duplicates, positive powers, addresses derived from keys (a valid set), and
+/// `validator_set_hash` equal to the hash of `members`.
+pub fn check_reconfigure_shape(rc: &Reconfigure) -> Result<(), &'static str> {
+    if rc.members.windows(2).any(|w| w[0].address >= w[1].address) {
+        return Err("reconfigure members are not sorted by address");
+    }
+    if check_members(&rc.members).is_err() {
+        return Err("reconfigure members are not a valid set");
+    }
+    if validator_set_hash(&rc.members) != rc.validator_set_hash {
+        return Err("reconfigure validator_set_hash does not match its members");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -443,7 +443,7 @@ impl EpochContext {
             return Err(MessageError::Malformed("round is not above the QC's round"));
         }
         if let Some(rc) = &b.header().reconfigure {
-            crate::epoch::check_reconfigure_shape(rc).map_err(MessageError::Malformed)?;
+            crate::validators::check_reconfigure_shape(rc).map_err(MessageError::Malformed)?;
         }
         self.verify_qc(b.qc())?;
         let needs_tc = b.qc().round.checked_add(1) != Some(b.round());
