@@ -27,3 +27,14 @@ alloy::sol! {
 pub const EIP712_NAME: &str = "DstackMembershipNFT";
 /// The EIP-712 domain version of the contract.
 pub const EIP712_VERSION: &str = "1";
+
+/// The page size of `validators(offset, limit)` (the contract's maximum).
+pub const PAGE_LIMIT: u64 = 100;
+
+/// Describes a contract call error, decoding the contract's custom errors.
+pub fn describe_contract_error(e: &alloy::contract::Error) -> String {
+    match e.as_decoded_interface_error::<DstackMembershipNFT::DstackMembershipNFTErrors>() {
+        Some(err) => format!("{err:?}"),
+        None => e.to_string(),
+    }
+}

@@ -15,8 +15,7 @@ use thiserror::Error;
 use crate::contract::DstackMembershipNFT;
 use crate::genesis::{Genesis, PinRule};
 
-/// The page size used for `validators(offset, limit)` (the contract's maximum).
-pub const PAGE_LIMIT: u64 = 100;
+pub use crate::contract::PAGE_LIMIT;
 
 /// Oracle failures.
 #[derive(Debug, Error)]
@@ -363,7 +362,10 @@ impl Oracle {
                 }
                 other => Failure::Fatal(OracleError::NotTheContract {
                     contract,
-                    reason: format!("{what}: {}", crate::sdk::describe_contract_error(&other)),
+                    reason: format!(
+                        "{what}: {}",
+                        crate::contract::describe_contract_error(&other)
+                    ),
                 }),
             }
         };

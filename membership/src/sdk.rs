@@ -23,7 +23,7 @@ use k256::ecdsa::SigningKey;
 use thiserror::Error;
 
 use crate::connection_url::{self, ConnectionUrlError};
-use crate::contract::DstackMembershipNFT::{self, DstackMembershipNFTErrors, DstackProof};
+use crate::contract::DstackMembershipNFT::{self, DstackProof};
 use crate::contract::{EIP712_NAME, EIP712_VERSION, Registration};
 use crate::dstack::{DstackClient, DstackError, NodeKey};
 use crate::hexfmt::{HexError, encode_0x};
@@ -113,13 +113,7 @@ pub(crate) async fn timed<T, E: std::fmt::Display>(
     }
 }
 
-/// Describes a contract call error, decoding the contract's custom errors.
-pub fn describe_contract_error(e: &alloy::contract::Error) -> String {
-    match e.as_decoded_interface_error::<DstackMembershipNFTErrors>() {
-        Some(err) => format!("{err:?}"),
-        None => e.to_string(),
-    }
-}
+pub use crate::contract::describe_contract_error;
 
 /// A registration as the contract takes it, plus its context (also the forge fixture).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -557,7 +551,7 @@ impl Cluster {
     /// All counted peers (paginated `getPeers`) at the latest block.
     pub async fn peers(&self) -> Result<Vec<Peer>, SdkError> {
         let c = self.instance();
-        let limit = U256::from(crate::oracle::PAGE_LIMIT);
+        let limit = U256::from(crate::contract::PAGE_LIMIT);
         let mut out = Vec::new();
         loop {
             let page = timed(
@@ -570,7 +564,7 @@ impl Cluster {
                 node: p.node,
                 connection_url: p.connectionUrl,
             }));
-            if n < crate::oracle::PAGE_LIMIT as usize {
+            if n < crate::contract::PAGE_LIMIT as usize {
                 return Ok(out);
             }
         }
