@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::storage::Hash32;
+use crate::Hash32;
 
 /// When the overlay is written to the database.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -10,7 +10,7 @@
 //! costs the lookup the filter would have saved. There are no false negatives: a hash is added
 //! before the transaction that commits it is durable, never after.
 
-use crate::storage::Hash32;
+use crate::Hash32;
 
 /// Bits per entry of a layer.
 const BITS_PER_ENTRY: usize = 10;
