@@ -2,7 +2,7 @@
 //! checks them by hash links and commit proofs (across epochs by their records), applies them
 //! and restarts its core from the new root.
 
-use consensus::sync::{Anchor, verify_page};
+use consensus::sync::{Anchor, Verified, verify_page};
 
 use super::*;
 
@@ -75,68 +75,12 @@ impl Driver {
         let Some(page) = page else {
             return Ok(());
         };
-        let records: Vec<EpochChangeRecord> = page
-            .records
-            .iter()
-            .filter_map(|r| wire::record_from_wire(r).ok())
-            .collect();
         let committed = self.store.committed_height()?;
-        let anchor = Anchor {
-            ctx: self.core.context(),
-            height: committed,
-            tip: self.store.committed_id(committed)?.map(BlockId),
-            epoch_b0: self.epoch_b0,
-        };
-        let mut sizes: HashMap<u64, usize> = HashMap::new();
-        let mut blocks: Vec<PageBlock> = Vec::with_capacity(self.sync_held.len());
-        for (b, size) in self.sync_held.drain(..) {
-            sizes.insert(b.height, size);
-            blocks.push(b);
-        }
-        for cb in &page.blocks {
-            let Some(block) = cb
-                .block
-                .as_ref()
-                .and_then(|b| wire::block_from_wire(b).ok())
-            else {
-                break;
-            };
-            let proof = cb
-                .proof
-                .as_ref()
-                .and_then(|p| wire::proof_from_wire(p).ok());
-            sizes.insert(cb.height, cb.encoded_len());
-            blocks.push(PageBlock {
-                height: cb.height,
-                block,
-                proof,
-            });
-        }
-        let v = verify_page(&anchor, blocks, &records);
-        if let Some(why) = v.stopped {
-            tracing::debug!(reason = why, "sync page: the check stopped before its end");
-        }
-        let reached_epoch = v.epoch(&anchor);
-        let held_bytes: usize = v
-            .unproved
-            .iter()
-            .map(|b| sizes.get(&b.height).copied().unwrap_or(0))
-            .sum();
-        if held_bytes <= MAX_HELD_SYNC_BYTES {
-            self.sync_held = v
-                .unproved
-                .into_iter()
-                .map(|b| {
-                    let size = sizes.get(&b.height).copied().unwrap_or(0);
-                    (b, size)
-                })
-                .collect();
-        } else {
-            tracing::warn!(
-                bytes = held_bytes,
-                "sync: an unproved run longer than the held bound is dropped"
-            );
-        }
+        let v = self.check_sync_page(&page)?;
+        let reached_epoch = v
+            .next_ctx
+            .as_ref()
+            .map_or(self.core.epoch(), EpochContext::epoch);
         let high_qc = page
             .high_qc
             .as_ref()
@@ -224,6 +168,73 @@ impl Driver {
             self.last_commit = Instant::now();
         }
         Ok(())
+    }
+
+    /// Checks a page after the run held from the page before, and holds what links past its
+    /// last proof (within [`MAX_HELD_SYNC_BYTES`]); returns what it proves.
+    fn check_sync_page(&mut self, page: &v1::SyncResponse) -> Result<Verified, DriverError> {
+        let records: Vec<EpochChangeRecord> = page
+            .records
+            .iter()
+            .filter_map(|r| wire::record_from_wire(r).ok())
+            .collect();
+        let committed = self.store.committed_height()?;
+        let anchor = Anchor {
+            ctx: self.core.context(),
+            height: committed,
+            tip: self.store.committed_id(committed)?.map(BlockId),
+            epoch_b0: self.epoch_b0,
+        };
+        let mut sizes: HashMap<u64, usize> = HashMap::new();
+        let mut blocks: Vec<PageBlock> = Vec::with_capacity(self.sync_held.len());
+        for (b, size) in self.sync_held.drain(..) {
+            sizes.insert(b.height, size);
+            blocks.push(b);
+        }
+        for cb in &page.blocks {
+            let Some(block) = cb
+                .block
+                .as_ref()
+                .and_then(|b| wire::block_from_wire(b).ok())
+            else {
+                break;
+            };
+            let proof = cb
+                .proof
+                .as_ref()
+                .and_then(|p| wire::proof_from_wire(p).ok());
+            sizes.insert(cb.height, cb.encoded_len());
+            blocks.push(PageBlock {
+                height: cb.height,
+                block,
+                proof,
+            });
+        }
+        let mut v = verify_page(&anchor, blocks, &records);
+        if let Some(why) = v.stopped {
+            tracing::debug!(reason = why, "sync page: the check stopped before its end");
+        }
+        let held_bytes: usize = v
+            .unproved
+            .iter()
+            .map(|b| sizes.get(&b.height).copied().unwrap_or(0))
+            .sum();
+        let unproved = std::mem::take(&mut v.unproved);
+        if held_bytes <= MAX_HELD_SYNC_BYTES {
+            self.sync_held = unproved
+                .into_iter()
+                .map(|b| {
+                    let size = sizes.get(&b.height).copied().unwrap_or(0);
+                    (b, size)
+                })
+                .collect();
+        } else {
+            tracing::warn!(
+                bytes = held_bytes,
+                "sync: an unproved run longer than the held bound is dropped"
+            );
+        }
+        Ok(v)
     }
 
     /// Whether `qc` is above the stored high QC (by epoch, then round).
