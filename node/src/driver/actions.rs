@@ -160,59 +160,13 @@ impl Driver {
                 block_id,
                 digests,
                 from,
-            } => {
-                let missing = self.missing_batches(&digests)?;
-                if missing.is_empty() {
-                    return Ok(Some(Event::BatchesAvailable { block_id }));
-                } else {
-                    let peers = self.peers_preferring(Some(from));
-                    let store = self.store.clone();
-                    let cfg = lock(&self.mempool).config().clone();
-                    self.outbox.push(Outgoing::Fetch(Box::new(move |net, done| {
-                        Box::pin(async move {
-                            if fetch_batches(&net, &store, &cfg, &peers, missing).await {
-                                let _ = done.send(Completion::BatchesAvailable(block_id)).await;
-                            }
-                        })
-                    })));
-                }
-            }
+            } => return self.fetch_block_batches(block_id, &digests, from),
             Action::FetchBlocks {
                 block_id,
                 stop_at_round,
                 max_blocks,
                 from,
-            } => {
-                let peers = self.peers_preferring(from);
-                let by_peer = self.by_peer.clone();
-                self.outbox.push(Outgoing::Fetch(Box::new(move |net, done| {
-                    Box::pin(async move {
-                        let req = v1::BlockRequest {
-                            block_id: block_id.0.to_vec(),
-                            stop_at_round,
-                            max_blocks: u32::try_from(max_blocks).unwrap_or(u32::MAX),
-                        };
-                        for peer in peers {
-                            match net.request(peer, RequestBody::Blocks(req.clone())).await {
-                                Ok(ResponseBody::Blocks(resp)) => {
-                                    let blocks: Result<Vec<Block>, _> =
-                                        resp.blocks.iter().map(wire::block_from_wire).collect();
-                                    if let Ok(blocks) = blocks
-                                        && !blocks.is_empty()
-                                    {
-                                        let from = by_peer.get(&peer).copied();
-                                        let _ =
-                                            done.send(Completion::Blocks { from, blocks }).await;
-                                        return;
-                                    }
-                                }
-                                Ok(_) => {}
-                                Err(e) => tracing::debug!(%peer, error = %e, "block fetch failed"),
-                            }
-                        }
-                    })
-                })));
-            }
+            } => self.fetch_blocks(block_id, stop_at_round, max_blocks, from),
             Action::Commit(c) => self.enqueue_commit(c),
             Action::Discarded(d) => {
                 if d.reject {
@@ -251,35 +205,103 @@ impl Driver {
                 }
             }
             Action::FetchEpochChanges { since_epoch, from } => {
-                let peers = self.peers_preferring(from);
-                let by_peer = self.by_peer.clone();
-                self.outbox.push(Outgoing::Fetch(Box::new(move |net, done| {
-                    Box::pin(async move {
-                        let req = v1::SyncRequest {
-                            from_height: u64::MAX,
-                            max_blocks: 0,
-                            known_epoch: since_epoch,
-                        };
-                        for peer in peers.into_iter().take(4) {
-                            if let Ok(ResponseBody::Sync(resp)) =
-                                net.request(peer, RequestBody::Sync(req)).await
-                                && !resp.records.is_empty()
-                            {
-                                let from = by_peer.get(&peer).copied();
-                                let _ = done
-                                    .send(Completion::Records {
-                                        from,
-                                        records: resp.records,
-                                    })
-                                    .await;
-                                return;
-                            }
-                        }
-                    })
-                })));
+                self.fetch_epoch_changes(since_epoch, from)
             }
         }
         Ok(None)
+    }
+
+    /// Answers `FetchBatches` at once when every batch is stored, else fetches the missing ones
+    /// (the core hears `BatchesAvailable` when they are in).
+    fn fetch_block_batches(
+        &mut self,
+        block_id: BlockId,
+        digests: &[BatchDigest],
+        from: Address,
+    ) -> Result<Option<Event>, DriverError> {
+        let missing = self.missing_batches(digests)?;
+        if missing.is_empty() {
+            return Ok(Some(Event::BatchesAvailable { block_id }));
+        }
+        let peers = self.peers_preferring(Some(from));
+        let store = self.store.clone();
+        let cfg = lock(&self.mempool).config().clone();
+        self.outbox.push(Outgoing::Fetch(Box::new(move |net, done| {
+            Box::pin(async move {
+                if fetch_batches(&net, &store, &cfg, &peers, missing).await {
+                    let _ = done.send(Completion::BatchesAvailable(block_id)).await;
+                }
+            })
+        })));
+        Ok(None)
+    }
+
+    /// Fetches a block and its ancestors from the peers, the hinted one first.
+    fn fetch_blocks(
+        &mut self,
+        block_id: BlockId,
+        stop_at_round: u64,
+        max_blocks: usize,
+        from: Option<Address>,
+    ) {
+        let peers = self.peers_preferring(from);
+        let by_peer = self.by_peer.clone();
+        self.outbox.push(Outgoing::Fetch(Box::new(move |net, done| {
+            Box::pin(async move {
+                let req = v1::BlockRequest {
+                    block_id: block_id.0.to_vec(),
+                    stop_at_round,
+                    max_blocks: u32::try_from(max_blocks).unwrap_or(u32::MAX),
+                };
+                for peer in peers {
+                    match net.request(peer, RequestBody::Blocks(req.clone())).await {
+                        Ok(ResponseBody::Blocks(resp)) => {
+                            let blocks: Result<Vec<Block>, _> =
+                                resp.blocks.iter().map(wire::block_from_wire).collect();
+                            if let Ok(blocks) = blocks
+                                && !blocks.is_empty()
+                            {
+                                let from = by_peer.get(&peer).copied();
+                                let _ = done.send(Completion::Blocks { from, blocks }).await;
+                                return;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::debug!(%peer, error = %e, "block fetch failed"),
+                    }
+                }
+            })
+        })));
+    }
+
+    /// Fetches the epoch-change records from `since_epoch` on from up to four peers.
+    fn fetch_epoch_changes(&mut self, since_epoch: u64, from: Option<Address>) {
+        let peers = self.peers_preferring(from);
+        let by_peer = self.by_peer.clone();
+        self.outbox.push(Outgoing::Fetch(Box::new(move |net, done| {
+            Box::pin(async move {
+                let req = v1::SyncRequest {
+                    from_height: u64::MAX,
+                    max_blocks: 0,
+                    known_epoch: since_epoch,
+                };
+                for peer in peers.into_iter().take(4) {
+                    if let Ok(ResponseBody::Sync(resp)) =
+                        net.request(peer, RequestBody::Sync(req)).await
+                        && !resp.records.is_empty()
+                    {
+                        let from = by_peer.get(&peer).copied();
+                        let _ = done
+                            .send(Completion::Records {
+                                from,
+                                records: resp.records,
+                            })
+                            .await;
+                        return;
+                    }
+                }
+            })
+        })));
     }
 
     /// Answers the core's `ReadChainSet` from the chain (no chain: nothing can be checked, and
