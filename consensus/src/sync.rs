@@ -6,9 +6,9 @@
 //! each of the epoch the chain is in. A block is proved committed by its commit proof (its child
 //! one round later, certified by a QC valid in its epoch), or, for the `Reconfigure` block that
 //! ends an epoch, by that epoch's record, which also gives the next epoch's context; every block
-//! before a proved one is committed too (its ancestor). What follows the last proved block, if it
-//! links, is returned unproved: a commit longer than one page is proved by a later page, so the
-//! requester holds that run and asks for what comes after it.
+//! before a proved one is committed too (its ancestor). What follows the last proved block, when
+//! every block given links, is returned unproved: a commit longer than one page is proved by a
+//! later page, so the requester holds that run and asks for what comes after it.
 
 use crate::block_tree::CommitProof;
 use crate::epoch::EpochChangeRecord;
@@ -156,6 +156,12 @@ pub fn verify_page(
     // Every record was taken at a proved block: none lies past the last one.
     out.unproved = linked.split_off(proved);
     out.blocks = linked;
+    // A run is held only while everything after it links: a held run the next page does not
+    // extend (junk a responder linked to the tip, say) is dropped, or the requester would ask
+    // from after it, of every responder, for good.
+    if out.stopped.is_some() {
+        out.unproved.clear();
+    }
     out
 }
 
@@ -323,6 +329,30 @@ mod tests {
         assert_eq!(v.records, vec![(1, record)]);
         assert_eq!(v.epoch(&anchor(&c)), 1);
         assert_eq!(v.unproved.len(), 1, "epoch 1's first block links, unproved");
+    }
+
+    #[test]
+    fn a_held_run_the_next_page_does_not_extend_is_dropped() {
+        let c = Cluster::new(Scheme::Fast, &[1, 1, 1, 1], 15);
+        // A responder's junk, linked to the empty ledger, unproved: held.
+        let junk = c.block(
+            1,
+            c.ctx.genesis_qc(),
+            vec![crate::types::BatchDigest([7; 32])],
+        );
+        let held = verify_page(&anchor(&c), page(&[junk], &[]), &[]);
+        assert_eq!(held.unproved.len(), 1);
+        // The honest chain's next block does not extend it: nothing is held any more.
+        let honest = chain(&c, &[1, 2]);
+        let mut next = held.unproved;
+        next.push(PageBlock {
+            height: 2,
+            block: honest[1].clone(),
+            proof: None,
+        });
+        let v = verify_page(&anchor(&c), next, &[]);
+        assert_eq!(v.stopped, Some("block does not extend the one before"));
+        assert!(v.blocks.is_empty() && v.unproved.is_empty());
     }
 
     #[test]
