@@ -208,6 +208,59 @@ fn a_leader_that_signs_many_blocks_for_its_round_adds_one_block_and_one_evidence
     assert_eq!(core.stats().pending_blocks, 1);
 }
 
+/// An equivocation its proposer sent is marked as the sender's own misbehaviour (the network
+/// may penalize it); the same block relayed by another member is not (the relay did no wrong).
+#[test]
+fn an_equivocation_is_the_senders_misbehaviour_only_when_the_proposer_sent_it() {
+    let c = Cluster::new(Scheme::Fast, &[1, 1, 1, 1], 93);
+    let me = plain(&c);
+    let leader = c.signers[c.leader(1)].address();
+    let relay = c
+        .signers
+        .iter()
+        .map(|s| s.address())
+        .find(|a| *a != leader && *a != c.signers[me].address())
+        .expect("a third member");
+    let first = c.block(1, c.ctx.genesis_qc(), vec![]);
+    let others: Vec<_> = (1..=3u8)
+        .map(|k| c.block(1, c.ctx.genesis_qc(), vec![BatchDigest([k; 32])]))
+        .collect();
+    let by_sender = |acts: &[Action]| {
+        acts.iter().find_map(|a| match a {
+            Action::Discarded(d) if d.reason == "equivocating proposal" => Some(d.by_sender),
+            _ => None,
+        })
+    };
+    let mut core = started(&c, me);
+    send(
+        &mut core,
+        leader,
+        Message::Proposal(c.proposal(first, None)),
+    );
+    // The second block (checked, evidence made) and a third (no signature check), each sent by
+    // a relay and by the proposer.
+    for b in &others[..2] {
+        let relayed = send(
+            &mut core,
+            relay,
+            Message::Proposal(c.proposal(b.clone(), None)),
+        );
+        assert_eq!(by_sender(&relayed), Some(false), "{relayed:?}");
+        let direct = send(
+            &mut core,
+            leader,
+            Message::Proposal(c.proposal(b.clone(), None)),
+        );
+        assert_eq!(by_sender(&direct), Some(true), "{direct:?}");
+    }
+    let direct = send(
+        &mut core,
+        leader,
+        Message::Proposal(c.proposal(others[2].clone(), None)),
+    );
+    assert_eq!(by_sender(&direct), Some(true), "{direct:?}");
+}
+
 #[test]
 fn the_certified_block_of_an_equivocating_round_is_still_followed() {
     let c = Cluster::new(Scheme::Fast, &[1, 1, 1, 1], 92);

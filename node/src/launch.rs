@@ -318,6 +318,7 @@ pub async fn run_start_hooked(
         },
         retain_heights: cfg.storage.retain_heights,
         max_disk_bytes: cfg.storage.max_disk_bytes,
+        batch_intake_bytes_per_sec: cfg.mempool.peer_batch_bytes_per_sec,
         serve: cfg.serve.to_config(),
         registration,
         tap,

@@ -117,6 +117,9 @@ pub struct Metrics {
     pub storage_pruned: Family<KindLabel, Counter>,
     /// `dstack_storage_over_quota`: 1 while the store is above `storage.max_disk_bytes`.
     pub storage_over_quota: Gauge<u64, AtomicU64>,
+    /// `dstack_batch_intake_wait_seconds_total`: time members' batch streams were left unread
+    /// because their sender was over its share of `mempool.peer_batch_bytes_per_sec`.
+    pub batch_intake_wait: Counter<f64, AtomicU64>,
     /// The chain oracle's counters.
     pub oracle: OracleMetrics,
 }
@@ -155,6 +158,7 @@ impl Metrics {
         let storage_bytes = Family::<FileLabel, Gauge<u64, AtomicU64>>::default();
         let storage_pruned = Family::<KindLabel, Counter>::default();
         let storage_over_quota = Gauge::<u64, AtomicU64>::default();
+        let batch_intake_wait = Counter::<f64, AtomicU64>::default();
         let r = &mut registry;
         r.register(
             "dstack_consensus_height",
@@ -231,6 +235,12 @@ impl Metrics {
             storage_over_quota.clone(),
         );
         r.register(
+            "dstack_batch_intake_wait_seconds",
+            "Seconds members' batch streams were left unread: the sender was over its share of \
+             the batch intake (mempool.peer_batch_bytes_per_sec)",
+            batch_intake_wait.clone(),
+        );
+        r.register(
             "dstack_oracle_disagreements",
             "Validator-set reads where the RPC endpoints answered differently",
             oracle.disagreements.clone(),
@@ -265,6 +275,7 @@ impl Metrics {
             storage_bytes,
             storage_pruned,
             storage_over_quota,
+            batch_intake_wait,
             oracle,
         }
     }
@@ -276,6 +287,11 @@ impl Metrics {
                 reason: reason_label(reason),
             })
             .inc();
+    }
+
+    /// Adds time a member's batch stream waited for its share of the intake.
+    pub fn batch_intake_waited(&self, wait: std::time::Duration) {
+        self.batch_intake_wait.inc_by(wait.as_secs_f64());
     }
 
     /// Counts an ignored message.
@@ -352,6 +368,7 @@ mod tests {
         "dstack_oracle_disagreements_total",
         "dstack_oracle_rpc_errors_total",
         "dstack_oracle_malformed_members_total",
+        "dstack_batch_intake_wait_seconds_total",
     ];
 
     #[test]

@@ -46,6 +46,9 @@ pub struct NodeParams {
     pub retain_heights: u64,
     /// The data directory's disk quota in bytes (0: none), see `storage.max_disk_bytes`.
     pub max_disk_bytes: u64,
+    /// Bytes per second read from members' batch streams, shared by power (0: unlimited), see
+    /// `mempool.peer_batch_bytes_per_sec`.
+    pub batch_intake_bytes_per_sec: u64,
     /// Budgets and workers for serving other nodes' batch, block and sync requests.
     pub serve: ServeConfig,
     /// The `/registration` payload builder.
@@ -208,6 +211,7 @@ pub async fn start(p: NodeParams) -> Result<RunningNode, NodeError> {
     ncfg.bootstrap = p.bootstrap.clone();
     ncfg.request_timeout = Duration::from_secs(5);
     ncfg.heartbeat = Duration::from_millis(200);
+    ncfg.batch_bytes_per_sec = p.batch_intake_bytes_per_sec;
     let gate = Gate::new(&p.serve);
     let (net, events) = net::spawn(ncfg, metrics.clone(), gate.clone()).await?;
     let status: SharedStatus = Arc::new(RwLock::new(NodeStatus::default()));

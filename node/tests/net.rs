@@ -30,7 +30,13 @@ struct Peer {
 }
 
 async fn node(seed: u8, bootstrap: Vec<Multiaddr>) -> Peer {
+    node_with(seed, bootstrap, 0).await
+}
+
+/// A node reading members' batch streams at `batch_bytes_per_sec` together (0: unlimited).
+async fn node_with(seed: u8, bootstrap: Vec<Multiaddr>, batch_bytes_per_sec: u64) -> Peer {
     let mut cfg = NetConfig::new([seed; 32], 31337, CONTRACT);
+    cfg.batch_bytes_per_sec = batch_bytes_per_sec;
     cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")];
     cfg.bootstrap = bootstrap;
     cfg.heartbeat = Duration::from_millis(100);
@@ -276,6 +282,64 @@ async fn sync_request_round_trip_and_member_only_votes() {
     assert!(err.to_string().contains("malformed"), "{err}");
 }
 
+/// A member's votes the driver has not answered are bounded: one more is refused at once, and
+/// an answer frees a place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_flooding_votes_holds_few_places() {
+    use node::net::VOTES_IN_FLIGHT;
+    let (a, mut b) = pair().await;
+    let pb = b.net.local_peer_id;
+    let vote = |round: u64| {
+        RequestBody::Vote(proto::v1::Vote {
+            epoch: 0,
+            round,
+            block_id: vec![0; 32],
+            signer: vec![0; 20],
+            signature: vec![0; 65],
+        })
+    };
+    let mut asks = Vec::new();
+    for round in 0..VOTES_IN_FLIGHT as u64 {
+        let net = a.net.clone();
+        let body = vote(round + 1);
+        asks.push(tokio::spawn(async move { net.request(pb, body).await }));
+    }
+    // B's driver (this test) holds every one unanswered.
+    let mut held = Vec::new();
+    while held.len() < VOTES_IN_FLIGHT {
+        held.push(
+            wait_for(&mut b.events, |e| match e {
+                NetEvent::Vote { responder, .. } => Some(responder),
+                _ => None,
+            })
+            .await,
+        );
+    }
+    let err = a.net.request(pb, vote(99)).await.expect_err("refused");
+    assert!(err.to_string().contains("votes unanswered"), "{err}");
+    assert!(
+        b.metrics
+            .encode()
+            .contains(r#"dstack_messages_rejected_total{reason="votes_in_flight"} 1"#)
+    );
+    // Answering one frees its place.
+    let first = held.remove(0);
+    b.net
+        .respond(first, ResponseBody::Ack(proto::v1::Ack {}))
+        .await
+        .expect("respond");
+    let next = a.net.clone();
+    let again = tokio::spawn(async move { next.request(pb, vote(100)).await });
+    wait_for(&mut b.events, |e| match e {
+        NetEvent::Vote { vote, .. } if vote.round == 100 => Some(()),
+        _ => None,
+    })
+    .await;
+    drop(held);
+    drop(again);
+    drop(asks);
+}
+
 /// Without a server behind the gate, a sync request gets a clear refusal, counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_without_a_server_are_refused_as_busy() {
@@ -485,6 +549,7 @@ async fn next_batch(
             from,
             gossip_id,
             canonical,
+            ..
         } => Some((from, gossip_id, canonical)),
         _ => None,
     })
@@ -516,6 +581,106 @@ async fn pushed_batches_reach_members_both_ways() {
             .encode()
             .contains("dstack_messages_rejected_total{")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_flooding_batches_holds_few_places_in_the_driver_queue() {
+    use node::net::batch_push::FRAMES_IN_FLIGHT;
+    let (a, mut b) = pair().await;
+    let extra = 10;
+    for i in 0..FRAMES_IN_FLIGHT + extra {
+        let tag = u8::try_from(i % 250).expect("tag") + 1;
+        a.net.push_batch(batch(tag).1).await.expect("push");
+    }
+    // The driver (this test) handles none of them: the reader stops at its places.
+    let mut held = Vec::new();
+    while held.len() < FRAMES_IN_FLIGHT {
+        held.push(
+            wait_for(&mut b.events, |e| {
+                matches!(e, NetEvent::Batch { .. }).then_some(e)
+            })
+            .await,
+        );
+    }
+    // A consensus message published after the flood is not queued behind it.
+    a.net.publish(timeout_msg(5)).await.expect("publish");
+    let seen = wait_for(&mut b.events, |e| match e {
+        NetEvent::Batch { .. } => Some(false),
+        NetEvent::Gossip { .. } => Some(true),
+        _ => None,
+    })
+    .await;
+    assert!(seen, "a batch beyond the member's places reached the queue");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while let Ok(ev) = b.events.try_recv() {
+        assert!(
+            !matches!(ev, NetEvent::Batch { .. }),
+            "more than {FRAMES_IN_FLIGHT} unhandled batches of one member"
+        );
+    }
+    // Handled (dropped), they free the places, and the rest arrive.
+    held.clear();
+    for _ in 0..extra {
+        next_batch(&mut b.events).await;
+    }
+    assert_eq!(
+        a.net.batch_pushes_dropped(),
+        0,
+        "the sender's queue held the rest"
+    );
+}
+
+/// A member over its share of the batch intake (the rate shared by power) is read at its
+/// share: the burst passes at once, the rest no faster than the rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_pushes_batches_no_faster_than_its_share_of_the_intake() {
+    let a = node(1, Vec::new()).await;
+    // B takes 4 MiB/s from all members; A has power 1 of 4, so 1 MiB/s (burst: 4 MiB, one
+    // largest frame).
+    let mut b = node_with(2, a.net.listen_addrs.clone(), 4 << 20).await;
+    let powers: std::collections::HashMap<PeerId, u64> =
+        [(peer_id(1), 1), (peer_id(2), 3)].into_iter().collect();
+    a.net
+        .set_member_powers(powers.clone())
+        .await
+        .expect("members");
+    b.net.set_member_powers(powers).await.expect("members");
+    let pa = a.net.local_peer_id;
+    wait_for(&mut b.events, |e| match e {
+        NetEvent::PeerConnected(p) if p == pa => Some(()),
+        _ => None,
+    })
+    .await;
+    let tx = vec![7u8; 256 * 1024];
+    let frames = 24; // 6 MiB: 4 at once, 2 at the rate
+    for i in 0..frames {
+        let mut t = tx.clone();
+        t[0] = u8::try_from(i).expect("tag");
+        let canonical = node::mempool::encode_batch(&[t]);
+        a.net
+            .push_batch(proto::batch_gossip(&canonical))
+            .await
+            .expect("push");
+    }
+    let first = std::time::Instant::now();
+    next_batch(&mut b.events).await;
+    for _ in 1..frames {
+        next_batch(&mut b.events).await;
+    }
+    let took = first.elapsed().as_secs_f64();
+    assert!(
+        took >= 1.5,
+        "6 MiB arrived in {took:.2} s at a 1 MiB/s share with a 4 MiB burst"
+    );
+    let waited: f64 = b
+        .metrics
+        .encode()
+        .lines()
+        .find_map(|l| l.strip_prefix("dstack_batch_intake_wait_seconds_total "))
+        .and_then(|v| v.parse().ok())
+        .expect("the wait metric");
+    assert!(waited >= 1.5, "waited {waited} s");
+    assert_eq!(a.net.batch_pushes_dropped(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

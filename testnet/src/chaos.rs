@@ -66,6 +66,7 @@ use scenarios::*;
 
 pub use hostile::{
     CPU_SHARE_BOUND, DISK_GROWTH_BOUND, GAP_TIMEOUTS, HOSTILE_BIN_ENV, RSS_BOUND_BYTES,
+    disk_growth_bound,
 };
 
 /// Longest time the cluster (and each faulted node) may take to make progress after a heal.
@@ -182,15 +183,13 @@ impl Scenario {
 /// The order of `all`'s phases. `byzantine` alone only waits while the equivocator runs; in
 /// `all` the equivocator runs throughout, so its slot went to `transfer`. Membership changes
 /// come last: the partitions and the hostile peers are planned on the genesis set.
-/// `hostile` is not among them yet: under the batch flood of its power-1 member the longest
-/// commit gap still exceeds its bound (5.3 s against 3 s in the last run), so it runs on its own
-/// (`--scenario hostile`) until that holds.
-const PHASES: [Scenario; 6] = [
+const PHASES: [Scenario; 7] = [
     Scenario::Kill,
     Scenario::Pause,
     Scenario::Partition,
     Scenario::Loss,
     Scenario::RestartAll,
+    Scenario::Hostile,
     Scenario::Transfer,
 ];
 
@@ -571,8 +570,11 @@ mod tests {
         }
         assert!(Scenario::from_str("flood").is_err());
         // `transfer` took the idle `byzantine` slot.
-        assert_eq!(Scenario::All.min_seconds(), 30 + 16 + 34 + 12 + 14 + 10);
-        assert!(!PHASES.contains(&Scenario::Hostile));
+        assert_eq!(
+            Scenario::All.min_seconds(),
+            30 + 16 + 34 + 12 + 14 + 20 + 10
+        );
+        assert!(PHASES.contains(&Scenario::Hostile));
         assert!(Scenario::All.with_hostile() && !Scenario::Byzantine.with_hostile());
         assert!(!PHASES.contains(&Scenario::Byzantine));
         assert_eq!(Scenario::All.added_nodes(), 1);

@@ -159,6 +159,10 @@ pub struct Discard {
     pub reject: bool,
     /// Short reason, for metrics labels.
     pub reason: &'static str,
+    /// Signed misbehaviour by the member that sent it (a second proposal for a round, sent by
+    /// its proposer): a network layer that knows this peer also forwarded it itself may
+    /// penalize it, while an honest relay of the same message did nothing wrong.
+    pub by_sender: bool,
 }
 
 /// Outputs of the state machine, to execute in order.

@@ -319,7 +319,21 @@ impl Core {
     }
 
     fn discard(&mut self, reject: bool, reason: &'static str) {
-        self.out.push(Action::Discarded(Discard { reject, reason }));
+        self.out.push(Action::Discarded(Discard {
+            reject,
+            reason,
+            by_sender: false,
+        }));
+    }
+
+    /// An equivocating proposal: ignored, and marked as the sender's own misbehaviour when the
+    /// member that sent it is its proposer.
+    fn discard_equivocation(&mut self, p: &Proposal, from: Address) {
+        self.out.push(Action::Discarded(Discard {
+            reject: false,
+            reason: "equivocating proposal",
+            by_sender: from == p.block.proposer(),
+        }));
     }
 
     fn is_leader(&self, round: u64) -> bool {
@@ -510,7 +524,7 @@ impl Core {
             .map(|(id, _, r)| (*id, *r));
         match seen {
             Some((id, true)) if id != b.id() => {
-                return self.discard(false, "equivocating proposal");
+                return self.discard_equivocation(&p, from);
             }
             Some((id, _)) if id == b.id() && b.round() < self.pm.round() => {
                 return self.discard(false, "stale duplicate proposal");
@@ -549,7 +563,7 @@ impl Core {
         if equivocation {
             // Not inserted, persisted, voted for or forwarded: if a quorum certifies this block
             // instead of the first, it is fetched as a certified block.
-            return self.discard(false, "equivocating proposal");
+            return self.discard_equivocation(&p, from);
         }
         if p.round() < self.pm.round() {
             // Its block may still become an ancestor: keep it if it attaches.

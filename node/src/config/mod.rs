@@ -183,6 +183,12 @@ pub struct MempoolSettings {
     /// 0 proposes at once. Capped at half the round timeout, so pacing never times a round out.
     #[serde(default = "default_empty_block_interval_ms")]
     pub empty_block_interval_ms: u64,
+    /// Bytes per second of batches this node reads from all members' batch streams together,
+    /// shared among them by voting power (a member of power p of P may push p/P of it; beyond
+    /// that its stream is read more slowly). It bounds what a low-power member can make every
+    /// node hash and store. 0: unlimited.
+    #[serde(default = "default_peer_batch_bytes_per_sec")]
+    pub peer_batch_bytes_per_sec: u64,
 }
 
 /// How much history the node keeps on disk.
@@ -226,6 +232,10 @@ pub const MAX_BATCH_TIMEOUT_MS: u64 = 10_000;
 
 fn default_batch_timeout_ms() -> u64 {
     50
+}
+
+fn default_peer_batch_bytes_per_sec() -> u64 {
+    64 << 20
 }
 
 /// Budgets for serving other nodes' batch, block and sync requests (see [`crate::serve`]): per
@@ -412,6 +422,7 @@ impl Default for Config {
                 max_pending_bytes: 64 * 1024 * 1024,
                 batch_timeout_ms: default_batch_timeout_ms(),
                 empty_block_interval_ms: default_empty_block_interval_ms(),
+                peer_batch_bytes_per_sec: default_peer_batch_bytes_per_sec(),
             },
             storage: StorageSettings::default(),
             serve: ServeSettings::default(),

@@ -75,6 +75,10 @@ batch_timeout_ms = {bt}
 # With nothing to propose and nothing uncommitted, a leader waits this long (ms) before its empty
 # block (at once when transactions arrive). 0: at once. At most half the round timeout applies.
 empty_block_interval_ms = {ebi}
+# Bytes per second of batches read from all members' batch streams together, shared by voting
+# power (a member of power p of P gets p/P of it; beyond it its stream is read more slowly).
+# 0: unlimited.
+peer_batch_bytes_per_sec = {pbr}
 
 [storage]
 # Committed heights kept on disk (blocks with their commit proofs, transaction lists, batches):
@@ -127,6 +131,7 @@ max_non_member_peers = {mnp}
         mpb = cfg.mempool.max_pending_bytes,
         bt = cfg.mempool.batch_timeout_ms,
         ebi = cfg.mempool.empty_block_interval_ms,
+        pbr = cfg.mempool.peer_batch_bytes_per_sec,
         rh = cfg.storage.retain_heights,
         mdb = cfg.storage.max_disk_bytes,
         sw = cfg.serve.workers,

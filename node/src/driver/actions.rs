@@ -174,7 +174,7 @@ impl Driver {
                 } else {
                     self.metrics.ignore(d.reason);
                 }
-                self.discards.push((d.reject, d.reason));
+                self.discards.push(d);
             }
             Action::Evidence(e) => {
                 let signer = hex0x(&e.signer.0);

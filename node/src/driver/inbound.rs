@@ -61,7 +61,7 @@ impl Driver {
         for o in std::mem::take(&mut self.outbox) {
             match o {
                 Outgoing::SetMembers(m) => {
-                    let _ = self.net.set_members(m).await;
+                    let _ = self.net.set_member_powers(m).await;
                 }
                 Outgoing::Dial(addr) => {
                     let _ = self.net.dial(addr).await;
@@ -128,9 +128,11 @@ impl Driver {
         }
     }
 
-    pub(super) fn verdict(&mut self) -> MessageAcceptance {
+    /// The gossip verdict on the message just handled. `direct`: its publisher forwarded it
+    /// itself, so its own signed misbehaviour (an equivocation) is penalized too.
+    pub(super) fn verdict(&mut self, direct: bool) -> MessageAcceptance {
         let d = std::mem::take(&mut self.discards);
-        if d.iter().any(|(reject, _)| *reject) {
+        if d.iter().any(|x| x.reject || (direct && x.by_sender)) {
             MessageAcceptance::Reject
         } else if d.is_empty() {
             MessageAcceptance::Accept
@@ -158,7 +160,8 @@ impl Driver {
                 let from = source
                     .and_then(|s| self.by_peer.get(&s).copied())
                     .unwrap_or_default();
-                let verdict = self.on_gossip(*body, from)?;
+                let direct = source == Some(propagation_source);
+                let verdict = self.on_gossip(*body, from, direct)?;
                 let verdict = match verdict {
                     MessageAcceptance::Accept if !from_member => {
                         self.metrics.ignore("non_member");
@@ -172,7 +175,10 @@ impl Driver {
                 from,
                 gossip_id,
                 canonical,
+                slot,
             } => {
+                // Held until the batch is handled: its sender's place in the queue.
+                let _slot = slot;
                 let origin = self.by_peer.get(&from).copied();
                 let verdict = self.on_batch(canonical, origin)?;
                 if let Some(id) = gossip_id {
@@ -244,6 +250,7 @@ impl Driver {
         &mut self,
         body: GossipBody,
         from: Address,
+        direct: bool,
     ) -> Result<MessageAcceptance, DriverError> {
         self.discards.clear();
         let message = match body {
@@ -263,7 +270,7 @@ impl Driver {
                             from: (from != Address::default()).then_some(from),
                             records: vec![record],
                         })?;
-                        self.verdict()
+                        self.verdict(direct)
                     }
                     Err(_) => {
                         self.metrics.reject("malformed");
@@ -280,7 +287,7 @@ impl Driver {
         match message {
             Ok(m) => {
                 self.feed(Event::Message { from, message: m })?;
-                Ok(self.verdict())
+                Ok(self.verdict(direct))
             }
             Err(_) => {
                 self.metrics.reject("malformed");

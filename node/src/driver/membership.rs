@@ -88,12 +88,14 @@ impl Driver {
                 self.by_peer.insert(p, m.info.address);
             }
         }
-        let heard: HashSet<PeerId> = self
-            .members
-            .iter()
-            .chain(self.prev_members.iter())
-            .filter_map(|m| self.by_addr.get(&m.info.address).copied())
-            .collect();
+        // With their powers (a member of both sets at its current one): the network shares the
+        // batch intake by them.
+        let mut heard: HashMap<PeerId, u64> = HashMap::new();
+        for m in self.prev_members.iter().chain(self.members.iter()) {
+            if let Some(p) = self.by_addr.get(&m.info.address) {
+                heard.insert(*p, m.info.power);
+            }
+        }
         // Every oracle poll lands here; the network hears of the set only when it changed.
         if heard != self.heard {
             self.heard = heard.clone();

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use consensus::block_tree::{Commit, CommitProof, CommittedBlock};
 use consensus::codec::{Decode, Encode};
-use consensus::core::{Action, Config as CoreConfig, Core, DurableState, Event};
+use consensus::core::{Action, Config as CoreConfig, Core, Discard, DurableState, Event};
 use consensus::crypto::{K256Signer, Scheme};
 use consensus::domain::Domain;
 use consensus::epoch::EpochChangeRecord;
@@ -169,7 +169,7 @@ pub struct Driver {
     /// Whether this node was a member of any epoch it saw.
     ever_member: bool,
     /// The PeerIds last given to the network as members (sent again only when they change).
-    heard: HashSet<PeerId>,
+    heard: HashMap<PeerId, u64>,
     net: NetHandle,
     mempool: Arc<Mutex<Mempool>>,
     mempool_wake: Arc<Notify>,
@@ -191,11 +191,15 @@ pub struct Driver {
     commit_queue: VecDeque<(CommittedBlock, Option<CommitProof>)>,
     commit_fetch_inflight: bool,
     outbox: Vec<Outgoing>,
-    discards: Vec<(bool, &'static str)>,
+    /// What the core discarded of the message being handled (for its gossip verdict).
+    discards: Vec<Discard>,
     done_tx: mpsc::Sender<Completion>,
     done_rx: mpsc::Receiver<Completion>,
     started: Instant,
     last_commit: Instant,
+    /// Ask for the next sync page without waiting for a stall (pages are coming full, or a held
+    /// run waits for its proof).
+    sync_next_now: bool,
     syncing: bool,
     sync_inflight: bool,
     sync_peer_turn: usize,
@@ -205,7 +209,7 @@ pub struct Driver {
 }
 
 enum Outgoing {
-    SetMembers(HashSet<PeerId>),
+    SetMembers(HashMap<PeerId, u64>),
     Dial(libp2p::Multiaddr),
     Vote(PeerId, v1::Vote),
     Gossip(Box<GossipBody>),
@@ -279,7 +283,7 @@ impl Driver {
             registered: cfg.members.clone(),
             epoch_b0: restored.epoch_b0,
             ever_member,
-            heard: HashSet::new(),
+            heard: HashMap::new(),
             net: parts.net,
             mempool: parts.mempool,
             mempool_wake: parts.mempool_wake,
@@ -303,6 +307,7 @@ impl Driver {
             done_rx,
             started: Instant::now(),
             last_commit: Instant::now(),
+            sync_next_now: false,
             syncing: false,
             sync_inflight: false,
             sync_peer_turn: 0,

@@ -13,7 +13,9 @@ const MAX_HELD_SYNC_BYTES: usize = 2 * crate::serve::answer::RESPONSE_BUDGET;
 impl Driver {
     /// Starts a sync round when no block was committed for a while.
     pub(super) fn maybe_sync(&mut self) {
-        if self.sync_inflight || self.last_commit.elapsed() < self.cfg.stall_after {
+        if self.sync_inflight
+            || (!self.sync_next_now && self.last_commit.elapsed() < self.cfg.stall_after)
+        {
             return;
         }
         let peers: Vec<PeerId> = self
@@ -49,6 +51,7 @@ impl Driver {
             .saturating_add(1);
         let known_epoch = self.core.epoch();
         self.sync_inflight = true;
+        self.sync_next_now = false;
         self.outbox.push(Outgoing::Fetch(Box::new(move |net, done| {
             Box::pin(async move {
                 let req = v1::SyncRequest {
@@ -73,6 +76,8 @@ impl Driver {
         page: Option<Box<v1::SyncResponse>>,
     ) -> Result<(), DriverError> {
         let Some(page) = page else {
+            // No answer: while syncing, ask the next peer at once.
+            self.sync_next_now = self.syncing;
             return Ok(());
         };
         let committed = self.store.committed_height()?;
@@ -96,9 +101,7 @@ impl Driver {
         if verified.is_empty() && new_records.is_empty() {
             // Keep asking while a run is held: the next page may prove it.
             self.syncing = !self.sync_held.is_empty();
-            if self.syncing {
-                self.last_commit = Instant::now() - self.cfg.stall_after;
-            }
+            self.sync_next_now = self.syncing;
             return Ok(());
         }
         let mut missing = Vec::new();
@@ -162,9 +165,10 @@ impl Driver {
         let now = self.now_ms();
         self.feed(Event::Start { now_ms: now })?;
         // Keep syncing while pages come full; the stall timer triggers the next page.
-        self.last_commit = Instant::now() - self.cfg.stall_after;
+        self.sync_next_now = true;
         if n < MAX_SYNC_BLOCKS as usize / 2 && self.sync_held.is_empty() {
             self.syncing = false;
+            self.sync_next_now = false;
             self.last_commit = Instant::now();
         }
         Ok(())

@@ -192,6 +192,11 @@ pub struct MempoolConfig {
     /// block (64 full batches are 128,000 transactions) stalls rounds into timeouts. A single
     /// batch larger than this is still proposed on its own.
     pub max_block_txs: usize,
+    /// Batch bytes one proposal orders, at most (a leader's local policy like
+    /// `max_block_txs`): a member sending few large transactions would otherwise fill a block
+    /// with `max_block_batches` full batches (64 MiB at the default batch limit), which every
+    /// node reads and executes on its consensus task. A single larger batch still goes alone.
+    pub max_block_bytes: usize,
 }
 
 impl Default for MempoolConfig {
@@ -205,6 +210,7 @@ impl Default for MempoolConfig {
             max_pending_bytes: 64 * 1024 * 1024,
             max_batches: 4_096,
             max_block_txs: 10_000,
+            max_block_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -283,6 +289,8 @@ impl BatchRefusal {
 
 struct BatchInfo {
     tx_hashes: Vec<TxHash>,
+    /// The length of its canonical encoding (for the block byte bound).
+    bytes: usize,
     /// When it became proposable here (sealed, restored or received), for the debug line
     /// `batch proposed waited_ms=..` (target `node::mempool`) a leader logs the first time it
     /// proposes the batch: how long batches wait for a proposal.
@@ -295,9 +303,10 @@ struct BatchInfo {
 }
 
 impl BatchInfo {
-    fn new(tx_hashes: Vec<TxHash>, ready_at: Instant, local: bool) -> Self {
+    fn new(batch: &SealedBatch, ready_at: Instant, local: bool) -> Self {
         Self {
-            tx_hashes,
+            tx_hashes: batch.tx_hashes.clone(),
+            bytes: batch.encoded.len(),
             ready_at,
             local,
             origin: None,
@@ -397,7 +406,7 @@ impl Mempool {
     ) -> Result<(), BatchRefusal> {
         self.knows_batch(&batch.digest)?;
         self.admit_remote(origin, members)?;
-        let mut info = BatchInfo::new(batch.tx_hashes.clone(), Instant::now(), false);
+        let mut info = BatchInfo::new(batch, Instant::now(), false);
         info.origin = Some(origin);
         self.batches.insert(batch.digest, info);
         *self.held_by.entry(origin).or_default() += 1;
@@ -454,10 +463,8 @@ impl Mempool {
         if !open {
             return None;
         }
-        self.batches.insert(
-            batch.digest,
-            BatchInfo::new(batch.tx_hashes.clone(), now, true),
-        );
+        self.batches
+            .insert(batch.digest, BatchInfo::new(&batch, now, true));
         self.ready.push_back(batch.digest);
         Some(batch)
     }
@@ -556,7 +563,7 @@ impl Mempool {
             }
         }
         if let std::collections::hash_map::Entry::Vacant(e) = self.batches.entry(batch.digest) {
-            e.insert(BatchInfo::new(batch.tx_hashes.clone(), now, true));
+            e.insert(BatchInfo::new(&batch, now, true));
             self.ready.push_back(batch.digest);
         }
         self.sealed_out.push(batch);
@@ -577,22 +584,49 @@ impl Mempool {
         self.batches.contains_key(digest)
     }
 
-    /// The digests a leader proposes: the oldest held batches not in `exclude` (the batches of
-    /// the uncommitted blocks the proposal extends), at most `max`, and together at most
-    /// [`MempoolConfig::max_block_txs`] transactions (the first batch always fits).
+    /// The digests a leader proposes: held batches not in `exclude` (the batches of the
+    /// uncommitted blocks the proposal extends), at most `max`, together at most
+    /// [`MempoolConfig::max_block_txs`] transactions and [`MempoolConfig::max_block_bytes`]
+    /// bytes (the first batch always fits). Senders take turns (this node's own batches are one
+    /// sender), each in the order its batches arrived, so one member's flood takes at most its
+    /// turn of each block and cannot starve the others'.
     pub fn payload(&self, max: usize, exclude: &HashSet<Hash32>) -> Vec<Hash32> {
-        let mut out = Vec::new();
-        let mut txs = 0usize;
+        // One queue per sender, senders in the order of their oldest batch.
+        let mut queues: Vec<VecDeque<(Hash32, &BatchInfo)>> = Vec::new();
+        let mut queue_of: HashMap<Option<Address>, usize> = HashMap::new();
         for d in self.ready.iter().filter(|d| !exclude.contains(*d)) {
-            if out.len() >= max {
-                break;
+            let Some(info) = self.batches.get(d) else {
+                continue;
+            };
+            let i = *queue_of.entry(info.origin).or_insert_with(|| {
+                queues.push(VecDeque::new());
+                queues.len() - 1
+            });
+            queues[i].push_back((*d, info));
+        }
+        let mut out = Vec::new();
+        let (mut txs, mut bytes) = (0usize, 0usize);
+        while out.len() < max && queues.iter().any(|q| !q.is_empty()) {
+            for q in queues.iter_mut() {
+                let Some(&(d, info)) = q.front() else {
+                    continue;
+                };
+                let (n, len) = (info.tx_hashes.len(), info.bytes);
+                if out.len() >= max {
+                    break;
+                }
+                if !out.is_empty()
+                    && (txs + n > self.cfg.max_block_txs || bytes + len > self.cfg.max_block_bytes)
+                {
+                    // This sender's next batch does not fit: its turn is over for this block.
+                    q.clear();
+                    continue;
+                }
+                txs += n;
+                bytes += len;
+                out.push(d);
+                q.pop_front();
             }
-            let n = self.batches.get(d).map_or(0, |b| b.tx_hashes.len());
-            if !out.is_empty() && txs + n > self.cfg.max_block_txs {
-                break;
-            }
-            txs += n;
-            out.push(*d);
         }
         if tracing::enabled!(target: "node::mempool", tracing::Level::DEBUG) {
             let now = Instant::now();

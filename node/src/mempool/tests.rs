@@ -79,6 +79,7 @@ fn small() -> MempoolConfig {
         max_pending_bytes: 10_000,
         max_batches: 10,
         max_block_txs: 10_000,
+        max_block_bytes: 1 << 20,
     }
 }
 
@@ -342,4 +343,57 @@ fn over_the_disk_quota_nothing_new_is_taken_in() {
     quota.set_used(10);
     m.submit(b"b".to_vec(), t, never)
         .expect("pruned back under");
+}
+
+#[test]
+fn payload_is_bounded_by_bytes() {
+    let mut cfg = small();
+    cfg.max_block_bytes = 250;
+    let mut m = Mempool::new(cfg);
+    let big = |c: u8| SealedBatch::from_txs(&[vec![c; 100], vec![c; 99]]);
+    let (a, b, c) = (big(1), big(2), big(3));
+    for x in [&a, &b, &c] {
+        assert!(add(&mut m, x));
+    }
+    let none = HashSet::new();
+    assert!(a.encoded.len() > 125, "each batch is over half the bound");
+    assert_eq!(m.payload(10, &none), vec![a.digest], "one batch per block");
+    let mut tiny = small();
+    tiny.max_block_bytes = 1;
+    let mut m = Mempool::new(tiny);
+    assert!(add(&mut m, &a));
+    assert_eq!(
+        m.payload(10, &none),
+        vec![a.digest],
+        "a batch over the bound still goes alone"
+    );
+}
+
+#[test]
+fn senders_take_turns_in_a_block() {
+    let mut cfg = small();
+    cfg.max_batches = 100;
+    cfg.max_block_txs = 4;
+    let mut m = Mempool::new(cfg);
+    let (flooder, honest) = (Address([1; 20]), Address([2; 20]));
+    let batch = |i: u8| SealedBatch::from_txs(&[vec![i]]);
+    let flood: Vec<SealedBatch> = (0..10).map(batch).collect();
+    for b in &flood {
+        m.add_remote_from(b, flooder, 1).expect("flood batch");
+    }
+    let h1 = batch(100);
+    let h2 = batch(101);
+    m.add_remote_from(&h1, honest, 1).expect("honest batch");
+    m.add_remote_from(&h2, honest, 1).expect("honest batch");
+    let none = HashSet::new();
+    assert_eq!(
+        m.payload(4, &none),
+        vec![flood[0].digest, h1.digest, flood[1].digest, h2.digest],
+        "the honest sender's batches are not behind the whole flood"
+    );
+    assert_eq!(
+        m.payload(3, &none),
+        vec![flood[0].digest, h1.digest, flood[1].digest],
+        "the count bound holds across turns"
+    );
 }

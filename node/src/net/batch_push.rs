@@ -9,12 +9,13 @@
 //! Sending: one writer task per member with a bounded queue. A full queue drops the frame for
 //! that peer (counted): a node lacking a batch fetches it before voting, so a drop costs latency,
 //! never safety. Receiving: streams from non-members are dropped at once, each member has at
-//! most one live inbound stream (a new one replaces the old), every frame is bounded by
+//! most one live inbound stream (a new one replaces the old) and at most [`FRAMES_IN_FLIGHT`]
+//! frames handed to the driver and not yet handled, every frame is bounded by
 //! [`MAX_GOSSIP_BYTES`], membership is checked again per frame, and anything that is not a batch
 //! envelope closes the stream. Frames are the request-response codec's: a 4-byte big-endian
 //! length, then the bytes (here: a batch's gossip envelope, [`proto::batch_gossip`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,12 +28,18 @@ use proto::limits::MAX_GOSSIP_BYTES;
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
-use super::{NetError, NetEvent};
+use super::intake::{self, Intake};
+use super::{BatchSlot, NetError, NetEvent};
 use crate::frames::{Refusal, canonical_batch, read_frame, write_frame_open};
 use crate::metrics::Metrics;
 
 /// Frames waiting for one peer's writer; beyond this the newest frame is dropped for that peer.
 pub const QUEUE_FRAMES: usize = 64;
+/// Frames of one member the driver has been handed and not yet handled; its reader waits for a
+/// free place (and so stops reading its stream) beyond this. The driver's event queue is shared
+/// with consensus messages, so without this one member pushing at line rate would queue
+/// thousands of large frames ahead of every vote and proposal (and hold them in memory).
+pub const FRAMES_IN_FLIGHT: usize = 16;
 /// How long opening a stream (and dialing, if needed) may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long writing one frame may take (a peer that stops reading must not stall its writer).
@@ -43,7 +50,7 @@ const BACKOFF: Duration = Duration::from_millis(500);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The members as every reader sees them (replaced wholesale on each change).
-type Members = Arc<HashSet<PeerId>>;
+type Members = Arc<intake::Members>;
 
 /// The sending half and the membership shared with the receiving half. Owned by the network
 /// task; the accept loop and the readers run in their own tasks.
@@ -65,12 +72,19 @@ impl BatchPush {
         events: mpsc::Sender<NetEvent>,
         metrics: Arc<Metrics>,
         dropped: Arc<AtomicU64>,
+        bytes_per_sec: u64,
     ) -> Result<Self, NetError> {
         let incoming = control
             .accept(protocol.clone())
             .map_err(|e| NetError::Transport(format!("{protocol}: {e}")))?;
         let (members, members_rx) = watch::channel(Members::default());
-        tokio::spawn(accept_loop(incoming, members_rx, events, metrics));
+        tokio::spawn(accept_loop(
+            incoming,
+            members_rx,
+            events,
+            metrics,
+            bytes_per_sec,
+        ));
         Ok(Self {
             control,
             protocol,
@@ -83,10 +97,11 @@ impl BatchPush {
 
     /// Replaces the member set: readers see it at their next frame, writers for peers that left
     /// stop (their queue closes), members that joined get a writer.
-    pub(crate) fn set_members(&mut self, members: &HashSet<PeerId>) {
-        self.members.send_replace(Arc::new(members.clone()));
-        self.writers.retain(|p, _| members.contains(p));
-        for &peer in members {
+    pub(crate) fn set_members(&mut self, members: &HashMap<PeerId, u64>) {
+        self.members
+            .send_replace(Arc::new(intake::Members::new(members.clone())));
+        self.writers.retain(|p, _| members.contains_key(p));
+        for &peer in members.keys() {
             if peer == self.local || self.writers.contains_key(&peer) {
                 continue;
             }
@@ -181,8 +196,11 @@ async fn accept_loop(
     members: watch::Receiver<Members>,
     events: mpsc::Sender<NetEvent>,
     metrics: Arc<Metrics>,
+    bytes_per_sec: u64,
 ) {
     let mut readers: HashMap<PeerId, AbortHandle> = HashMap::new();
+    // Kept across a member's streams: a new stream brings no new places or allowance.
+    let mut intakes: HashMap<PeerId, Arc<Intake>> = HashMap::new();
     while let Some((peer, stream)) = incoming.next().await {
         if !members.borrow().contains(&peer) {
             metrics.ignore("non_member");
@@ -190,9 +208,15 @@ async fn accept_loop(
             continue;
         }
         readers.retain(|_, r| !r.is_finished());
+        intakes.retain(|p, _| members.borrow().contains(p));
+        let intake = intakes
+            .entry(peer)
+            .or_insert_with(|| Arc::new(Intake::new(FRAMES_IN_FLIGHT)))
+            .clone();
         let reader = tokio::spawn(read_loop(
             peer,
             stream,
+            (intake, bytes_per_sec),
             members.clone(),
             events.clone(),
             metrics.clone(),
@@ -208,11 +232,16 @@ async fn accept_loop(
 async fn read_loop(
     peer: PeerId,
     mut stream: Stream,
+    (intake, bytes_per_sec): (Arc<Intake>, u64),
     members: watch::Receiver<Members>,
     events: mpsc::Sender<NetEvent>,
     metrics: Arc<Metrics>,
 ) {
     loop {
+        // A place first: while the driver holds this member's frames, its stream is not read.
+        let Ok(slot) = intake.places.clone().acquire_owned().await else {
+            return;
+        };
         let frame = match read_frame(&mut stream, MAX_GOSSIP_BYTES).await {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
@@ -225,9 +254,21 @@ async fn read_loop(
                 return;
             }
         };
-        if !members.borrow().contains(&peer) {
-            metrics.ignore("non_member");
-            break;
+        let rate = {
+            let m = members.borrow();
+            if !m.contains(&peer) {
+                metrics.ignore("non_member");
+                break;
+            }
+            m.rate_of(&peer, bytes_per_sec)
+        };
+        // Over its share of the intake, the member waits (its stream unread) for the bytes.
+        if let Some(rate) = rate {
+            let wait = intake.charge(frame.len(), rate, std::time::Instant::now());
+            if !wait.is_zero() {
+                metrics.batch_intake_waited(wait);
+                tokio::time::sleep(wait).await;
+            }
         }
         let canonical = match canonical_batch(frame) {
             Ok(c) => c,
@@ -244,6 +285,7 @@ async fn read_loop(
             from: peer,
             gossip_id: None,
             canonical,
+            slot: Some(BatchSlot { _permit: slot }),
         };
         // Back-pressure: the driver is the bottleneck; a full queue waits rather than drops.
         if events.send(ev).await.is_err() {

@@ -24,7 +24,7 @@ pub(super) enum Command {
     },
     PushBatch(Arc<[u8]>),
     Dial(Multiaddr),
-    SetMembers(HashSet<PeerId>),
+    SetMembers(HashMap<PeerId, u64>),
     Peers(oneshot::Sender<Vec<PeerId>>),
     PeerScore(PeerId, oneshot::Sender<Option<f64>>),
 }
@@ -142,8 +142,15 @@ impl NetHandle {
         self.send(Command::Dial(addr)).await
     }
 
-    /// Replaces the set of member PeerIds (at start and on every epoch change).
+    /// Replaces the set of member PeerIds, all of equal power.
     pub async fn set_members(&self, members: HashSet<PeerId>) -> Result<(), NetError> {
+        self.set_member_powers(members.into_iter().map(|p| (p, 1)).collect())
+            .await
+    }
+
+    /// Replaces the members with their voting powers (at start and on every epoch change): the
+    /// powers share the batch intake among them.
+    pub async fn set_member_powers(&self, members: HashMap<PeerId, u64>) -> Result<(), NetError> {
         self.send(Command::SetMembers(members)).await
     }
 

@@ -49,6 +49,7 @@ use crate::wire::wire_reason;
 pub mod batch_push;
 mod codec;
 mod handle;
+mod intake;
 mod task;
 mod topics;
 
@@ -57,6 +58,7 @@ pub use codec::WireCodec;
 use handle::Command;
 pub use handle::NetHandle;
 use task::Task;
+pub use task::VOTES_IN_FLIGHT;
 pub use topics::{TopicKind, Topics, batch_protocol};
 
 /// The request-response protocol name.
@@ -154,6 +156,9 @@ pub struct NetConfig {
     pub request_timeout: Duration,
     /// Gossipsub heartbeat (mesh maintenance).
     pub heartbeat: Duration,
+    /// Bytes per second read from all members' batch streams together, shared by power
+    /// (`mempool.peer_batch_bytes_per_sec`; 0: unlimited).
+    pub batch_bytes_per_sec: u64,
 }
 
 impl NetConfig {
@@ -167,6 +172,7 @@ impl NetConfig {
             contract: contract.to_owned(),
             request_timeout: Duration::from_secs(10),
             heartbeat: Duration::from_millis(500),
+            batch_bytes_per_sec: 0,
         }
     }
 }
@@ -177,6 +183,8 @@ pub struct Responder {
     channel: ResponseChannel<Vec<u8>>,
     id: InboundRequestId,
     permit: Option<Permit>,
+    /// A vote's place among its sender's unanswered votes (released with the responder).
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Responder {
@@ -197,6 +205,13 @@ impl std::fmt::Debug for Responder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Responder")
     }
+}
+
+/// A pushed batch's hold on one of its sender's [`batch_push::FRAMES_IN_FLIGHT`] places in
+/// the driver's queue.
+#[derive(Debug)]
+pub struct BatchSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// What the network tells the driver.
@@ -227,6 +242,10 @@ pub enum NetEvent {
         gossip_id: Option<MessageId>,
         /// The `v1::Batch` encoding.
         canonical: Vec<u8>,
+        /// For a pushed batch, its place among the frames of its sender the driver has not
+        /// handled yet (released when the event is dropped): each member has a few, so one
+        /// member's flood cannot fill the driver's queue ahead of consensus messages.
+        slot: Option<BatchSlot>,
     },
     /// A member's vote (votes from others are refused by the network); acknowledge it with
     /// [`NetHandle::respond`]. Other requests go to the [`Gate`] instead.
@@ -399,6 +418,7 @@ pub async fn spawn(
         ev_tx.clone(),
         metrics.clone(),
         pushes_dropped.clone(),
+        cfg.batch_bytes_per_sec,
     )?;
     let handle = NetHandle {
         cmd: cmd_tx,
@@ -418,6 +438,7 @@ pub async fn spawn(
         events: ev_tx,
         metrics,
         graylisted: HashSet::new(),
+        vote_places: HashMap::new(),
     };
     tokio::spawn(task.run(cmd_rx));
     Ok((handle, ev_rx))

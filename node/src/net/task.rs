@@ -20,7 +20,14 @@ pub(super) struct Task {
     /// Connected peers whose gossipsub score is below the graylist threshold (logged once each
     /// time a peer crosses it, so an operator or a test can name who misbehaved).
     pub(super) graylisted: HashSet<PeerId>,
+    /// Each member's places for votes handed to the driver and not yet answered.
+    pub(super) vote_places: HashMap<PeerId, Arc<tokio::sync::Semaphore>>,
 }
+
+/// Votes of one member the driver holds unanswered, at most; one more is refused at once. An
+/// honest member has one vote per round in flight (two across a round change), so this only
+/// binds a member flooding votes, and keeps its votes from queuing ahead of everyone's messages.
+pub const VOTES_IN_FLIGHT: usize = 4;
 
 /// How often peer scores are compared with the graylist threshold.
 pub(super) const GRAYLIST_CHECK: Duration = Duration::from_secs(1);
@@ -89,10 +96,12 @@ impl Task {
                 self.pending.insert(id, (peer, reply));
             }
             Command::Respond { responder, bytes } => {
+                // A vote's place is released here, once its answer is on its way.
                 let Responder {
                     channel,
                     id,
                     permit,
+                    slot: _,
                 } = responder;
                 let len = bytes.len();
                 if self
@@ -116,7 +125,8 @@ impl Task {
             Command::PushBatch(frame) => self.push.push(&frame),
             Command::SetMembers(m) => {
                 self.push.set_members(&m);
-                self.members = m;
+                self.vote_places.retain(|p, _| m.contains_key(p));
+                self.members = m.into_keys().collect();
             }
             Command::Peers(tx) => {
                 let _ = tx.send(self.swarm.connected_peers().copied().collect());
@@ -217,6 +227,7 @@ impl Task {
                                 from: propagation_source,
                                 gossip_id: Some(message_id),
                                 canonical,
+                                slot: None,
                             })
                             .await;
                             return;
@@ -294,6 +305,21 @@ impl Task {
                     self.answer_error(responder, "votes are accepted from members only".into());
                     return;
                 }
+                let place = self
+                    .vote_places
+                    .entry(peer)
+                    .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(VOTES_IN_FLIGHT)))
+                    .clone();
+                let Ok(slot) = place.try_acquire_owned() else {
+                    self.metrics.reject("votes_in_flight");
+                    self.answer_error(
+                        responder,
+                        format!("more than {VOTES_IN_FLIGHT} votes unanswered; retry later"),
+                    );
+                    return;
+                };
+                let mut responder = responder;
+                responder.slot = Some(slot);
                 self.emit(NetEvent::Vote {
                     peer,
                     vote,
@@ -331,6 +357,7 @@ impl Task {
                         channel,
                         id: request_id,
                         permit: None,
+                        slot: None,
                     };
                     self.inbound_request(peer, &request, responder).await;
                 }

@@ -168,6 +168,7 @@ pub fn node_params(i: usize, data_dir: &Path, p2p_ports: &[u16], api_port: u16) 
         mempool: MempoolConfig::default(),
         retain_heights: 0,
         max_disk_bytes: 0,
+        batch_intake_bytes_per_sec: 0,
         serve: ServeConfig::default(),
         registration: None,
         tap: None,

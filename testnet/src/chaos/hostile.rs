@@ -6,7 +6,7 @@
 //!   panic;
 //! - the longest commit gap of the honest cluster is below [`GAP_TIMEOUTS`] base round timeouts;
 //! - each honest node used at most [`CPU_SHARE_BOUND`] of one core, its resident memory stayed
-//!   at most [`RSS_BOUND_BYTES`] and its home directory grew by at most [`DISK_GROWTH_BOUND`];
+//!   at most [`RSS_BOUND_BYTES`] and its home directory grew by at most [`disk_growth_bound`];
 //! - every honest node graylisted each hostile peer that sent it gossip to refuse (its log names
 //!   the peer) or, for the outsider, no longer has a connection to it when the attack ends;
 //! - `dstack_messages_rejected_total{reason}` on the honest nodes grew for reasons naming each
@@ -45,11 +45,21 @@ pub const CPU_SHARE_BOUND: f64 = 0.5;
 /// node that keeps every pushed batch or every equivocating block in memory passes it in
 /// seconds.
 pub const RSS_BOUND_BYTES: u64 = 1 << 30;
-/// Most an honest node's home directory (data and log) may grow during the attack: the batches
-/// a mempool may hold (64 MiB), what the load and the committed blocks write meanwhile, and
-/// slack. The member pushes up to 3 GiB, so a node that stores every valid batch it is pushed
-/// passes it.
-pub const DISK_GROWTH_BOUND: u64 = 512 << 20;
+/// Most an honest node's home directory (data and log) may grow during the attack, besides
+/// what the hostile member's share of the batch intake lets in (see [`disk_growth_bound`]):
+/// what the load and the committed blocks write meanwhile, the intake's one-second burst, and
+/// slack.
+pub const DISK_GROWTH_BOUND: u64 = 128 << 20;
+
+/// Most an honest node's home may grow over `secs` of attack by a member whose share of every
+/// node's batch intake is `share` bytes per second (`mempool.peer_batch_bytes_per_sec` × its
+/// power over the total): what it pushes to this node, and as much again for its batches that
+/// other nodes took in and this one fetches when a block names them, plus
+/// [`DISK_GROWTH_BOUND`]. The member pushes up to 3 GiB, so a node that stores every valid
+/// batch it is pushed goes far past it.
+pub fn disk_growth_bound(secs: f64, share: f64) -> u64 {
+    DISK_GROWTH_BOUND.saturating_add((2.0 * share * secs.max(0.0)) as u64)
+}
 /// Seconds measured before the attack (the CPU baseline) and after it (before disarming is
 /// checked).
 const BASELINE: f64 = 3.0;
@@ -312,6 +322,19 @@ pub(super) async fn scenario_hostile(ctx: &Ctx, budget: f64) -> Result<(), Error
     }
     let u1: Vec<Usage> = (0..genesis.len()).map(usage).collect();
     let attack_wall = ta.elapsed().as_secs_f64();
+    // The member's share of each node's batch intake (the nodes run the default rate).
+    let intake_share = match ctx.byz {
+        Some(b) if member_attacks => {
+            let total: u64 = genesis.iter().map(|&i| ctx.nodes[i].power).sum();
+            node::config::Config::default()
+                .mempool
+                .peer_batch_bytes_per_sec as f64
+                * ctx.nodes[b].power as f64
+                / total.max(1) as f64
+        }
+        _ => 0.0,
+    };
+    let disk_bound = disk_growth_bound(attack_wall, intake_share);
     let end = ctx.now();
     if member_attacks && let Some(b) = ctx.byz {
         // The member may have died of the outsider's messages: that is reported below.
@@ -428,11 +451,11 @@ pub(super) async fn scenario_hostile(ctx: &Ctx, budget: f64) -> Result<(), Error
                     RSS_BOUND_BYTES >> 20
                 ));
             }
-            if growth > DISK_GROWTH_BOUND {
+            if growth > disk_bound {
                 problems.push(format!(
                     "{name}'s home grew by {} MiB during the attack (bound {} MiB)",
                     growth >> 20,
-                    DISK_GROWTH_BOUND >> 20
+                    disk_bound >> 20
                 ));
             }
             let graylisted = |peer: &str| {
@@ -581,7 +604,8 @@ pub(super) async fn scenario_hostile(ctx: &Ctx, budget: f64) -> Result<(), Error
             "longest_commit_gap_seconds": bound,
             "cpu_share_of_one_core": CPU_SHARE_BOUND,
             "rss_bytes": RSS_BOUND_BYTES,
-            "disk_growth_bytes": DISK_GROWTH_BOUND,
+            "disk_growth_bytes": disk_bound,
+            "member_intake_share_bytes_per_sec": intake_share,
         },
         "longest_commit_gap_seconds": gap,
         "commits_during_attack": commits,

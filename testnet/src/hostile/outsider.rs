@@ -583,9 +583,9 @@ pub async fn run(cfg: OutsiderConfig) -> Result<OutsiderReport, String> {
                 ));
             }
         }
-        if run.attacks.contains(&Attack::Rounds) {
-            run.rounds_wave(&v, k).await;
-        }
+        // Records first: the rounds' junk gets the outsider graylisted within a wave, and a
+        // graylisted peer's gossip is dropped before any node looks at it, so the first wave's
+        // records would otherwise never be seen.
         if k.is_multiple_of(WAVE_TICKS) {
             if run.attacks.contains(&Attack::Records) {
                 run.records_wave(&v).await;
@@ -593,6 +593,9 @@ pub async fn run(cfg: OutsiderConfig) -> Result<OutsiderReport, String> {
             if run.attacks.contains(&Attack::Oversized) {
                 run.oversized_wave().await;
             }
+        }
+        if run.attacks.contains(&Attack::Rounds) {
+            run.rounds_wave(&v, k).await;
         }
         k += 1;
     }
