@@ -346,7 +346,7 @@ mod tests {
     use super::*;
 
     /// Every name of DESIGN section 9, the storage and the oracle's, as they appear in the exposition.
-    pub(crate) const NAMES: [&str; 21] = [
+    pub(crate) const NAMES: [&str; 22] = [
         "dstack_consensus_height",
         "dstack_consensus_round",
         "dstack_consensus_epoch",
