@@ -14,7 +14,7 @@
 //!   frames), and `dstack_evidence_total` names the member when it equivocated;
 //! - the attacks really ran (what the outsider published and the member's logged totals).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -279,36 +279,13 @@ pub(super) async fn scenario_hostile(ctx: &Ctx, budget: f64) -> Result<(), Error
     let _ = std::fs::remove_file(&outsider_report_path);
     let mut outsider = None;
     if outsider_attacks {
-        let bin = paths::sibling_bin(
-            "dstack-node-hostile",
-            HOSTILE_BIN_ENV,
-            "cargo build --release -p testnet --bins",
-        )?;
-        let mut args = vec![
-            "outsider".to_string(),
-            "--chain-id".into(),
-            chain.chain_id.to_string(),
-            "--contract".into(),
-            chain.contract.to_string(),
-            "--seconds".into(),
-            format!("{attack_secs}"),
-            "--report".into(),
-            outsider_report_path.display().to_string(),
-        ];
-        for (k, &i) in genesis.iter().enumerate() {
-            args.push("--node".into());
-            args.push(format!("{},{}", p2p[k], ctx.nodes[i].http_url));
-        }
-        let (child, proc) = procs::spawn(Spawn {
-            name: "hostile-outsider",
-            program: &bin,
-            args,
-            env: Vec::new(),
-            clear_env_prefixes: &[],
-            log: ctx.opts.dir.join("hostile-outsider.log"),
-            netns: None,
-        })?;
-        outsider = Some((child, proc));
+        outsider = Some(spawn_outsider(
+            ctx,
+            &chain,
+            (&genesis, &p2p),
+            attack_secs,
+            &outsider_report_path,
+        )?);
     }
     // Sample memory while the attack runs; CPU and disk are read at both ends.
     let mut rss_peak = vec![0u64; genesis.len()];
@@ -323,16 +300,10 @@ pub(super) async fn scenario_hostile(ctx: &Ctx, budget: f64) -> Result<(), Error
     let u1: Vec<Usage> = (0..genesis.len()).map(usage).collect();
     let attack_wall = ta.elapsed().as_secs_f64();
     // The member's share of each node's batch intake (the nodes run the default rate).
-    let intake_share = match ctx.byz {
-        Some(b) if member_attacks => {
-            let total: u64 = genesis.iter().map(|&i| ctx.nodes[i].power).sum();
-            node::config::Config::default()
-                .mempool
-                .peer_batch_bytes_per_sec as f64
-                * ctx.nodes[b].power as f64
-                / total.max(1) as f64
-        }
-        _ => 0.0,
+    let intake_share = if member_attacks {
+        member_intake_share(ctx, &genesis)
+    } else {
+        0.0
     };
     let disk_bound = disk_growth_bound(attack_wall, intake_share);
     let end = ctx.now();
@@ -341,21 +312,7 @@ pub(super) async fn scenario_hostile(ctx: &Ctx, budget: f64) -> Result<(), Error
         let _ = ctx.signal(b, Signal::SIGUSR2).await;
     }
     let outsider_exit = match outsider.take() {
-        Some((mut child, proc)) => {
-            let deadline = Instant::now() + Duration::from_secs(15);
-            let status = loop {
-                match child.try_wait() {
-                    Ok(Some(st)) => break Some(st),
-                    Ok(None) if Instant::now() < deadline => sleep_s(0.1).await,
-                    _ => {
-                        let _ = procs::stop(&proc, Duration::from_secs(2));
-                        let _ = child.wait();
-                        break None;
-                    }
-                }
-            };
-            Some(status.map(|s| s.to_string()))
-        }
+        Some(o) => Some(reap_outsider(o).await),
         None => None,
     };
     sleep_s(TAIL).await;
@@ -425,74 +382,35 @@ pub(super) async fn scenario_hostile(ctx: &Ctx, budget: f64) -> Result<(), Error
         let mut entry =
             json!({ "role": role, "alive": alive, "panicked": panic.is_some(), "panic": panic });
         if Some(i) != ctx.byz {
-            let cpu = |a: &Usage, b: &Usage, secs: f64| {
-                a.ticks.zip(b.ticks).map(|(x, y)| {
-                    y.saturating_sub(x) as f64 / procs::TICKS_PER_SECOND as f64 / secs
-                })
+            let usage = NodeUsage {
+                before: (&b0[k], &b1[k], baseline_secs),
+                during: (&u0[k], &u1[k], attack_wall),
+                rss_peak: rss_peak[k],
             };
-            let share = cpu(&u0[k], &u1[k], attack_wall);
-            let baseline = cpu(&b0[k], &b1[k], baseline_secs);
-            let growth = u1[k].disk.saturating_sub(u0[k].disk);
-            if let Some(s) = share
-                && s > CPU_SHARE_BOUND
-            {
-                problems.push(format!(
-                    "{name} used {:.0} % of a core during the attack (bound {:.0} %, {:.0} % \
-                     before it)",
-                    s * 100.0,
-                    CPU_SHARE_BOUND * 100.0,
-                    baseline.unwrap_or(0.0) * 100.0
-                ));
-            }
-            if rss_peak[k] > RSS_BOUND_BYTES {
-                problems.push(format!(
-                    "{name}'s resident memory reached {} MiB during the attack (bound {} MiB)",
-                    rss_peak[k] >> 20,
-                    RSS_BOUND_BYTES >> 20
-                ));
-            }
-            if growth > disk_bound {
-                problems.push(format!(
-                    "{name}'s home grew by {} MiB during the attack (bound {} MiB)",
-                    growth >> 20,
-                    disk_bound >> 20
-                ));
-            }
-            let graylisted = |peer: &str| {
-                !peer.is_empty()
-                    && logs[k]
-                        .lines()
-                        .any(|l| l.contains(GRAYLISTED) && l.contains(peer))
-            };
-            let outsider_seen = outsider_report["nodes"]
+            merge(
+                &mut entry,
+                check_resources(name, &usage, disk_bound, &mut problems),
+            );
+            let seen = outsider_report["nodes"]
                 .as_array()
                 .and_then(|a| a.get(k))
                 .cloned()
                 .unwrap_or(serde_json::Value::Null);
-            let outsider_gray = graylisted(outsider_peer);
-            let outsider_gone = outsider_seen["ever_connected"] == true
-                && outsider_seen["connected_at_end"] == false;
-            if gossip_attacks && alive && !outsider_gray && !outsider_gone {
-                problems.push(format!(
-                    "{name} neither graylisted the outsider {outsider_peer} nor dropped its \
-                     connection"
-                ));
-            }
-            let member_gray = member_peer.as_deref().is_some_and(graylisted);
-            if equivocating && alive && !member_gray {
-                problems.push(format!(
-                    "{name} never graylisted the hostile member {}",
-                    member_peer.as_deref().unwrap_or("(unknown PeerId)")
-                ));
-            }
-            entry["cpu_share"] = json!(share);
-            entry["baseline_cpu_share"] = json!(baseline);
-            entry["rss_peak_bytes"] = json!(rss_peak[k]);
-            entry["disk_growth_bytes"] = json!(growth);
-            entry["graylisted_outsider"] = json!(outsider_gray);
-            entry["outsider_connected_at_end"] = outsider_seen["connected_at_end"].clone();
-            entry["gossip_to_outsider"] = outsider_seen["gossip_received"].clone();
-            entry["graylisted_member"] = json!(member_gray);
+            let required = Required {
+                outsider: gossip_attacks && alive,
+                member: equivocating && alive,
+            };
+            merge(
+                &mut entry,
+                check_graylisting(
+                    name,
+                    &logs[k],
+                    (outsider_peer, &seen),
+                    member_peer.as_deref(),
+                    required,
+                    &mut problems,
+                ),
+            );
         }
         nodes.insert(name.clone(), entry);
     }
@@ -519,19 +437,7 @@ pub(super) async fn scenario_hostile(ctx: &Ctx, budget: f64) -> Result<(), Error
         &sum_counters(&before, "dstack_messages_ignored_total", "reason"),
     );
     if !answered.is_empty() {
-        for a in attacks.iter().filter(|a| a.by_outsider()) {
-            if matches!(a, Attack::Requests) {
-                continue;
-            }
-            if !rejected.keys().any(|r| reason_names(*a, r)) {
-                problems.push(format!(
-                    "no honest node counted a rejection naming the outsider's `{}` attack \
-                     (dstack_messages_rejected_total grew for {:?})",
-                    a.name(),
-                    rejected
-                ));
-            }
-        }
+        problems.extend(unnamed_attacks(&attacks, &rejected));
     }
     let member_addr = ctx.byz.map(|b| ctx.nodes[b].address.to_lowercase());
     let evidence = member_addr.as_ref().map(|a| {
@@ -550,46 +456,15 @@ pub(super) async fn scenario_hostile(ctx: &Ctx, budget: f64) -> Result<(), Error
         .map(|k| logs[k].clone())
         .unwrap_or_default();
     let totals = member_totals(&member_log);
-    let published = |k: &str| outsider_report["published"][k].as_u64().unwrap_or(0);
-    let mut unmet = Vec::new();
-    if member_attacks {
-        match totals {
-            None => unmet.push("the hostile member logged no totals (did it run?)".to_string()),
-            Some([rounds, proposals, _, bytes]) => {
-                if attacks.contains(&Attack::Equivocate) && (rounds == 0 || proposals == 0) {
-                    unmet.push("the hostile member never flooded a round it led".into());
-                }
-                if attacks.contains(&Attack::Batches) && bytes == 0 {
-                    unmet.push("the hostile member pushed no batch".into());
-                }
-            }
-        }
-        if attacks.contains(&Attack::Equivocate) && evidence == Some(0) && !answered.is_empty() {
-            problems.push(
-                "dstack_evidence_total does not name the hostile member although it \
-                 equivocated"
-                    .into(),
-            );
-        }
-    }
-    if !outsider_report.is_null() {
-        let need: &[(Attack, &str)] = &[
-            (Attack::Rounds, "tc"),
-            (Attack::Records, "record_huge_set"),
-            (Attack::Oversized, "oversized_gossip"),
-        ];
-        for (a, kind) in need {
-            if attacks.contains(a) && published(kind) == 0 {
-                unmet.push(format!("the outsider published no {kind}"));
-            }
-        }
-        let sent: u64 = outsider_report["requests"]["sent"]
-            .as_object()
-            .map(|o| o.values().filter_map(|v| v.as_u64()).sum())
-            .unwrap_or(0);
-        if attacks.contains(&Attack::Requests) && sent == 0 {
-            unmet.push("the outsider sent no request".into());
-        }
+    let unmet = unmet_strengths(&attacks, member_attacks, totals, &outsider_report);
+    if member_attacks
+        && attacks.contains(&Attack::Equivocate)
+        && evidence == Some(0)
+        && !answered.is_empty()
+    {
+        problems.push(
+            "dstack_evidence_total does not name the hostile member although it equivocated".into(),
+        );
     }
     for u in &unmet {
         problems.push(format!("minimum hostile strength not met: {u}"));
@@ -625,6 +500,247 @@ pub(super) async fn scenario_hostile(ctx: &Ctx, budget: f64) -> Result<(), Error
         "violations": problems,
     });
     Ok(())
+}
+
+/// One honest node's usage: (start, end, seconds) of the baseline and of the attack, and its
+/// peak resident memory during the attack.
+struct NodeUsage<'a> {
+    before: (&'a Usage, &'a Usage, f64),
+    during: (&'a Usage, &'a Usage, f64),
+    rss_peak: u64,
+}
+
+/// Holds one honest node's CPU, memory and disk growth to their bounds; its figures for the
+/// report.
+fn check_resources(
+    name: &str,
+    u: &NodeUsage<'_>,
+    disk_bound: u64,
+    problems: &mut Vec<String>,
+) -> serde_json::Value {
+    let cpu = |(a, b, secs): (&Usage, &Usage, f64)| {
+        a.ticks
+            .zip(b.ticks)
+            .map(|(x, y)| y.saturating_sub(x) as f64 / procs::TICKS_PER_SECOND as f64 / secs)
+    };
+    let share = cpu(u.during);
+    let baseline = cpu(u.before);
+    let growth = u.during.1.disk.saturating_sub(u.during.0.disk);
+    if let Some(s) = share
+        && s > CPU_SHARE_BOUND
+    {
+        problems.push(format!(
+            "{name} used {:.0} % of a core during the attack (bound {:.0} %, {:.0} % before it)",
+            s * 100.0,
+            CPU_SHARE_BOUND * 100.0,
+            baseline.unwrap_or(0.0) * 100.0
+        ));
+    }
+    if u.rss_peak > RSS_BOUND_BYTES {
+        problems.push(format!(
+            "{name}'s resident memory reached {} MiB during the attack (bound {} MiB)",
+            u.rss_peak >> 20,
+            RSS_BOUND_BYTES >> 20
+        ));
+    }
+    if growth > disk_bound {
+        problems.push(format!(
+            "{name}'s home grew by {} MiB during the attack (bound {} MiB)",
+            growth >> 20,
+            disk_bound >> 20
+        ));
+    }
+    json!({
+        "cpu_share": share,
+        "baseline_cpu_share": baseline,
+        "rss_peak_bytes": u.rss_peak,
+        "disk_growth_bytes": growth,
+    })
+}
+
+/// Which hostile peer a node must have graylisted (it sent the node gossip to refuse, and the
+/// node was alive to see it).
+struct Required {
+    outsider: bool,
+    member: bool,
+}
+
+/// Holds one honest node to graylisting the hostile peers (or, for the outsider, having
+/// dropped its connection), by its log since the attack and what the outsider saw of it
+/// (`seen`); the figures for the report.
+fn check_graylisting(
+    name: &str,
+    log: &str,
+    (outsider_peer, seen): (&str, &serde_json::Value),
+    member_peer: Option<&str>,
+    required: Required,
+    problems: &mut Vec<String>,
+) -> serde_json::Value {
+    let graylisted = |peer: &str| {
+        !peer.is_empty()
+            && log
+                .lines()
+                .any(|l| l.contains(GRAYLISTED) && l.contains(peer))
+    };
+    let outsider_gray = graylisted(outsider_peer);
+    let outsider_gone = seen["ever_connected"] == true && seen["connected_at_end"] == false;
+    if required.outsider && !outsider_gray && !outsider_gone {
+        problems.push(format!(
+            "{name} neither graylisted the outsider {outsider_peer} nor dropped its connection"
+        ));
+    }
+    let member_gray = member_peer.is_some_and(graylisted);
+    if required.member && !member_gray {
+        problems.push(format!(
+            "{name} never graylisted the hostile member {}",
+            member_peer.unwrap_or("(unknown PeerId)")
+        ));
+    }
+    json!({
+        "graylisted_outsider": outsider_gray,
+        "outsider_connected_at_end": seen["connected_at_end"].clone(),
+        "gossip_to_outsider": seen["gossip_received"].clone(),
+        "graylisted_member": member_gray,
+    })
+}
+
+/// Adds the fields of `more` (an object) to `entry` (an object).
+fn merge(entry: &mut serde_json::Value, more: serde_json::Value) {
+    if let (Some(e), serde_json::Value::Object(m)) = (entry.as_object_mut(), more) {
+        e.extend(m);
+    }
+}
+
+/// Starts the outsider against the genesis nodes (`p2p` their connection URLs) for `secs`,
+/// writing its report to `report`.
+fn spawn_outsider(
+    ctx: &Ctx,
+    chain: &crate::state::ChainInfo,
+    (genesis, p2p): (&[usize], &[String]),
+    secs: f64,
+    report: &Path,
+) -> Result<(std::process::Child, Proc), Error> {
+    let bin = paths::sibling_bin(
+        "dstack-node-hostile",
+        HOSTILE_BIN_ENV,
+        "cargo build --release -p testnet --bins",
+    )?;
+    let mut args = vec![
+        "outsider".to_string(),
+        "--chain-id".into(),
+        chain.chain_id.to_string(),
+        "--contract".into(),
+        chain.contract.to_string(),
+        "--seconds".into(),
+        format!("{secs}"),
+        "--report".into(),
+        report.display().to_string(),
+    ];
+    for (k, &i) in genesis.iter().enumerate() {
+        args.push("--node".into());
+        args.push(format!("{},{}", p2p[k], ctx.nodes[i].http_url));
+    }
+    procs::spawn(Spawn {
+        name: "hostile-outsider",
+        program: &bin,
+        args,
+        env: Vec::new(),
+        clear_env_prefixes: &[],
+        log: ctx.opts.dir.join("hostile-outsider.log"),
+        netns: None,
+    })
+}
+
+/// Waits (at most 15 s) for the outsider to exit after its attack, stopping it otherwise;
+/// its exit status, if it exited by itself.
+async fn reap_outsider((mut child, proc): (std::process::Child, Proc)) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) => return Some(st.to_string()),
+            Ok(None) if Instant::now() < deadline => sleep_s(0.1).await,
+            _ => {
+                let _ = procs::stop(&proc, Duration::from_secs(2));
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+}
+
+/// The hostile member's share of each node's batch intake in bytes per second: the nodes'
+/// default `mempool.peer_batch_bytes_per_sec` times its power over the genesis set's.
+fn member_intake_share(ctx: &Ctx, genesis: &[usize]) -> f64 {
+    let Some(b) = ctx.byz else {
+        return 0.0;
+    };
+    let total: u64 = genesis.iter().map(|&i| ctx.nodes[i].power).sum();
+    node::config::Config::default()
+        .mempool
+        .peer_batch_bytes_per_sec as f64
+        * ctx.nodes[b].power as f64
+        / total.max(1) as f64
+}
+
+/// The outsider's attacks that send something a node must refuse, but that no rejection
+/// reason the honest nodes counted names.
+fn unnamed_attacks(attacks: &BTreeSet<Attack>, rejected: &BTreeMap<String, u64>) -> Vec<String> {
+    attacks
+        .iter()
+        .filter(|a| a.by_outsider() && !matches!(a, Attack::Requests))
+        .filter(|a| !rejected.keys().any(|r| reason_names(**a, r)))
+        .map(|a| {
+            format!(
+                "no honest node counted a rejection naming the outsider's `{}` attack \
+                 (dstack_messages_rejected_total grew for {rejected:?})",
+                a.name()
+            )
+        })
+        .collect()
+}
+
+/// What of the attacks did not run: the member's logged `totals` and the outsider's report.
+fn unmet_strengths(
+    attacks: &BTreeSet<Attack>,
+    member_attacks: bool,
+    totals: Option<[u64; 4]>,
+    outsider_report: &serde_json::Value,
+) -> Vec<String> {
+    let mut unmet = Vec::new();
+    if member_attacks {
+        match totals {
+            None => unmet.push("the hostile member logged no totals (did it run?)".to_string()),
+            Some([rounds, proposals, _, bytes]) => {
+                if attacks.contains(&Attack::Equivocate) && (rounds == 0 || proposals == 0) {
+                    unmet.push("the hostile member never flooded a round it led".into());
+                }
+                if attacks.contains(&Attack::Batches) && bytes == 0 {
+                    unmet.push("the hostile member pushed no batch".into());
+                }
+            }
+        }
+    }
+    if !outsider_report.is_null() {
+        let published = |k: &str| outsider_report["published"][k].as_u64().unwrap_or(0);
+        let need: &[(Attack, &str)] = &[
+            (Attack::Rounds, "tc"),
+            (Attack::Records, "record_huge_set"),
+            (Attack::Oversized, "oversized_gossip"),
+        ];
+        for (a, kind) in need {
+            if attacks.contains(a) && published(kind) == 0 {
+                unmet.push(format!("the outsider published no {kind}"));
+            }
+        }
+        let sent: u64 = outsider_report["requests"]["sent"]
+            .as_object()
+            .map(|o| o.values().filter_map(|v| v.as_u64()).sum())
+            .unwrap_or(0);
+        if attacks.contains(&Attack::Requests) && sent == 0 {
+            unmet.push("the outsider sent no request".into());
+        }
+    }
+    unmet
 }
 
 #[cfg(test)]
