@@ -683,6 +683,33 @@ async fn a_member_pushes_batches_no_faster_than_its_share_of_the_intake() {
     assert_eq!(a.net.batch_pushes_dropped(), 0);
 }
 
+/// Batches fetched for a member's proposal cost its share of the intake like pushed ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetched_batches_wait_for_the_proposers_share() {
+    let b = node_with(2, Vec::new(), 4 << 20).await;
+    let powers: std::collections::HashMap<PeerId, u64> =
+        [(peer_id(1), 1), (peer_id(2), 3)].into_iter().collect();
+    b.net.set_member_powers(powers).await.expect("members");
+    // Commands run in order: once this one is answered, the set is in place.
+    b.net.peers().await.expect("peers");
+    let t = std::time::Instant::now();
+    b.net.intake_wait(peer_id(1), 4 << 20).await;
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "the burst is free"
+    );
+    let t = std::time::Instant::now();
+    b.net.intake_wait(peer_id(1), 1 << 20).await;
+    let took = t.elapsed().as_secs_f64();
+    assert!(took >= 0.9, "1 MiB at a 1 MiB/s share took {took:.2} s");
+    let t = std::time::Instant::now();
+    b.net.intake_wait(peer_id(2), 4 << 20).await;
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "another member's share is its own"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushed_batches_from_non_members_are_refused() {
     let (a, mut b) = pair().await;

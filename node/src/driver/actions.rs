@@ -224,11 +224,12 @@ impl Driver {
             return Ok(Some(Event::BatchesAvailable { block_id }));
         }
         let peers = self.peers_preferring(Some(from));
+        let proposer = self.by_addr.get(&from).copied();
         let store = self.store.clone();
         let cfg = lock(&self.mempool).config().clone();
         self.outbox.push(Outgoing::Fetch(Box::new(move |net, done| {
             Box::pin(async move {
-                if fetch_batches(&net, &store, &cfg, &peers, missing).await {
+                if fetch_batches(&net, &store, &cfg, (&peers, proposer), missing).await {
                     let _ = done.send(Completion::BatchesAvailable(block_id)).await;
                 }
             })
@@ -382,12 +383,13 @@ impl Driver {
 }
 
 /// Fetches batches from the peers in turn, stores the ones that hash to a wanted digest.
-/// Returns true when every wanted batch is stored.
+/// Returns true when every wanted batch is stored. `charge_to`: the member whose proposal named
+/// them; their bytes wait for its share of the batch intake before they are stored.
 pub(super) async fn fetch_batches(
     net: &NetHandle,
     store: &Store,
     cfg: &crate::mempool::MempoolConfig,
-    peers: &[PeerId],
+    (peers, charge_to): (&[PeerId], Option<PeerId>),
     wanted: Vec<[u8; 32]>,
 ) -> bool {
     let mut missing: HashSet<[u8; 32]> = wanted.into_iter().collect();
@@ -400,13 +402,18 @@ pub(super) async fn fetch_batches(
         };
         match net.request(*peer, RequestBody::Batches(req)).await {
             Ok(ResponseBody::Batches(resp)) => {
-                for b in resp.batches {
-                    let Ok(batch) = SealedBatch::from_wire(b, cfg) else {
-                        continue;
-                    };
-                    if missing.contains(&batch.digest)
-                        && store.put_batch_lazy(&batch.digest, &batch.encoded).is_ok()
-                    {
+                let got: Vec<SealedBatch> = resp
+                    .batches
+                    .into_iter()
+                    .filter_map(|b| SealedBatch::from_wire(b, cfg).ok())
+                    .filter(|b| missing.contains(&b.digest))
+                    .collect();
+                if let Some(proposer) = charge_to {
+                    let bytes = got.iter().map(|b| b.encoded.len()).sum();
+                    net.intake_wait(proposer, bytes).await;
+                }
+                for batch in got {
+                    if store.put_batch_lazy(&batch.digest, &batch.encoded).is_ok() {
                         missing.remove(&batch.digest);
                     }
                 }

@@ -75,7 +75,8 @@ impl Driver {
                     let cfg = lock(&self.mempool).config().clone();
                     self.outbox.push(Outgoing::Fetch(Box::new(move |net, done| {
                         Box::pin(async move {
-                            let _ = fetch_batches(&net, &store, &cfg, &peers, missing).await;
+                            let _ =
+                                fetch_batches(&net, &store, &cfg, (&peers, None), missing).await;
                             let _ = done.send(Completion::CommitBatchesReady).await;
                         })
                     })));

@@ -117,7 +117,7 @@ impl Driver {
             self.outbox
                 .push(Outgoing::Fetch(Box::new(move |net, _done| {
                     Box::pin(async move {
-                        let _ = fetch_batches(&net, &store, &cfg, &peers, missing).await;
+                        let _ = fetch_batches(&net, &store, &cfg, (&peers, None), missing).await;
                     })
                 })));
             return Ok(());

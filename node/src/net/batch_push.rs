@@ -28,7 +28,7 @@ use proto::limits::MAX_GOSSIP_BYTES;
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
-use super::intake::{self, Intake};
+use super::intake::{self, Intakes};
 use super::{BatchSlot, NetError, NetEvent};
 use crate::frames::{Refusal, canonical_batch, read_frame, write_frame_open};
 use crate::metrics::Metrics;
@@ -61,6 +61,7 @@ pub(crate) struct BatchPush {
     members: watch::Sender<Members>,
     writers: HashMap<PeerId, mpsc::Sender<Arc<[u8]>>>,
     dropped: Arc<AtomicU64>,
+    intakes: Arc<Intakes>,
 }
 
 impl BatchPush {
@@ -78,12 +79,17 @@ impl BatchPush {
             .accept(protocol.clone())
             .map_err(|e| NetError::Transport(format!("{protocol}: {e}")))?;
         let (members, members_rx) = watch::channel(Members::default());
+        let intakes = Arc::new(Intakes::new(
+            bytes_per_sec,
+            members_rx.clone(),
+            metrics.clone(),
+        ));
         tokio::spawn(accept_loop(
             incoming,
             members_rx,
             events,
             metrics,
-            bytes_per_sec,
+            intakes.clone(),
         ));
         Ok(Self {
             control,
@@ -92,7 +98,13 @@ impl BatchPush {
             members,
             writers: HashMap::new(),
             dropped,
+            intakes,
         })
+    }
+
+    /// The members' intakes (the driver's batch fetches are charged to them too).
+    pub(crate) fn intakes(&self) -> Arc<Intakes> {
+        self.intakes.clone()
     }
 
     /// Replaces the member set: readers see it at their next frame, writers for peers that left
@@ -196,11 +208,9 @@ async fn accept_loop(
     members: watch::Receiver<Members>,
     events: mpsc::Sender<NetEvent>,
     metrics: Arc<Metrics>,
-    bytes_per_sec: u64,
+    intakes: Arc<Intakes>,
 ) {
     let mut readers: HashMap<PeerId, AbortHandle> = HashMap::new();
-    // Kept across a member's streams: a new stream brings no new places or allowance.
-    let mut intakes: HashMap<PeerId, Arc<Intake>> = HashMap::new();
     while let Some((peer, stream)) = incoming.next().await {
         if !members.borrow().contains(&peer) {
             metrics.ignore("non_member");
@@ -208,15 +218,10 @@ async fn accept_loop(
             continue;
         }
         readers.retain(|_, r| !r.is_finished());
-        intakes.retain(|p, _| members.borrow().contains(p));
-        let intake = intakes
-            .entry(peer)
-            .or_insert_with(|| Arc::new(Intake::new(FRAMES_IN_FLIGHT)))
-            .clone();
         let reader = tokio::spawn(read_loop(
             peer,
             stream,
-            (intake, bytes_per_sec),
+            intakes.clone(),
             members.clone(),
             events.clone(),
             metrics.clone(),
@@ -232,14 +237,16 @@ async fn accept_loop(
 async fn read_loop(
     peer: PeerId,
     mut stream: Stream,
-    (intake, bytes_per_sec): (Arc<Intake>, u64),
+    intakes: Arc<Intakes>,
     members: watch::Receiver<Members>,
     events: mpsc::Sender<NetEvent>,
     metrics: Arc<Metrics>,
 ) {
     loop {
         // A place first: while the driver holds this member's frames, its stream is not read.
-        let Ok(slot) = intake.places.clone().acquire_owned().await else {
+        // Kept across a member's streams: a new stream brings no new places or allowance.
+        let places = intakes.of(&peer, FRAMES_IN_FLIGHT).places.clone();
+        let Ok(slot) = places.acquire_owned().await else {
             return;
         };
         let frame = match read_frame(&mut stream, MAX_GOSSIP_BYTES).await {
@@ -254,21 +261,14 @@ async fn read_loop(
                 return;
             }
         };
-        let rate = {
-            let m = members.borrow();
-            if !m.contains(&peer) {
-                metrics.ignore("non_member");
-                break;
-            }
-            m.rate_of(&peer, bytes_per_sec)
-        };
+        if !members.borrow().contains(&peer) {
+            metrics.ignore("non_member");
+            break;
+        }
         // Over its share of the intake, the member waits (its stream unread) for the bytes.
-        if let Some(rate) = rate {
-            let wait = intake.charge(frame.len(), rate, std::time::Instant::now());
-            if !wait.is_zero() {
-                metrics.batch_intake_waited(wait);
-                tokio::time::sleep(wait).await;
-            }
+        let wait = intakes.charge(&peer, frame.len(), FRAMES_IN_FLIGHT);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
         }
         let canonical = match canonical_batch(frame) {
             Ok(c) => c,

@@ -40,6 +40,7 @@ pub struct NetHandle {
     pub listen_addrs: Vec<Multiaddr>,
     pub(super) control: libp2p_stream::Control,
     pub(super) pushes_dropped: Arc<AtomicU64>,
+    pub(super) intakes: Arc<intake::Intakes>,
 }
 
 impl NetHandle {
@@ -140,6 +141,19 @@ impl NetHandle {
     /// Dials an address (a member's connection URL or a bootstrap peer).
     pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetError> {
         self.send(Command::Dial(addr)).await
+    }
+
+    /// Waits until `bytes` fit `peer`'s share of the batch intake
+    /// (`mempool.peer_batch_bytes_per_sec`): batches fetched because a member's proposal named
+    /// them cost that member's share like the batches it pushes, so a low-power leader cannot
+    /// make every node fetch and store at will.
+    pub async fn intake_wait(&self, peer: PeerId, bytes: usize) {
+        let wait = self
+            .intakes
+            .charge(&peer, bytes, batch_push::FRAMES_IN_FLIGHT);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
     }
 
     /// Replaces the set of member PeerIds, all of equal power.

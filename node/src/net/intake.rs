@@ -8,7 +8,63 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
+
+use crate::metrics::Metrics;
+
+/// Every member's intake, shared by the batch readers (what a member pushes) and the driver's
+/// batch fetches (what a member's proposal makes this node fetch): both cost the member's
+/// share.
+pub(crate) struct Intakes {
+    /// Bytes per second for all members together (0: unlimited).
+    total_rate: u64,
+    members: watch::Receiver<Arc<Members>>,
+    each: Mutex<HashMap<PeerId, Arc<Intake>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Intakes {
+    /// The intakes of the members `members` names, sharing `total_rate` bytes per second.
+    pub(crate) fn new(
+        total_rate: u64,
+        members: watch::Receiver<Arc<Members>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            total_rate,
+            members,
+            each: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    /// `peer`'s intake, the same one for each of its streams and fetches (members that left
+    /// are forgotten here).
+    pub(crate) fn of(&self, peer: &PeerId, places: usize) -> Arc<Intake> {
+        let mut each = self.each.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(i) = each.get(peer) {
+            return i.clone();
+        }
+        let members = self.members.borrow().clone();
+        each.retain(|p, _| members.contains(p));
+        let i = Arc::new(Intake::new(places));
+        each.insert(*peer, i.clone());
+        i
+    }
+
+    /// Charges `len` bytes to `peer`'s share and returns how long to wait for them (counted in
+    /// `dstack_batch_intake_wait_seconds_total`).
+    pub(crate) fn charge(&self, peer: &PeerId, len: usize, places: usize) -> Duration {
+        let Some(rate) = self.members.borrow().rate_of(peer, self.total_rate) else {
+            return Duration::ZERO;
+        };
+        let wait = self.of(peer, places).charge(len, rate, Instant::now());
+        if !wait.is_zero() {
+            self.metrics.batch_intake_waited(wait);
+        }
+        wait
+    }
+}
 
 /// The members as the batch readers see them (replaced wholesale on each change).
 #[derive(Debug, Default)]

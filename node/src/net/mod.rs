@@ -426,6 +426,7 @@ pub async fn spawn(
         listen_addrs,
         control,
         pushes_dropped,
+        intakes: push.intakes(),
     };
     let task = Task {
         push,
